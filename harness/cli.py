@@ -1,0 +1,188 @@
+"""`bench`: the FlowArena command line.
+
+Every user mistake (unknown model, empty prompt, a word the toy model does not know,
+missing or corrupt weights, malformed prompt files) ends in one line on stderr and
+exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="FlowArena: benchmark RL fine-tuners for flow-matching text-to-image models.\n\n"
+         "Start with `bench eval` (the shipped toy model on the toy benchmark) and "
+         "`bench sample --prompt 'two red circles left of a blue square'`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class BadInput(ValueError):
+    """A user error detected by the CLI itself."""
+
+
+def friendly(fn):
+    """Turn the project's user-facing errors into one line and exit code 1."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from harness.prompts import PromptFileError
+        from harness.toyworld.judge import QuestionError
+        from models.base import ModelError
+        from models.text import UnknownWordError
+        from rewards.base import RewardError
+
+        try:
+            return fn(*args, **kwargs)
+        except (BadInput, ModelError, PromptFileError, UnknownWordError, RewardError,
+                QuestionError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:  # unwritable output directory, disk full
+            typer.echo(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+ModelOpt = typer.Option("toy", "--model", "-m", help="Model to use (toy: the embedded 32x32 model).")
+PathOpt = typer.Option(None, "--model-path", help="Weights file or directory (default: shipped).")
+StepsOpt = typer.Option(None, "--steps", help="ODE sampling steps (default: the model's, 20 for toy).")
+GuidanceOpt = typer.Option(None, "--guidance", "-g",
+                           help="Classifier-free guidance scale (1.0 = no CFG; toy default 4.5).")
+
+
+def _load(model: str, model_path: str | None):
+    from models import load_model
+
+    return load_model(model, model_path)
+
+
+@app.command()
+@friendly
+def sample(
+    prompt: str = typer.Option(..., "--prompt", "-p",
+                               help="Text prompt, e.g. 'two red circles left of a blue square'."),
+    model: str = ModelOpt,
+    model_path: str = PathOpt,
+    n: int = typer.Option(8, "--n", "-n", help="Number of images (different initial noise)."),
+    seed: int = typer.Option(0, help="Seed of the initial noise."),
+    steps: int = StepsOpt,
+    guidance: float = GuidanceOpt,
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG grid to write."),
+):
+    """Sample images for one prompt with the ODE sampler and write a PNG grid."""
+    from reports.grid import save_grid
+
+    if not prompt.strip():
+        raise BadInput("the prompt is empty")
+    if n < 1:
+        raise BadInput("--n must be at least 1")
+    m = _load(model, model_path)
+    m.encode_prompts([prompt])  # vocabulary check before any sampling
+    images = m.generate([prompt] * n, steps=steps, guidance=guidance, seed=seed)
+    save_grid(images, out, nrow=min(n, 8))
+    typer.echo(f"wrote {n} images for {prompt!r} to {out}")
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    model: str = ModelOpt,
+    model_path: str = PathOpt,
+    steps: int = StepsOpt,
+    guidance: float = GuidanceOpt,
+    seed: int = typer.Option(0, help="Seed of the initial noise (same seed, same noise for every model)."),
+    images_per_prompt: int = typer.Option(1, help="Images per prompt (GenEval2 uses 1)."),
+    ood: bool = typer.Option(True, help="Also score the ood split with the toy preference model."),
+    limit: int = typer.Option(None, help="Only the first N prompts of each split (a quick look)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the full result (per prompt) as JSON."),
+):
+    """Evaluate a model: Soft-TIFA (GM, AM, per skill, per atom count) on the held-out
+    eval split, and the preference score on the out-of-domain split."""
+    from harness.evaluate import full_eval
+    from harness.io import write_json
+    from reports.tables import eval_table
+
+    if images_per_prompt < 1:
+        raise BadInput("--images-per-prompt must be at least 1")
+    if limit is not None and limit < 2:
+        raise BadInput("--limit must be at least 2 (a standard error needs two prompts)")
+    m = _load(model, model_path)
+    result = full_eval(m, steps=steps, guidance=guidance, seed=seed,
+                       images_per_prompt=images_per_prompt, ood=ood, limit=limit, progress=True)
+    typer.echo(eval_table(result))
+    if json_out:
+        write_json(json_out, result)
+        typer.echo(f"wrote {json_out}")
+
+
+@app.command()
+@friendly
+def pretrain(
+    what: str = typer.Argument(..., help="toy (the generator) or toy-pick (the preference model)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output directory (default: pretrain/<what>)."),
+    steps: int = typer.Option(None, help="Optimizer steps (default: the shipped recipe)."),
+    seed: int = typer.Option(0, help="Seed (the shipped weights used 0)."),
+):
+    """Train the toy generator or the toy preference model from scratch (seeded,
+    resumable). The shipped weights came from these commands with default options."""
+    from dataclasses import replace
+
+    out = out or Path("pretrain") / what
+    if what == "toy":
+        from models.toy_pretrain import PretrainConfig, pretrain_toy
+
+        cfg = PretrainConfig(seed=seed)
+        cfg = replace(cfg, steps=steps) if steps else cfg
+        try:
+            path = pretrain_toy(out, cfg)
+        except ValueError as e:
+            raise BadInput(str(e)) from None
+    elif what == "toy-pick":
+        from rewards.toy_pick import ToyPickTrainConfig, pretrain_toy_pick
+
+        cfg = ToyPickTrainConfig(seed=seed)
+        cfg = replace(cfg, steps=steps) if steps else cfg
+        path = pretrain_toy_pick(out, cfg)
+    else:
+        raise BadInput(f"unknown pretraining target {what!r} (choose toy or toy-pick)")
+    typer.echo(f"wrote {path}; use it with --model-path {path}")
+
+
+@app.command("judge-check")
+@friendly
+def judge_check(
+    split: str = typer.Option("eval", help="Prompt split whose scenes are rendered."),
+    layouts: int = typer.Option(5, help="Random layouts per prompt."),
+    seed: int = typer.Option(0),
+):
+    """Measure the toy judge on clean renders: per skill, how often it gives the
+    expected answer (> 0.5) and rejects a falsified one (< 0.5)."""
+    from harness.prompts import load_toy_split
+    from harness.toyworld.grammar import parse_prompt
+    from harness.toyworld.judge_check import judge_accuracy
+    from reports.tables import judge_table
+
+    specs = [parse_prompt(r["prompt"]) for r in load_toy_split(split)]
+    typer.echo(judge_table(judge_accuracy(specs, layouts=layouts, seed=seed)))
+
+
+@app.command()
+def models():
+    """List the models `--model` accepts."""
+    from models import MODELS
+
+    for name, desc in MODELS.items():
+        typer.echo(f"{name:12s} {desc}")
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

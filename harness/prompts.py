@@ -1,0 +1,70 @@
+"""Prompt files in GenEval2's JSONL format, validated line by line.
+
+Each line: `{"prompt": str, "atom_count": int, "vqa_list": [[question, answer], ...],
+"skills": [skill per question]}`. The toy world ships `train`, `eval` and `ood` splits
+in this format (`harness/data/toy_<split>.jsonl`); GenEval2 itself uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.soft_tifa import SKILLS
+
+DATA = Path(__file__).parent / "data"
+TOY_SPLITS = ("train", "eval", "ood")
+
+
+class PromptFileError(ValueError):
+    """A prompt file is missing or malformed (the message names file and line)."""
+
+
+def _check(rec, where: str) -> dict:
+    if not isinstance(rec, dict):
+        raise PromptFileError(f"{where}: expected a JSON object")
+    prompt = rec.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptFileError(f"{where}: 'prompt' must be a non-empty string")
+    vqa, skills = rec.get("vqa_list"), rec.get("skills")
+    if not isinstance(vqa, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in vqa
+    ):
+        raise PromptFileError(f"{where}: 'vqa_list' must be a list of [question, answer] pairs")
+    if not isinstance(skills, list) or len(skills) != len(vqa):
+        raise PromptFileError(f"{where}: 'skills' must list one skill per question")
+    bad = [s for s in skills if s not in SKILLS]
+    if bad:
+        raise PromptFileError(f"{where}: unknown skill {bad[0]!r} (known: {', '.join(SKILLS)})")
+    if not isinstance(rec.get("atom_count"), int):
+        raise PromptFileError(f"{where}: 'atom_count' must be an integer")
+    return rec
+
+
+def load_prompt_file(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"prompt file {path} not found")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptFileError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            records.append(_check(rec, f"{path}:{i}"))
+    if not records:
+        raise PromptFileError(f"prompt file {path} holds no prompts")
+    return records
+
+
+def toy_split_path(split: str) -> Path:
+    if split not in TOY_SPLITS:
+        raise PromptFileError(f"unknown toy split {split!r} (choose from {', '.join(TOY_SPLITS)})")
+    return DATA / f"toy_{split}.jsonl"
+
+
+def load_toy_split(split: str) -> list[dict]:
+    return load_prompt_file(toy_split_path(split))

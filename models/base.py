@@ -1,0 +1,100 @@
+"""The model-adapter protocol every policy backend implements (toy, SD3.5, FLUX).
+
+An adapter encodes prompts once, gives the (CFG-combined) velocity at (x, σ), knows
+its latent shape and how to decode latents to images. Samplers, trainer and harness
+see only this interface, so a new model is one adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from methods.sde import ode_step, sd3_sigmas
+
+
+class ModelError(RuntimeError):
+    """A model cannot be built or loaded (missing or corrupt weights, unknown name)."""
+
+
+@dataclass
+class PromptEmbeds:
+    """Encoded prompts: conditional tensors and, for CFG, the unconditional ones (batch-first)."""
+
+    cond: dict[str, Tensor]
+    uncond: dict[str, Tensor] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return next(iter(self.cond.values())).shape[0]
+
+    def _map(self, fn) -> PromptEmbeds:
+        un = None if self.uncond is None else {k: fn(v) for k, v in self.uncond.items()}
+        return PromptEmbeds({k: fn(v) for k, v in self.cond.items()}, un, self.meta)
+
+    def select(self, idx) -> PromptEmbeds:
+        return self._map(lambda t: t[idx])
+
+    def repeat_interleave(self, n: int) -> PromptEmbeds:
+        return self._map(lambda t: t.repeat_interleave(n, dim=0))
+
+
+class FlowModel(ABC):
+    """A text-to-image flow-matching policy (velocity parameterisation)."""
+
+    name: str = "model"
+    shift: float = 3.0  # SD3 schedule shift
+    default_steps: int = 20  # evaluation steps (ODE)
+    default_guidance: float = 4.5
+    sigma_min: float | None = None  # see methods.sde.sd3_sigmas
+    device: torch.device = torch.device("cpu")
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
+        """Encode once per batch; the unconditional branch only when guidance > 1."""
+
+    @abstractmethod
+    def velocity(self, x: Tensor, sigma: Tensor, embeds: PromptEmbeds, guidance: float = 1.0) -> Tensor:
+        """`v = v_u + w·(v_c − v_u)` at per-sample noise levels `sigma` [B]."""
+
+    @property
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent (without batch)."""
+
+    @abstractmethod
+    def decode(self, x: Tensor) -> Tensor:
+        """Latents -> images [B, 3, H, W] in [0, 1]."""
+
+    def sigmas(self, steps: int) -> Tensor:
+        return sd3_sigmas(steps, self.shift, self.sigma_min)
+
+    def initial_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn((n, *self.latent_shape), generator=generator).to(self.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], *, steps: int | None = None, guidance: float | None = None,
+                 noise: Tensor | None = None, seed: int = 0, batch_size: int = 64,
+                 progress: bool = False) -> Tensor:
+        """ODE (Euler) sampling -> images [B, 3, H, W] in [0, 1], on the CPU."""
+        steps = steps or self.default_steps
+        guidance = self.default_guidance if guidance is None else guidance
+        if noise is None:
+            noise = self.initial_noise(len(prompts), torch.Generator().manual_seed(seed))
+        sig = self.sigmas(steps)
+        out = []
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="sampling", disable=not progress, leave=False):
+            chunk = prompts[start:start + batch_size]
+            x = noise[start:start + batch_size].to(self.device)
+            embeds = self.encode_prompts(chunk, guidance)
+            for k in range(steps):
+                s = torch.full((len(chunk),), float(sig[k]), device=self.device)
+                v = self.velocity(x, s, embeds, guidance)
+                x = ode_step(x, v, sig[k].item(), sig[k + 1].item())
+            out.append(self.decode(x).float().cpu())
+        return torch.cat(out)

@@ -1,0 +1,142 @@
+"""The embedded toy generator: a 32x32 pixel-space text-to-image flow model.
+
+A diffusers `UNet2DConditionModel` (channels 32/64/128, cross-attention to a word-level
+text encoder, pooled text vector added to the time embedding) predicts the velocity
+`ε − x0` in pixel space ([-1, 1]). Its attention layers carry diffusers' module names
+(`to_q`, `to_k`, `to_v`, `to_out.0`), so LoRA targets the same names as SD3.5.
+The pretrained weights ship inside the package (`models/weights/toy.safetensors`,
+fp16, config in the file's metadata).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor, nn
+
+from harness.toyworld.grammar import vocabulary
+from models.base import FlowModel, ModelError, PromptEmbeds
+from models.text import TextEncoder, WordTokenizer
+
+WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
+
+
+@dataclass
+class ToyConfig:
+    image_size: int = 32
+    channels: tuple[int, ...] = (32, 64, 128)
+    text_dim: int = 128
+    text_layers: int = 2
+    max_length: int = 16
+    heads: int = 4
+    vocab: tuple[str, ...] = tuple(vocabulary())
+    shift: float = 3.0
+    default_steps: int = 20
+    default_guidance: float = 4.5
+
+
+class ToyNet(nn.Module):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = WordTokenizer(list(cfg.vocab), cfg.max_length)
+        self.text = TextEncoder(len(self.tokenizer), cfg.text_dim, cfg.text_layers, cfg.heads,
+                                cfg.max_length)
+        c = tuple(cfg.channels)
+        self.unet = UNet2DConditionModel(
+            sample_size=cfg.image_size, in_channels=3, out_channels=3, block_out_channels=c,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            layers_per_block=1, cross_attention_dim=cfg.text_dim, attention_head_dim=cfg.heads,
+            norm_num_groups=8, class_embed_type="projection",
+            projection_class_embeddings_input_dim=cfg.text_dim,
+        )
+
+    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        ids, pad = self.tokenizer(prompts)
+        dev = self.text.embed.weight.device
+        return self.text(ids.to(dev), pad.to(dev))
+
+    def forward(self, x: Tensor, sigma: Tensor, tokens: Tensor, pooled: Tensor) -> Tensor:
+        return self.unet(x, sigma * 1000, encoder_hidden_states=tokens, class_labels=pooled).sample
+
+
+class ToyModel(FlowModel):
+    name = "toy"
+
+    def __init__(self, net: ToyNet, device: str | torch.device = "cpu"):
+        self.net = net.to(device)
+        self.device = torch.device(device)
+        cfg = net.cfg
+        self.shift = cfg.shift
+        self.default_steps = cfg.default_steps
+        self.default_guidance = cfg.default_guidance
+
+    @property
+    def config(self) -> ToyConfig:
+        return self.net.cfg
+
+    def encode_prompts(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
+        tokens, pooled = self.net.encode(list(prompts))
+        uncond = None
+        if guidance > 1.0:
+            ut, up = self.net.encode([""])
+            uncond = {"tokens": ut.expand_as(tokens), "pooled": up.expand_as(pooled)}
+        return PromptEmbeds({"tokens": tokens, "pooled": pooled}, uncond)
+
+    def velocity(self, x: Tensor, sigma: Tensor, embeds: PromptEmbeds, guidance: float = 1.0) -> Tensor:
+        c = embeds.cond
+        if guidance <= 1.0 or embeds.uncond is None:
+            return self.net(x, sigma, c["tokens"], c["pooled"])
+        u = embeds.uncond
+        v = self.net(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                     torch.cat([u["tokens"], c["tokens"]]), torch.cat([u["pooled"], c["pooled"]]))
+        v_u, v_c = v.chunk(2)
+        return v_u + guidance * (v_c - v_u)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        s = self.config.image_size
+        return (3, s, s)
+
+    def decode(self, x: Tensor) -> Tensor:
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+def save_toy(net: ToyNet, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
+    """Write weights + config to one safetensors file, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata={"config": json.dumps(asdict(net.cfg))})
+    tmp.replace(path)
+
+
+def load_toy(path: str | Path | None = None, device: str = "cpu") -> ToyModel:
+    """The shipped toy model (or weights written by `bench pretrain toy`), in fp32."""
+    path = Path(path) if path else WEIGHTS
+    if path.is_dir():
+        path = path / "toy.safetensors"
+    if not path.exists():
+        raise ModelError(f"toy model weights not found at {path} (run `bench pretrain toy`)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        cfg_dict = json.loads(meta["config"])
+        cfg_dict["channels"] = tuple(cfg_dict["channels"])
+        cfg_dict["vocab"] = tuple(cfg_dict["vocab"])
+        net = ToyNet(ToyConfig(**cfg_dict))
+        state = {k: v.float() for k, v in load_file(str(path)).items()}
+        net.load_state_dict(state)
+    except (SafetensorError, KeyError, ValueError, TypeError, RuntimeError, OSError) as e:
+        raise ModelError(f"toy model checkpoint {path} is corrupt or incompatible: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+    net.eval().requires_grad_(False)
+    return ToyModel(net, device)

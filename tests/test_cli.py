@@ -1,0 +1,69 @@
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from harness.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_sample_writes_a_png_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    r = run("sample", "--prompt", "two red circles left of a blue square", "--n", 3, "--steps", 2,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    img = Image.open(out)
+    assert img.size[0] > 3 * 32 * 4 and img.size[1] >= 32 * 4
+
+
+def test_eval_prints_the_tables(tmp_path):
+    r = run("eval", "--limit", 4, "--steps", 2, "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    assert "Soft-TIFA GM" in r.output and "skill: attribute" in r.output
+    assert "Preference score" in r.output and (tmp_path / "r.json").exists()
+
+
+def test_judge_check_prints_accuracy():
+    r = run("judge-check", "--layouts", 1)
+    assert r.exit_code == 0, r.output
+    assert "position" in r.output and "falsified" in r.output
+
+
+def _bad(tmp_path):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a checkpoint")
+    return [
+        (["sample", "--prompt", "a red circle", "--model", "sd99"], "unknown model"),
+        (["sample", "--prompt", "  "], "prompt is empty"),
+        (["sample", "--prompt", "a purple banana"], "outside the toy vocabulary"),
+        (["sample", "--prompt", "a red circle", "--model-path", tmp_path / "nope.safetensors"], "not found"),
+        (["sample", "--prompt", "a red circle", "--model-path", corrupt], "corrupt"),
+        (["sample", "--prompt", "a red circle", "--n", 0], "at least 1"),
+        (["eval", "--model", "flux9"], "unknown model"),
+        (["eval", "--limit", 1], "--limit"),
+        (["pretrain", "banana"], "unknown pretraining target"),
+        (["sample", "--prompt", "a red circle", "--steps", 1, "--out", "/proc/forbidden/x.png"], "error"),
+    ]
+
+
+def test_bad_input_gets_one_line_and_exit_1(tmp_path):
+    for args, msg in _bad(tmp_path):
+        r = runner.invoke(app, [str(a) for a in args])
+        assert r.exit_code == 1, (args, r.output)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), (args, r.output)
+        assert msg in lines[0], (args, lines[0])
+        assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["eval", "--help"]])
+def test_console_script_help(args):
+    r = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True)
+    assert r.returncode == 0 and "Usage" in r.stdout

@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models import ModelError, load_model
+from models.text import UnknownWordError
+from models.toy import ToyConfig, ToyNet, load_toy, save_toy
+from models.toy_pretrain import PretrainConfig, pretrain_toy
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model("toy")
+
+
+def test_shipped_weights_load_and_are_small(toy):
+    from models.toy import WEIGHTS
+
+    assert WEIGHTS.stat().st_size < 12e6
+    assert toy.latent_shape == (3, 32, 32)
+    n = sum(p.numel() for p in toy.net.parameters())
+    assert 3e6 < n < 6e6
+
+
+def test_cfg_velocity_combines_branches(toy):
+    x = torch.randn(2, 3, 32, 32)
+    sigma = torch.tensor([0.7, 0.3])
+    e = toy.encode_prompts(["a red circle", "two blue squares"], guidance=3.0)
+    v = toy.velocity(x, sigma, e, 3.0)
+    c = toy.velocity(x, sigma, type(e)(e.cond), 1.0)
+    u = toy.net(x, sigma, e.uncond["tokens"], e.uncond["pooled"])
+    assert torch.allclose(v, u + 3.0 * (c - u), atol=1e-5)
+    assert len(e.select([1])) == 1 and len(e.repeat_interleave(3)) == 6
+
+
+def test_generate_is_seeded(toy):
+    a = toy.generate(["a red circle"] * 2, steps=3, guidance=1.0, seed=5)
+    b = toy.generate(["a red circle"] * 2, steps=3, guidance=1.0, seed=5)
+    c = toy.generate(["a red circle"] * 2, steps=3, guidance=1.0, seed=6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (2, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
+
+
+def test_unknown_word_and_bad_checkpoints(toy, tmp_path):
+    with pytest.raises(UnknownWordError, match="banana"):
+        toy.encode_prompts(["a red banana"])
+    with pytest.raises(ModelError, match="unknown model"):
+        load_model("sd99")
+    with pytest.raises(ModelError, match="not found"):
+        load_toy(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelError, match="corrupt"):
+        load_toy(bad)
+
+
+def test_save_load_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    net = ToyNet(ToyConfig(channels=(8, 16, 16), text_dim=16, heads=2))
+    save_toy(net, tmp_path / "t.safetensors", dtype=torch.float32)
+    m = load_toy(tmp_path / "t.safetensors")
+    for (k, a), (_, b) in zip(net.state_dict().items(), m.net.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_pretraining_resumes_exactly(tmp_path):
+    small = ToyConfig(channels=(8, 16, 16), text_dim=16, heads=2)
+    cfg = PretrainConfig(steps=4, batch_size=4, checkpoint_every=2, warmup=2)
+    full = load_toy(pretrain_toy(tmp_path / "full", cfg, small, progress=False))
+    # an interrupted run: stop after 3 steps (last checkpoint at 3), then rerun the same command
+    assert pretrain_toy(tmp_path / "cut", cfg, small, progress=False, stop_at=3) is None
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["step"] == 3
+    resumed = load_toy(pretrain_toy(tmp_path / "cut", cfg, small, progress=False))
+    for (k, a), (_, b) in zip(full.net.state_dict().items(), resumed.net.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="another config"):
+        pretrain_toy(tmp_path / "cut", PretrainConfig(**{**cfg.__dict__, "lr": 1.0}), small,
+                     progress=False)
+
+
+def test_shipped_model_draws_single_objects_well(toy):
+    """A guard against shipping a broken model: single coloured objects on eval prompts."""
+    from harness.evaluate import soft_tifa_eval
+
+    r = soft_tifa_eval(toy, "eval", steps=10, seed=0, limit=32)
+    assert r.per_skill["object"] > 60 and r.per_skill["attribute"] > 60
+    assert np.isfinite(r.gm)
