@@ -172,6 +172,51 @@ def judge_check(
 
 
 @app.command()
+@friendly
+def run(
+    methods: str = typer.Option("grpo,dppo", "--methods",
+                                help="Comma-separated methods (see `bench methods`)."),
+    model: str = ModelOpt,
+    model_path: str = PathOpt,
+    preset: str = typer.Option("default", help="smoke (a first look), sanity (an easy reward), "
+                                                "default (the toy comparison), paper (hours)."),
+    seeds: int = typer.Option(1, help="Seeds per method (tables show mean ± stderr over seeds)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
+):
+    """Train every method on the same model, prompts, noise and budget; evaluate each on
+    Soft-TIFA (in-domain), the ood preference score and KL to the pretrained model; print
+    the comparison table. Rerunning the same command resumes where it stopped."""
+    import sys
+
+    from harness.run import RunError, run_benchmark
+    from methods.base import MethodError
+    from methods.trainer import TrainConfigError
+    from reports.tables import run_table
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise BadInput("--methods is empty")
+    out = out or Path("runs") / preset
+    try:
+        run_benchmark(out, names, model, preset, seeds, model_path,
+                      command="bench " + " ".join(sys.argv[1:]))
+    except (RunError, MethodError, TrainConfigError) as e:
+        raise BadInput(str(e)) from None
+    typer.echo(run_table(out)[0])
+    typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")
+
+
+@app.command("methods")
+def methods_():
+    """List the registered RL fine-tuning methods."""
+    from methods import get_method, method_names
+
+    for name in method_names():
+        cls = get_method(name)
+        typer.echo(f"{name:18s} {cls.description}\n{'':18s} [{cls.paper}]")
+
+
+@app.command()
 def models():
     """List the models `--model` accepts."""
     from models import MODELS

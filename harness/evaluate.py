@@ -68,3 +68,39 @@ def full_eval(model: FlowModel, *, steps: int | None = None, guidance: float | N
                                                 seed=seed, progress=progress, limit=limit)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+@torch.no_grad()
+def kl_to_pretrained(model: FlowModel, records: list[dict], *, sampler: str = "sde", eta: float = 0.7,
+                     steps: int = 10, guidance: float = 1.0, seed: int = 0) -> dict:
+    """methods.md §7: sample with the policy's stochastic sampler and sum the exact per-step
+    KL(π_θ(·|x_k) ‖ π_ref(·|x_k)) over the trajectory — the KL between the two chains' path
+    distributions. Per element (mean over dims) per step, summed over steps; also the
+    per-step profile. Deterministic steps (CPS's last) contribute nothing and are skipped."""
+    from methods.sde import cps_step, flow_sde_step, gaussian_kl
+
+    step_fn = flow_sde_step if sampler == "sde" else cps_step
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [r["prompt"] for r in records]
+    x = model.initial_noise(len(prompts), gen)
+    embeds = model.encode_prompts(prompts, guidance)
+    sig = model.sigmas(steps)
+    per_step = []
+    total = torch.zeros(len(prompts))
+    for k in range(steps):
+        s = torch.full((len(prompts),), float(sig[k]), device=x.device)
+        v = model.velocity(x, s, embeds, guidance)
+        with model.reference():
+            v_ref = model.velocity(x, s, embeds, guidance)
+        noise = torch.randn(x.shape, generator=gen).to(x.device)
+        r = step_fn(x, v, float(sig[k]), float(sig[k + 1]), eta=eta, noise=noise)
+        if bool((r.std > 0).all()):
+            ref = step_fn(x, v_ref, float(sig[k]), float(sig[k + 1]), eta=eta, next_sample=r.next_sample)
+            kl = gaussian_kl(r.mean, ref.mean, r.std).float().cpu()
+            total += kl
+            per_step.append(float(kl.mean()))
+        else:
+            per_step.append(0.0)
+        x = r.next_sample
+    return {"mean": float(total.mean()), "stderr": stderr(total.numpy()), "per_step": per_step,
+            "n": len(prompts), "unit": "per-element KL summed over steps"}

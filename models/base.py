@@ -7,11 +7,14 @@ see only this interface, so a new model is one adapter.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from methods.sde import ode_step, sd3_sigmas
@@ -52,6 +55,8 @@ class FlowModel(ABC):
     default_guidance: float = 4.5
     sigma_min: float | None = None  # see methods.sde.sd3_sigmas
     device: torch.device = torch.device("cpu")
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    _frozen_reference: nn.Module | None = None
 
     @abstractmethod
     def encode_prompts(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
@@ -69,6 +74,76 @@ class FlowModel(ABC):
     @abstractmethod
     def decode(self, x: Tensor) -> Tensor:
         """Latents -> images [B, 3, H, W] in [0, 1]."""
+
+    # --- what the trainer needs ---------------------------------------------------------
+    @abstractmethod
+    def get_denoiser(self) -> nn.Module:
+        """The network RL fine-tunes (UNet / transformer); text encoders stay frozen."""
+
+    @abstractmethod
+    def set_denoiser(self, module: nn.Module) -> None:
+        ...
+
+    def setup_training(self, lora_rank: int = 16, lora_alpha: float | None = None,
+                       targets: tuple[str, ...] | None = None) -> list[nn.Parameter]:
+        """LoRA through peft (rank > 0) or full fine-tuning (rank 0); returns the trainable
+        parameters. The pretrained policy stays reachable through `reference()`."""
+        net = self.get_denoiser()
+        net.requires_grad_(False)
+        if lora_rank > 0:
+            from peft import LoraConfig
+
+            net.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank,
+                                       target_modules=list(targets or self.lora_targets),
+                                       init_lora_weights=True))
+            params = [p for n, p in net.named_parameters() if "lora_" in n]
+            for p in params:
+                p.requires_grad_(True)
+        else:
+            self._frozen_reference = copy.deepcopy(net).requires_grad_(False)
+            net.requires_grad_(True)
+            params = list(net.parameters())
+        self.lora_rank = lora_rank
+        return params
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """Inside, `velocity` is the pretrained policy: the LoRA adapter disabled, or the
+        frozen copy kept for full fine-tuning (no second copy with LoRA)."""
+        net = self.get_denoiser()
+        if self._frozen_reference is not None:
+            self.set_denoiser(self._frozen_reference)
+            try:
+                yield
+            finally:
+                self.set_denoiser(net)
+        elif getattr(self, "lora_rank", 0) > 0:
+            net.disable_adapters()
+            try:
+                yield
+            finally:
+                net.enable_adapters()
+        else:
+            yield
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        net = self.get_denoiser()
+        if getattr(self, "lora_rank", 0) > 0:
+            from peft import get_peft_model_state_dict
+
+            return {k: v.detach().clone() for k, v in get_peft_model_state_dict(net).items()}
+        return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        net = self.get_denoiser()
+        if getattr(self, "lora_rank", 0) > 0:
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(net, state)
+            if getattr(result, "unexpected_keys", None):
+                raise ModelError(f"checkpoint does not fit the LoRA adapter: {result.unexpected_keys[:3]}")
+        else:
+            net.load_state_dict(state)
 
     def sigmas(self, steps: int) -> Tensor:
         return sd3_sigmas(steps, self.shift, self.sigma_min)

@@ -108,6 +108,12 @@ class ToyModel(FlowModel):
     def decode(self, x: Tensor) -> Tensor:
         return ((x + 1) / 2).clamp(0, 1)
 
+    def get_denoiser(self) -> nn.Module:
+        return self.net.unet
+
+    def set_denoiser(self, module: nn.Module) -> None:
+        self.net.unet = module
+
 
 def save_toy(net: ToyNet, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
     """Write weights + config to one safetensors file, atomically."""

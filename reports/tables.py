@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+
+from harness.soft_tifa import stderr
+
 
 def _row(cells: list[str], widths: list[int]) -> str:
     return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
@@ -37,3 +44,94 @@ def judge_table(acc: dict) -> str:
             for skill, v in acc.items()]
     return markdown_table(["skill", "true questions right %", "falsified questions right %",
                            "questions"], rows)
+
+
+# --- bench run: the comparison table, read from result files only -------------------------
+def _pm(mean: float, se: float, digits: int = 1) -> str:
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def _collect(run_dir: Path) -> tuple[dict, dict]:
+    """{(model, method): [result per seed]}, {(model, seed): base eval}."""
+    results: dict[tuple, list] = {}
+    bases: dict[tuple, dict] = {}
+    for path in sorted(run_dir.glob("*/*/seed*/result.json")):
+        r = json.loads(path.read_text())
+        results.setdefault((r["model"], r["method"]), []).append(r)
+    for path in sorted(run_dir.glob("*/base/seed*/eval.json")):
+        bases[(path.parts[-4], int(path.parent.name[4:]))] = json.loads(path.read_text())
+    return results, bases
+
+
+def _summary(evals: list[dict], bases: list[dict]) -> dict[str, tuple[float, float]]:
+    """Metric -> (mean, stderr): over seeds when there are several, else over prompts."""
+    def metric(e):
+        t = e["soft_tifa"]
+        return {"gm": (t["gm"], t["gm_stderr"]), "am": (t["am"], t["am_stderr"]),
+                "pref": (e["preference_ood"]["mean"], e["preference_ood"]["stderr"]),
+                "kl": (e["kl_to_pretrained"]["mean"], e["kl_to_pretrained"]["stderr"]),
+                **{f"skill:{k}": (v, 0.0) for k, v in t["per_skill"].items()}}
+    per = [metric(e) for e in evals]
+    deltas = []
+    for e, b in zip(evals, bases):
+        d = np.array(e["soft_tifa"]["per_prompt_gm"]) - np.array(b["soft_tifa"]["per_prompt_gm"])
+        deltas.append((100 * d.mean(), 100 * stderr(d)))
+    out = {}
+    keys = per[0].keys()
+    for k in keys:
+        if len(per) == 1:
+            out[k] = per[0][k]
+        else:
+            vals = [p[k][0] for p in per]
+            out[k] = (float(np.mean(vals)), stderr(vals))
+    out["delta_gm"] = deltas[0] if len(deltas) == 1 else (
+        float(np.mean([d[0] for d in deltas])), stderr([d[0] for d in deltas]))
+    return out
+
+
+def run_table(run_dir: Path) -> tuple[str, list[dict]]:
+    results, bases = _collect(run_dir)
+    if not results:
+        return "no finished method x seed cells yet", []
+    rows, records = [], []
+    skills = sorted({k for rs in results.values() for r in rs
+                     for k in r["final"]["soft_tifa"]["per_skill"]})
+    models = sorted({m for m, _ in results})
+    for model in models:
+        base_list = [b for (m, _), b in sorted(bases.items()) if m == model]
+        entries = [("base (pretrained)", base_list, base_list, None)]
+        for (m, method), rs in sorted(results.items()):
+            if m == model:
+                entries.append((method, [r["final"] for r in rs], [r["base"] for r in rs], rs))
+        for name, evals, bs, rs in entries:
+            s = _summary(evals, bs)
+            n_seeds = len(evals)
+            wall = "" if rs is None else f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.1f}"
+            delta = "" if rs is None else _pm(*s["delta_gm"])
+            beats = "" if rs is None else ("yes" if s["delta_gm"][0] > s["delta_gm"][1] else "no")
+            rows.append([model, name, str(n_seeds), _pm(*s["gm"]), _pm(*s["am"]), delta, beats,
+                         *[f"{s.get('skill:' + k, (float('nan'),))[0]:.1f}" for k in skills],
+                         _pm(*s["pref"], 2), f"{s['kl'][0]:.2e} ± {s['kl'][1]:.1e}", wall])
+            records.append({"model": model, "method": name, "seeds": n_seeds,
+                            **{k: v[0] for k, v in s.items()},
+                            **{k + "_stderr": v[1] for k, v in s.items()}})
+    header = ["model", "method", "seeds", "Soft-TIFA GM", "Soft-TIFA AM", "ΔGM vs base",
+              "beats base", *skills, "ood preference", "KL to pretrained", "train min"]
+    note = ("Mean ± stderr (over seeds where there are several, else over eval prompts; ΔGM is "
+            "paired with the base model on the same prompts and noise). 'beats base': ΔGM > its "
+            "stderr. Soft-TIFA and skills 0-100; KL per element, summed over sampling steps.")
+    return markdown_table(header, rows) + "\n\n" + note, records
+
+
+def write_run_tables(run_dir: str | Path) -> str:
+    import pandas as pd
+
+    from harness.io import _atomic
+
+    run_dir = Path(run_dir)
+    md, records = run_table(run_dir)
+    report = run_dir / "report"
+    _atomic(report / "tables.md", lambda tmp: Path(tmp).write_text(md + "\n"))
+    if records:
+        _atomic(report / "tables.csv", lambda tmp: pd.DataFrame(records).to_csv(tmp, index=False))
+    return md

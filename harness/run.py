@@ -1,0 +1,274 @@
+"""`bench run`: methods × seeds on one model, each trained by the common trainer and
+evaluated on the same prompts, noise and metrics; results in a run directory.
+
+    runs/<name>/
+      manifest.json                       command, resolved config, versions, status
+      <model>/base/seed<k>/eval.json      the pretrained model, evaluated once per seed
+      <model>/<method>/seed<k>/
+        config.json  metrics.jsonl  diagnostics/epoch_XXXX.safetensors
+        eval/<epoch>.json  checkpoints/latest/  samples/  result.json
+      report/ tables.md tables.csv
+
+A cell with `result.json` is finished and never recomputed; an unfinished one resumes
+from `checkpoints/latest`. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.evaluate import kl_to_pretrained, preference_eval, soft_tifa_eval
+from harness.io import (
+    load_optimizer,
+    load_tensors,
+    optimizer_tensors,
+    save_tensors,
+    write_json,
+    write_jsonl,
+)
+from harness.prompts import load_toy_split
+from methods import build_method
+from methods.trainer import TrainConfig, Trainer
+from models import load_model
+from reports.grid import save_grid
+from rewards import build_reward
+
+EVAL_SEED = 1234  # the evaluation noise: the same for every method, seed and epoch
+
+
+class RunError(ValueError):
+    """A run cannot start or resume (bad preset, mismatched directory)."""
+
+
+@dataclass
+class EvalSettings:
+    every: int = 5
+    """Evaluate after every this many epochs (and at the end)."""
+    limit: int | None = None
+    """Prompts of the eval split (None: all 192)."""
+    ood_limit: int | None = None
+    """Prompts of the ood split for the preference score (None: all 96)."""
+    steps: int | None = None
+    """ODE steps (None: the model's default)."""
+    guidance: float | None = 1.0
+    """CFG scale of evaluation images (None: the model's default; 1.0 = the no-CFG setting
+    the toy presets train in)."""
+    kl_prompts: int = 32
+    """Eval prompts whose trajectories measure the KL to the pretrained model."""
+    samples: int = 8
+    """Eval prompts drawn in the sample grids."""
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    epochs: int
+    train: TrainConfig
+    eval: EvalSettings
+    reward: str = "toy-tifa"
+    reward_options: dict = field(default_factory=dict)
+    method_overrides: dict[str, dict] = field(default_factory=dict)
+    """Per-method settings calibrated for the toy world (the published ones target SD3.5)."""
+
+
+def _toy_trust_region() -> dict[str, dict]:
+    return {}
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        "smoke", "a first look in about a minute per method (tests use it)", epochs=2,
+        train=TrainConfig(prompts_per_epoch=2, group_size=4, minibatch_size=8, steps=6, sde_window=2),
+        eval=EvalSettings(every=2, limit=16, ood_limit=8, steps=6, kl_prompts=4, samples=4),
+        method_overrides=_toy_trust_region()),
+    "sanity": Preset(
+        "sanity", "an easy reward (share of pixels in the prompt's colours) that any working "
+                  "method raises quickly", epochs=12,
+        train=TrainConfig(prompts_per_epoch=8, group_size=8, minibatch_size=32, lr=1e-3),
+        eval=EvalSettings(every=4, limit=32, ood_limit=16, steps=10, kl_prompts=8),
+        reward="toy-colour", method_overrides=_toy_trust_region()),
+    "default": Preset(
+        "default", "the toy comparison on the compositional reward (≈ 15 min for two methods)",
+        epochs=16,
+        train=TrainConfig(prompts_per_epoch=8, group_size=8, minibatch_size=32, lr=1e-3),
+        eval=EvalSettings(every=8, limit=96, ood_limit=48, steps=10, kl_prompts=16),
+        method_overrides=_toy_trust_region()),
+    "paper": Preset(
+        "paper", "the full comparison: longer, full eval splits (hours on 2 cores)", epochs=60,
+        train=TrainConfig(prompts_per_epoch=16, group_size=8, minibatch_size=32, lr=1e-3,
+                          inner_loops=2),
+        eval=EvalSettings(every=10, steps=20, kl_prompts=32),
+        method_overrides=_toy_trust_region()),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise RunError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def _versions() -> dict:
+    import diffusers
+    import peft
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "peft": peft.__version__}
+
+
+def evaluate_policy(model, method, preset: Preset, records_eval: list[dict]) -> dict:
+    """Soft-TIFA (in-domain), preference (ood) and KL to the pretrained model."""
+    ev, tc = preset.eval, preset.train
+    t0 = time.perf_counter()
+    tifa = soft_tifa_eval(model, "eval", steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
+                          limit=ev.limit)
+    pref = preference_eval(model, "ood", steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
+                           limit=ev.ood_limit)
+    kl = kl_to_pretrained(model, records_eval[:ev.kl_prompts], sampler=method.config.sampler,
+                          eta=method.config.eta, steps=tc.steps, guidance=tc.guidance, seed=EVAL_SEED)
+    return {"soft_tifa": tifa.to_dict(), "preference_ood": pref, "kl_to_pretrained": kl,
+            "eval_seconds": round(time.perf_counter() - t0, 1)}
+
+
+class Cell:
+    """One method × seed: train with the common trainer, evaluate, checkpoint, resume."""
+
+    def __init__(self, run: Path, model_name: str, model_path: str | None, method_name: str,
+                 seed: int, preset: Preset):
+        self.dir = run / model_name / method_name / f"seed{seed}"
+        self.model_name, self.model_path, self.method_name = model_name, model_path, method_name
+        self.seed, self.preset = seed, preset
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "result.json").exists()
+
+    def run(self, base_eval: dict, progress: bool = True) -> dict:
+        p = self.preset
+        model = load_model(self.model_name, self.model_path)
+        method = build_method(self.method_name, **p.method_overrides.get(self.method_name, {}))
+        reward = build_reward(p.reward, **p.reward_options)
+        trainer = Trainer(model, method, reward, load_toy_split("train"), p.train, seed=self.seed)
+        config = {"method": self.method_name, "method_config": asdict(method.config),
+                  "train": asdict(p.train), "eval": asdict(p.eval), "epochs": p.epochs,
+                  "reward": p.reward, "seed": self.seed, "model": self.model_name}
+        ckpt = self.dir / "checkpoints" / "latest"
+        start, wall = 0, 0.0
+        if (ckpt / "state.json").exists():
+            state = json.loads((ckpt / "state.json").read_text())
+            if state["config"] != json.loads(json.dumps(config)):
+                raise RunError(f"{self.dir} holds a run with another configuration; "
+                               "use a new --out or delete it")
+            model.load_trainable_state_dict(load_tensors(ckpt / "weights.safetensors"))
+            load_optimizer(trainer.optimizer, load_tensors(ckpt / "optimizer.safetensors"),
+                           state["optimizer"])
+            start, wall = state["epoch"], state["wall_seconds"]
+        write_json(self.dir / "config.json", config)
+        metrics = self._read_metrics(start)
+        write_json(self.dir / "eval" / "0.json", {**base_eval, "epoch": 0})
+        records_eval = load_toy_split("eval")
+        bar = tqdm(range(start, p.epochs), desc=f"{self.method_name} seed{self.seed}",
+                   disable=not progress, initial=start, total=p.epochs)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            m, samples = trainer.train_epoch(epoch)
+            wall += time.perf_counter() - t0
+            m["wall_seconds"] = round(wall, 2)
+            metrics.append(m)
+            save_tensors(self.dir / "diagnostics" / f"epoch_{epoch + 1:04d}.safetensors", samples)
+            bar.set_postfix(reward=f"{m['reward_mean']:.3f}")
+            done = epoch + 1
+            if done % p.eval.every == 0 or done == p.epochs:
+                ev = evaluate_policy(model, method, p, records_eval)
+                write_json(self.dir / "eval" / f"{done}.json", {**ev, "epoch": done, "wall_seconds": wall})
+            write_jsonl(self.dir / "metrics.jsonl", metrics)
+            opt_t, opt_meta = optimizer_tensors(trainer.optimizer)
+            save_tensors(ckpt / "weights.safetensors", model.trainable_state_dict())
+            save_tensors(ckpt / "optimizer.safetensors", opt_t)
+            write_json(ckpt / "state.json", {"epoch": done, "wall_seconds": wall,
+                                             "optimizer": opt_meta, "config": config})
+        final = json.loads((self.dir / "eval" / f"{p.epochs}.json").read_text())
+        prompts = [r["prompt"] for r in records_eval[:p.eval.samples]]
+        noise = model.initial_noise(len(prompts), torch.Generator().manual_seed(EVAL_SEED))
+        imgs = model.generate(prompts, steps=p.eval.steps, guidance=p.eval.guidance, noise=noise)
+        save_grid(imgs, self.dir / "samples" / "final.png", nrow=len(prompts))
+        result = {"method": self.method_name, "seed": self.seed, "model": self.model_name,
+                  "epochs": p.epochs, "wall_seconds": round(wall, 1), "final": final,
+                  "base": base_eval}
+        write_json(self.dir / "result.json", result)
+        return result
+
+    def _read_metrics(self, upto: int) -> list[dict]:
+        """metrics.jsonl lines of the epochs the checkpoint covers (a resumed run redoes the rest)."""
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if r["epoch"] < upto]
+
+
+def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, preset: Preset,
+              method_name: str) -> dict:
+    """The pretrained model's evaluation, cached per seed (identical for every method)."""
+    path = run / model_name / "base" / f"seed{seed}" / "eval.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model = load_model(model_name, model_path)
+    method = build_method(method_name, **preset.method_overrides.get(method_name, {}))
+    ev = evaluate_policy(model, method, preset, load_toy_split("eval"))
+    ev["kl_to_pretrained"] = {**ev["kl_to_pretrained"], "mean": 0.0, "stderr": 0.0}
+    prompts = [r["prompt"] for r in load_toy_split("eval")[:preset.eval.samples]]
+    noise = model.initial_noise(len(prompts), torch.Generator().manual_seed(EVAL_SEED))
+    imgs = model.generate(prompts, steps=preset.eval.steps, guidance=preset.eval.guidance, noise=noise)
+    save_grid(imgs, path.parent / "samples.png", nrow=len(prompts))
+    write_json(path, ev)
+    return ev
+
+
+def run_benchmark(out: Path, methods: list[str], model_name: str = "toy", preset: str | Preset = "default",
+                  seeds: int = 1, model_path: str | None = None, progress: bool = True,
+                  command: str | None = None) -> Path:
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    for m in methods:
+        build_method(m, **p.method_overrides.get(m, {}))  # unknown names fail before any work
+    build_reward(p.reward, **p.reward_options)
+    if seeds < 1:
+        raise RunError("--seeds must be at least 1")
+    out = Path(out)
+    config = {"methods": methods, "model": model_name, "model_path": model_path, "seeds": seeds,
+              "preset": p.name, "resolved": json.loads(json.dumps(asdict(p), default=str))}
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        same = (old.get("config", {}).get("resolved") == config["resolved"]
+                and old["config"]["model"] == model_name)
+        if not same:
+            raise RunError(f"{out} holds a run with another configuration; use a new --out or delete it")
+        config["methods"] = list(dict.fromkeys(old["config"]["methods"] + methods))
+        config["seeds"] = max(seeds, old["config"]["seeds"])
+    manifest = {"command": command or " ".join(sys.argv), "config": config, "versions": _versions(),
+                "status": "running", "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(manifest_path, manifest)
+    t0 = time.perf_counter()
+    for seed in range(seeds):
+        base = base_eval(out, model_name, model_path, seed, p, methods[0])
+        for m in methods:
+            cell = Cell(out, model_name, model_path, m, seed, p)
+            if not cell.done:
+                cell.run(base, progress)
+    from reports.tables import write_run_tables
+
+    write_run_tables(out)
+    manifest.update(status="done", seconds=round(time.perf_counter() - t0, 1))
+    write_json(manifest_path, manifest)
+    return out
+

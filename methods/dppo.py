@@ -1,0 +1,59 @@
+"""Flow-DPPO: a trust region from the exact KL instead of ratio clipping.
+
+Per trained step: `−M·A·ρ` (the trainer adds β·KL_ref), where the detached mask is
+
+    D = KL(π_old ‖ π_θ)   (exact, per element)
+    M = 0  if D ≥ δ and ((ρ > 1 and A > 0) or (ρ < 1 and A < 0))
+    M = 1  otherwise
+
+Low-divergence steps always pass; a high-divergence step passes only when it moves
+back toward the old policy. δ = 1e-5 on the per-element KL (UniRL's default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from methods.base import Method, MethodConfig, MethodError, StepLoss, StepTensors, register_method
+
+
+@dataclass
+class DPPOConfig(MethodConfig):
+    delta: float = 1e-5
+    """KL threshold δ of the trust region (per-element exact KL, Flow-SDE scale)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.delta < 0:
+            raise MethodError(f"delta must be >= 0, not {self.delta}")
+
+
+def dppo_loss(log_prob: Tensor, old_log_prob: Tensor, kl: Tensor, advantages: Tensor, *,
+              delta: float) -> tuple[Tensor, Tensor]:
+    """Returns the unreduced per-step loss `−M·A·ρ` and the keep mask M (bool)."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    with torch.no_grad():
+        moving_away = ((ratio > 1) & (advantages > 0)) | ((ratio < 1) & (advantages < 0))
+        keep = ~((kl >= delta) & moving_away)
+    # torch.where, not M·(…): an overflowing ρ must never give inf·0 = nan
+    loss = torch.where(keep, -advantages * ratio, torch.zeros_like(ratio))
+    return loss, keep
+
+
+@register_method("dppo")
+class FlowDPPO(Method):
+    description = "Flow-DPPO: mask steps whose exact KL to the old policy exceeds δ = 1e-5 (Flow-SDE)"
+    paper = "Flow-DPPO: Divergence Proximal Policy Optimization for Flow Matching Models (2026)"
+    Config = DPPOConfig
+
+    def step_loss(self, s: StepTensors) -> StepLoss:
+        loss, keep = dppo_loss(s.log_prob, s.old_log_prob, s.kl.detach(), s.advantages,
+                               delta=self.config.delta)
+        return StepLoss(loss, torch.exp(s.log_prob - s.old_log_prob).detach(), ~keep)
+
+    @property
+    def trust_threshold(self) -> float:
+        return self.config.delta

@@ -1,0 +1,290 @@
+"""The one trainer every method shares.
+
+Per epoch:
+  1. rollout — P prompts × G samples from seeded initial noise; K sampling steps of
+     which a window of W (drawn within the first `window_fraction` of the trajectory)
+     is stochastic with the method's sampler and stored; the rest are ODE steps.
+     Old log-probabilities and old means are frozen here.
+  2. rewards — through `rewards/`, then group-relative advantages
+     `A = (r − mean_group) / (std + 1e-4)`, std of the group or of the whole batch,
+     clipped to ±`adv_clip`.
+  3. update — I inner loops over the batch in mini-batches; per mini-batch, each trained
+     step's loss from `method.step_loss` plus β·KL_ref (exact KL to the pretrained
+     policy: the adapter disabled), averaged over steps, one AdamW step with gradient
+     clipping.
+The prompts, initial noise, SDE noise, window and mini-batch order of epoch e depend
+only on (seed, e): two methods with one seed see exactly the same data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from methods.base import Method, StepTensors
+from methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
+from models.base import FlowModel, PromptEmbeds
+from rewards.base import Reward
+
+
+class TrainConfigError(ValueError):
+    """Impossible training settings."""
+
+
+@dataclass
+class TrainConfig:
+    prompts_per_epoch: int = 8
+    """P: prompt groups per epoch."""
+    group_size: int = 8
+    """G: samples per prompt (the group of the group-relative advantage)."""
+    steps: int = 10
+    """K: sampling steps of a rollout."""
+    sde_window: int = 3
+    """W: stochastic, trained steps per trajectory (the rest are ODE steps)."""
+    window_fraction: float = 0.5
+    """The W steps are drawn within the first fraction of the trajectory."""
+    guidance: float = 1.0
+    """CFG scale during rollouts and training (1.0: the no-CFG recipe)."""
+    inner_loops: int = 1
+    """I: passes over each batch (later passes are off-policy: the trust region acts there)."""
+    minibatch_size: int = 32
+    """Trajectories per optimizer step."""
+    lr: float = 3e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    beta: float = 0.0
+    """β of the β·KL_ref term (exact per-element KL to the pretrained policy)."""
+    adv_std: str = "global"
+    """"group" or "global" (the whole batch; the FlowDPPO recipe) standard deviation."""
+    adv_clip: float = 5.0
+    lora_rank: int = 16
+    """LoRA rank; 0 = full fine-tuning of the denoiser."""
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] | None = None
+    """Module names LoRA adapts (default: the model adapter's attention projections)."""
+
+    def validate(self) -> None:
+        checks = [
+            (self.group_size >= 2, f"group size must be at least 2 (got {self.group_size}): "
+                                   "a group-relative advantage needs two samples"),
+            (self.prompts_per_epoch >= 1, "prompts per epoch must be at least 1"),
+            (self.steps >= 1, "steps must be at least 1"),
+            (1 <= self.sde_window <= self.steps,
+             f"the SDE window ({self.sde_window}) must be between 1 and the steps ({self.steps})"),
+            (0 < self.window_fraction <= 1, "window fraction must be in (0, 1]"),
+            (self.sde_window <= max(1, int(self.steps * self.window_fraction)),
+             f"the SDE window ({self.sde_window}) does not fit in the first "
+             f"{self.window_fraction:g} of {self.steps} steps"),
+            (self.inner_loops >= 1, "inner loops must be at least 1"),
+            (self.minibatch_size >= 1, "mini-batch size must be at least 1"),
+            (self.lr > 0, "learning rate must be positive"),
+            (self.beta >= 0, "beta must be >= 0"),
+            (self.adv_std in ("group", "global"), "adv_std must be 'group' or 'global'"),
+            (self.lora_rank >= 0, "LoRA rank must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise TrainConfigError(msg)
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]  # B = P·G, grouped
+    records: list[dict]
+    embeds: PromptEmbeds
+    window: list[int]  # trained step indices k
+    sigmas: Tensor
+    x: list[Tensor]  # per window step: x_k [B, ...]
+    x_next: list[Tensor]  # x_{k+1}
+    old_mean: list[Tensor]
+    std: list[Tensor]
+    old_log_prob: list[Tensor]
+    images: Tensor
+    rewards: Tensor  # [B]
+    advantages: Tensor  # [B]
+    reward_details: dict = field(default_factory=dict)
+
+
+def group_advantages(rewards: Tensor, group_size: int, *, std: str = "global",
+                     clip: float = 5.0) -> tuple[Tensor, Tensor]:
+    """(r − mean_group) / (std + 1e-4), clipped; groups with no reward spread get 0.
+    Returns the advantages and the mask of zero-spread groups (per group)."""
+    r = rewards.view(-1, group_size).double()
+    centred = r - r.mean(1, keepdim=True)
+    scale = r.std(1, keepdim=True) if std == "group" else r.std().expand_as(r[:, :1])
+    adv = (centred / (scale + 1e-4)).clamp(-clip, clip)
+    flat = r.std(1) < 1e-8
+    adv[flat] = 0.0
+    return adv.flatten().float(), flat
+
+
+def _generator(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
+
+
+class Trainer:
+    """Trains one method on one model with one reward; the harness drives the epochs."""
+
+    def __init__(self, model: FlowModel, method: Method, reward: Reward, prompts: list[dict],
+                 cfg: TrainConfig, seed: int = 0):
+        cfg.validate()
+        self.model, self.method, self.reward, self.prompts, self.cfg, self.seed = (
+            model, method, reward, prompts, cfg, seed)
+        if cfg.prompts_per_epoch > len(prompts):
+            raise TrainConfigError(f"{cfg.prompts_per_epoch} prompts per epoch, but the prompt set "
+                                   f"has only {len(prompts)}")
+        self.params = model.setup_training(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
+                                           weight_decay=cfg.weight_decay)
+        mc = method.config
+        self._step_fn = flow_sde_step if mc.sampler == "sde" else cps_step
+        self._eta = mc.eta
+        self._surrogate = mc.log_prob == "cps-surrogate"
+
+    # --- one stochastic step, shared by rollout and update --------------------------------
+    def _step(self, x: Tensor, v: Tensor, k: int, sigmas: Tensor, **kw):
+        return self._step_fn(x, v, float(sigmas[k]), float(sigmas[k + 1]), eta=self._eta, **kw)
+
+    def _log_prob(self, r) -> Tensor:
+        return r.surrogate_log_prob if self._surrogate else r.log_prob
+
+    def _velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
+        s = torch.full((x.shape[0],), float(sigmas[k]), device=x.device)
+        return self.model.velocity(x, s, embeds, self.cfg.guidance)
+
+    @torch.no_grad()
+    def rollout(self, epoch: int) -> Rollout:
+        cfg, G = self.cfg, self.cfg.group_size
+        rng = np.random.default_rng([self.seed, epoch, 0])
+        picks = rng.choice(len(self.prompts), cfg.prompts_per_epoch, replace=False)
+        window = sorted(int(k) for k in rng.choice(max(1, int(cfg.steps * cfg.window_fraction)),
+                                                    cfg.sde_window, replace=False))
+        records = [self.prompts[i] for i in picks for _ in range(G)]
+        prompts = [r["prompt"] for r in records]
+        gen = _generator(self.seed, epoch, 1)
+        x = self.model.initial_noise(len(prompts), gen)
+        embeds = self.model.encode_prompts([self.prompts[i]["prompt"] for i in picks],
+                                           cfg.guidance).repeat_interleave(G)
+        sig = self.model.sigmas(cfg.steps)
+        xs, nxt, means, stds, lps = [], [], [], [], []
+        for k in range(cfg.steps):
+            v = self._velocity(x, k, sig, embeds)
+            if k in window:
+                noise = torch.randn(x.shape, generator=gen).to(x.device)
+                r = self._step(x, v, k, sig, noise=noise)
+                xs.append(x)
+                nxt.append(r.next_sample)
+                means.append(r.mean)
+                stds.append(r.std)
+                lps.append(self._log_prob(r))
+                x = r.next_sample
+            else:
+                x = ode_step(x, v, float(sig[k]), float(sig[k + 1]))
+        images = self.model.decode(x).float().cpu()
+        out = self.reward(images, prompts, records)
+        adv, flat = group_advantages(out.scores, G, std=cfg.adv_std, clip=cfg.adv_clip)
+        return Rollout(prompts, records, embeds, window, sig, xs, nxt, means, stds, lps, images,
+                       out.scores.float(), adv.to(x.device),
+                       {**out.details, "zero_spread_groups": int(flat.sum())})
+
+    def update(self, ro: Rollout, epoch: int) -> tuple[dict, dict[str, Tensor]]:
+        """I inner loops of mini-batch steps; returns (metrics, per-step samples)."""
+        cfg, B = self.cfg, len(ro.prompts)
+        gen = _generator(self.seed, epoch, 2)
+        diag: dict[str, list] = defaultdict(list)
+        samples: dict[str, list[Tensor]] = defaultdict(list)
+        losses, grad_norms, skipped = [], [], 0
+        delta = self.method.trust_threshold
+        for inner in range(cfg.inner_loops):
+            order = torch.randperm(B, generator=gen)
+            for mb in order.split(cfg.minibatch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                emb = ro.embeds.select(mb)
+                total = 0.0
+                for j, k in enumerate(ro.window):
+                    x, std, old_mean = ro.x[j][mb], ro.std[j][mb], ro.old_mean[j][mb]
+                    r = self._step(x, self._velocity(x, k, ro.sigmas, emb), k, ro.sigmas,
+                                   next_sample=ro.x_next[j][mb])
+                    kl = gaussian_kl(old_mean, r.mean, std)
+                    st = StepTensors(self._log_prob(r), ro.old_log_prob[j][mb], kl,
+                                     ro.advantages[mb], r.mean, old_mean, std,
+                                     float(ro.sigmas[k + 1] - ro.sigmas[k]),
+                                     (ro.x_next[j][mb] - old_mean) / std.clamp(min=1e-12), k)
+                    out = self.method.step_loss(st)
+                    loss = out.loss
+                    kl_ref = None
+                    if cfg.beta > 0:
+                        with torch.no_grad(), self.model.reference():
+                            ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, emb), k,
+                                                  ro.sigmas, next_sample=ro.x_next[j][mb]).mean
+                        kl_ref = gaussian_kl(r.mean, ref_mean, std)
+                        loss = loss + cfg.beta * kl_ref
+                    loss = loss.mean() / len(ro.window)
+                    loss.backward()
+                    total += loss.item()
+                    self._record(diag, samples, st, out, kl_ref, inner, delta)
+                norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                if not torch.isfinite(norm):
+                    skipped += 1  # a non-finite gradient never reaches the weights
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                self.optimizer.step()
+                losses.append(total)
+                grad_norms.append(norm.item())
+        metrics = {"loss": float(np.mean(losses)) if losses else float("nan"),
+                   "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
+                   "skipped_updates": skipped}
+        for key, vals in diag.items():
+            metrics[key] = float(np.mean(vals))
+        return metrics, {k: torch.cat(v) for k, v in samples.items()}
+
+    @staticmethod
+    @torch.no_grad()
+    def _record(diag, samples, st: StepTensors, out, kl_ref, inner: int, delta) -> None:
+        """methods.md §8: the same diagnostics for every method, per timestep index k
+        (keys `k<k>/...` on the first pass, `k<k>/i<pass>/...` on later ones)."""
+        k, A = st.step_index, st.advantages
+        ratio, kl = out.ratio.float(), st.kl.detach().float()
+        # log ρ = −KL + mean(ε·Δμ/s) per element: deterministic signal plus zero-mean noise
+        safe = torch.where(st.std > 0, st.std, torch.ones_like(st.std))
+        noise = (st.noise * (st.mean.detach() - st.old_mean) / safe).flatten(1).mean(1).float()
+        pos, neg, trust = A > 0, A < 0, out.trust
+        tag = f"k{k}/" if inner == 0 else f"k{k}/i{inner}/"
+        values = {
+            "ratio_mean": ratio.mean(), "ratio_std": ratio.std(correction=0),
+            "ratio_min": ratio.min(), "ratio_max": ratio.max(),
+            "trust_frac": trust.float().mean(),
+            "trust_frac_pos_adv": (trust & pos).float().sum() / pos.sum().clamp(min=1),
+            "trust_frac_neg_adv": (trust & neg).float().sum() / neg.sum().clamp(min=1),
+            "kl_mean": kl.mean(), "kl_max": kl.max(),
+            "logratio_signal": -kl.mean(), "logratio_noise_std": noise.std(correction=0),
+        }
+        if delta is not None:
+            values["kl_above_delta"] = (kl >= delta).float().mean()
+        if kl_ref is not None:
+            values["kl_ref"] = kl_ref.detach().mean()
+        for name, val in values.items():
+            diag[tag + name].append(val.item())
+        for name, val in (("ratio", ratio), ("kl", kl), ("adv", A.float()), ("noise", noise),
+                          ("step", torch.full_like(ratio, k)), ("inner", torch.full_like(ratio, inner))):
+            samples[name].append(val.cpu())
+
+    def train_epoch(self, epoch: int) -> tuple[dict, dict[str, Tensor]]:
+        t0 = time.perf_counter()
+        ro = self.rollout(epoch)
+        t1 = time.perf_counter()
+        metrics, samples = self.update(ro, epoch)
+        r = ro.rewards
+        metrics.update({
+            "epoch": epoch, "reward_mean": r.mean().item(), "reward_std": r.std().item(),
+            "zero_spread_groups": ro.reward_details["zero_spread_groups"] / self.cfg.prompts_per_epoch,
+            "adv_abs_mean": ro.advantages.abs().mean().item(), "window": ro.window,
+            "rollout_s": round(t1 - t0, 2), "update_s": round(time.perf_counter() - t1, 2),
+        })
+        return metrics, samples
