@@ -34,11 +34,13 @@ class DPPOConfig(MethodConfig):
 def dppo_loss(log_prob: Tensor, old_log_prob: Tensor, kl: Tensor, advantages: Tensor, *,
               delta: float) -> tuple[Tensor, Tensor]:
     """Returns the unreduced per-step loss `−M·A·ρ` and the keep mask M (bool)."""
-    ratio = torch.exp(log_prob - old_log_prob)
+    log_ratio = log_prob - old_log_prob
     with torch.no_grad():
-        moving_away = ((ratio > 1) & (advantages > 0)) | ((ratio < 1) & (advantages < 0))
+        moving_away = ((log_ratio > 0) & (advantages > 0)) | ((log_ratio < 0) & (advantages < 0))
         keep = ~((kl >= delta) & moving_away)
-    # torch.where, not M·(…): an overflowing ρ must never give inf·0 = nan
+    # torch.where, not M·(…), and masked log-ratios zeroed before exp: an overflowing ρ
+    # must never give inf·0 = nan, in the loss or in its gradient
+    ratio = torch.exp(torch.where(keep, log_ratio, torch.zeros_like(log_ratio)))
     loss = torch.where(keep, -advantages * ratio, torch.zeros_like(ratio))
     return loss, keep
 

@@ -105,6 +105,7 @@ class Rollout:
     old_mean: list[Tensor]
     std: list[Tensor]
     old_log_prob: list[Tensor]
+    noise: Tensor  # the initial noise x_0 [B, ...]
     images: Tensor
     rewards: Tensor  # [B]
     advantages: Tensor  # [B]
@@ -139,6 +140,7 @@ class Trainer:
         if cfg.prompts_per_epoch > len(prompts):
             raise TrainConfigError(f"{cfg.prompts_per_epoch} prompts per epoch, but the prompt set "
                                    f"has only {len(prompts)}")
+        torch.manual_seed(seed)  # peft draws the LoRA initialisation from the global RNG
         self.params = model.setup_training(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
@@ -168,7 +170,7 @@ class Trainer:
         records = [self.prompts[i] for i in picks for _ in range(G)]
         prompts = [r["prompt"] for r in records]
         gen = _generator(self.seed, epoch, 1)
-        x = self.model.initial_noise(len(prompts), gen)
+        x = x_init = self.model.initial_noise(len(prompts), gen)
         embeds = self.model.encode_prompts([self.prompts[i]["prompt"] for i in picks],
                                            cfg.guidance).repeat_interleave(G)
         sig = self.model.sigmas(cfg.steps)
@@ -189,7 +191,7 @@ class Trainer:
         images = self.model.decode(x).float().cpu()
         out = self.reward(images, prompts, records)
         adv, flat = group_advantages(out.scores, G, std=cfg.adv_std, clip=cfg.adv_clip)
-        return Rollout(prompts, records, embeds, window, sig, xs, nxt, means, stds, lps, images,
+        return Rollout(prompts, records, embeds, window, sig, xs, nxt, means, stds, lps, x_init, images,
                        out.scores.float(), adv.to(x.device),
                        {**out.details, "zero_spread_groups": int(flat.sum())})
 

@@ -1,0 +1,130 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from harness.prompts import load_toy_split
+from harness.run import Cell, EvalSettings, Preset, RunError, base_eval, run_benchmark
+from methods import build_method
+from methods.trainer import TrainConfig, Trainer
+from models.toy import ToyConfig, ToyNet, load_toy, save_toy
+from rewards import build_reward
+
+TINY = ToyConfig(channels=(8, 16, 16), text_dim=16, heads=2)
+PRESET = Preset(
+    "test", "tiny", epochs=2,
+    train=TrainConfig(prompts_per_epoch=2, group_size=4, minibatch_size=4, steps=4, sde_window=2,
+                      inner_loops=2, lr=1e-2, lora_rank=4, lora_alpha=8),
+    eval=EvalSettings(every=1, limit=4, ood_limit=4, steps=3, kl_prompts=2, samples=2),
+    reward="toy-colour")
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "toy.safetensors"
+    save_toy(ToyNet(TINY), path, dtype=torch.float32)
+    return str(path)
+
+
+def _trainer(path, method, seed=0):
+    return Trainer(load_toy(path), build_method(method), build_reward("toy-colour"),
+                   load_toy_split("train"), PRESET.train, seed=seed)
+
+
+def test_same_seed_same_prompts_and_noise_across_methods(tiny_path):
+    a, b = _trainer(tiny_path, "grpo"), _trainer(tiny_path, "dppo")
+    for epoch in (0, 3):
+        ra, rb = a.rollout(epoch), b.rollout(epoch)
+        assert ra.prompts == rb.prompts and ra.window == rb.window
+        assert torch.equal(ra.noise, rb.noise)
+    other = _trainer(tiny_path, "grpo", seed=1).rollout(0)
+    assert not torch.equal(other.noise, a.rollout(0).noise)
+
+
+@pytest.mark.parametrize("method", ["grpo", "dppo"])
+def test_first_minibatch_is_on_policy(tiny_path, method):
+    """Before any update, ρ = 1 and KL(old ‖ new) = 0 exactly (methods.md §6)."""
+    tr = _trainer(tiny_path, method)
+    ro = tr.rollout(0)
+    _, samples = tr.update(ro, 0)
+    first = slice(0, PRESET.train.minibatch_size)  # first mini-batch, first trained step
+    assert torch.allclose(samples["ratio"][first], torch.ones(4), atol=1e-6)
+    assert torch.allclose(samples["kl"][first], torch.zeros(4), atol=1e-12)
+    later = samples["inner"] == 1  # the second pass is off-policy
+    assert (samples["ratio"][later] != 1).any()
+
+
+def test_training_moves_the_policy_and_reference_stays(tiny_path):
+    tr = _trainer(tiny_path, "grpo")
+    metrics, _ = tr.train_epoch(0)
+    assert metrics["grad_norm"] > 0 and metrics["skipped_updates"] == 0
+    assert "k0/ratio_mean" in metrics or any(k.endswith("/ratio_mean") for k in metrics)
+    x = torch.randn(2, 3, 32, 32)
+    e = tr.model.encode_prompts(["a red circle"] * 2)
+    s = torch.tensor([0.5, 0.5])
+    with torch.no_grad():
+        v = tr.model.velocity(x, s, e)
+        with tr.model.reference():
+            v_ref = tr.model.velocity(x, s, e)
+    base = load_toy(tiny_path)
+    with torch.no_grad():
+        v_base = base.velocity(x, s, e)
+    assert not torch.allclose(v, v_ref) and torch.allclose(v_ref, v_base, atol=1e-6)
+
+
+def _numbers(run):
+    df = pd.read_csv(run / "report" / "tables.csv")
+    metrics = {m: [json.loads(x) for x in (run / "toy" / m / "seed0" / "metrics.jsonl").read_text().split("\n")
+                   if x] for m in ("grpo", "dppo")}
+    for rows in metrics.values():
+        for r in rows:
+            for k in ("rollout_s", "update_s", "wall_seconds"):
+                r.pop(k)
+    return df, metrics
+
+
+def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run_benchmark(a, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_benchmark(b, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    da, ma = _numbers(a)
+    db, mb = _numbers(b)
+    pd.testing.assert_frame_equal(da, db)
+    assert ma == mb
+    assert (a / "toy" / "grpo" / "seed0" / "samples" / "final.png").exists()
+    assert len(list((a / "toy" / "dppo" / "seed0" / "diagnostics").glob("*.safetensors"))) == 2
+
+    # interrupt the first cell after one epoch, then rerun the same command
+    original = Trainer.train_epoch
+    calls = {"n": 0}
+
+    def dying(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert json.loads((c / "toy/grpo/seed0/checkpoints/latest/state.json").read_text())["epoch"] == 1
+    run_benchmark(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    dc, mc = _numbers(c)
+    pd.testing.assert_frame_equal(da, dc)
+    assert ma == mc
+
+    # finished cells are not recomputed
+    monkeypatch.setattr(Cell, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
+    run_benchmark(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+
+
+def test_mismatched_resume_is_refused(tiny_path, tmp_path):
+    run = tmp_path / "r"
+    base_eval(run, "toy", tiny_path, 0, PRESET, "grpo")
+    (run / "manifest.json").write_text(json.dumps({"config": {"resolved": {"x": 1}, "model": "toy",
+                                                              "methods": ["grpo"], "seeds": 1}}))
+    with pytest.raises(RunError, match="another configuration"):
+        run_benchmark(run, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
