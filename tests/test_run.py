@@ -76,8 +76,8 @@ def test_training_moves_the_policy_and_reference_stays(tiny_path):
 
 def _numbers(run):
     df = pd.read_csv(run / "report" / "tables.csv")
-    metrics = {m: [json.loads(x) for x in (run / "toy" / m / "seed0" / "metrics.jsonl").read_text().split("\n")
-                   if x] for m in ("grpo", "dppo")}
+    metrics = {m: [json.loads(x) for x in (run / f"toy/{m}/seed0/metrics.jsonl").read_text().splitlines()]
+               for m in ("grpo", "dppo")}
     for rows in metrics.values():
         for r in rows:
             for k in ("rollout_s", "update_s", "wall_seconds"):
