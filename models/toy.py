@@ -37,7 +37,7 @@ class ToyConfig:
     heads: int = 4
     vocab: tuple[str, ...] = tuple(vocabulary())
     shift: float = 3.0
-    default_steps: int = 20
+    default_steps: int = 14  # ODE steps for evaluation: within 0.5 GM of 20 steps, 25 % faster
     default_guidance: float = 4.5
 
 

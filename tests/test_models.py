@@ -87,3 +87,21 @@ def test_shipped_model_draws_single_objects_well(toy):
     r = soft_tifa_eval(toy, "eval", steps=10, seed=0, limit=32)
     assert r.per_skill["object"] > 60 and r.per_skill["attribute"] > 60
     assert np.isfinite(r.gm)
+
+
+def test_default_pretraining_recipe_is_deterministic_across_processes(tmp_path):
+    """`bench pretrain toy` with the shipped recipe: two fresh processes, same seed, the
+    same weights bit for bit (two steps of the real config)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from models.toy_pretrain import PretrainConfig, pretrain_toy; "
+            "pretrain_toy(sys.argv[1], PretrainConfig(), progress=False, stop_at=2)")
+    for name in ("a", "b"):
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    from harness.io import load_tensors
+
+    a = load_tensors(tmp_path / "a" / "state.safetensors")
+    b = load_tensors(tmp_path / "b" / "state.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
