@@ -80,34 +80,27 @@ class Preset:
     """Per-method settings calibrated for the toy world (the published ones target SD3.5)."""
 
 
-def _toy_trust_region() -> dict[str, dict]:
-    return {}
-
-
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke", "a first look in about a minute per method (tests use it)", epochs=2,
         train=TrainConfig(prompts_per_epoch=2, group_size=4, minibatch_size=8, steps=6, sde_window=2),
-        eval=EvalSettings(every=2, limit=16, ood_limit=8, steps=6, kl_prompts=4, samples=4),
-        method_overrides=_toy_trust_region()),
+        eval=EvalSettings(every=2, limit=16, ood_limit=8, steps=6, kl_prompts=4, samples=4)),
     "sanity": Preset(
         "sanity", "an easy reward (share of pixels in the prompt's colours) that any working "
                   "method raises quickly", epochs=12,
         train=TrainConfig(prompts_per_epoch=8, group_size=8, minibatch_size=32, lr=1e-3),
         eval=EvalSettings(every=4, limit=32, ood_limit=16, steps=10, kl_prompts=8),
-        reward="toy-colour", method_overrides=_toy_trust_region()),
+        reward="toy-colour"),
     "default": Preset(
         "default", "the toy comparison on the compositional reward (≈ 15 min for two methods)",
         epochs=16,
         train=TrainConfig(prompts_per_epoch=8, group_size=8, minibatch_size=32, lr=1e-3),
-        eval=EvalSettings(every=8, limit=96, ood_limit=48, steps=10, kl_prompts=16),
-        method_overrides=_toy_trust_region()),
+        eval=EvalSettings(every=8, limit=96, ood_limit=48, steps=10, kl_prompts=16)),
     "paper": Preset(
         "paper", "the full comparison: longer, full eval splits (hours on 2 cores)", epochs=60,
         train=TrainConfig(prompts_per_epoch=16, group_size=8, minibatch_size=32, lr=1e-3,
                           inner_loops=2),
-        eval=EvalSettings(every=10, steps=20, kl_prompts=32),
-        method_overrides=_toy_trust_region()),
+        eval=EvalSettings(every=10, steps=20, kl_prompts=32)),
 }
 
 
