@@ -118,17 +118,23 @@ def _versions() -> dict:
             "diffusers": diffusers.__version__, "peft": peft.__version__}
 
 
-def evaluate_policy(model, method, preset: Preset, records_eval: list[dict]) -> dict:
-    """Soft-TIFA (in-domain), preference (ood) and KL to the pretrained model."""
+def evaluate_policy(model, method, preset: Preset, records_eval: list[dict], kl: bool = True) -> dict:
+    """Soft-TIFA (in-domain), preference (ood) and KL to the pretrained model (0 for the
+    pretrained model itself, `kl=False`)."""
     ev, tc = preset.eval, preset.train
     t0 = time.perf_counter()
     tifa = soft_tifa_eval(model, "eval", steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
                           limit=ev.limit)
     pref = preference_eval(model, "ood", steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
                            limit=ev.ood_limit)
-    kl = kl_to_pretrained(model, records_eval[:ev.kl_prompts], sampler=method.config.sampler,
-                          eta=method.config.eta, steps=tc.steps, guidance=tc.guidance, seed=EVAL_SEED)
-    return {"soft_tifa": tifa.to_dict(), "preference_ood": pref, "kl_to_pretrained": kl,
+    if kl:
+        kl_ref = kl_to_pretrained(model, records_eval[:ev.kl_prompts], sampler=method.config.sampler,
+                                  eta=method.config.eta, steps=tc.steps, guidance=tc.guidance,
+                                  seed=EVAL_SEED)
+    else:
+        kl_ref = {"mean": 0.0, "stderr": 0.0, "per_step": [0.0] * tc.steps, "n": 0,
+                  "unit": "per-element KL summed over steps"}
+    return {"soft_tifa": tifa.to_dict(), "preference_ood": pref, "kl_to_pretrained": kl_ref,
             "eval_seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -217,8 +223,7 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, pre
         return json.loads(path.read_text())
     model = load_model(model_name, model_path)
     method = build_method(method_name, **preset.method_overrides.get(method_name, {}))
-    ev = evaluate_policy(model, method, preset, load_toy_split("eval"))
-    ev["kl_to_pretrained"] = {**ev["kl_to_pretrained"], "mean": 0.0, "stderr": 0.0}
+    ev = evaluate_policy(model, method, preset, load_toy_split("eval"), kl=False)
     prompts = [r["prompt"] for r in load_toy_split("eval")[:preset.eval.samples]]
     noise = model.initial_noise(len(prompts), torch.Generator().manual_seed(EVAL_SEED))
     imgs = model.generate(prompts, steps=preset.eval.steps, guidance=preset.eval.guidance, noise=noise)
