@@ -49,6 +49,9 @@ def _bad(tmp_path):
         (["eval", "--model", "flux9"], "unknown model"),
         (["eval", "--limit", 1], "--limit"),
         (["pretrain", "banana"], "unknown pretraining target"),
+        (["run", "--methods", "grpo,ppo9000", "--out", tmp_path / "r"], "unknown method"),
+        (["run", "--preset", "huge", "--out", tmp_path / "r"], "unknown preset"),
+        (["run", "--seeds", 0, "--out", tmp_path / "r"], "--seeds"),
         (["sample", "--prompt", "a red circle", "--steps", 1, "--out", "/proc/forbidden/x.png"], "error"),
     ]
 
