@@ -113,7 +113,8 @@ def eval_(
         raise BadInput("--limit must be at least 2 (a standard error needs two prompts)")
     m = _load(model, model_path)
     result = full_eval(m, steps=steps, guidance=guidance, seed=seed,
-                       images_per_prompt=images_per_prompt, ood=ood, limit=limit, progress=True)
+                       images_per_prompt=images_per_prompt, ood=ood, limit=limit,
+                       ood_limit=limit, progress=True)
     typer.echo(eval_table(result))
     if json_out:
         write_json(json_out, result)

@@ -56,7 +56,9 @@ def preference_eval(model: FlowModel, split: str = "ood", *, steps: int | None =
 
 def full_eval(model: FlowModel, *, steps: int | None = None, guidance: float | None = None,
               seed: int = 0, images_per_prompt: int = 1, ood: bool = True,
-              progress: bool = False, limit: int | None = None) -> dict:
+              progress: bool = False, limit: int | None = None, ood_limit: int | None = None) -> dict:
+    """Soft-TIFA on the eval split (its first `limit` prompts) and, with `ood`, the preference
+    score on the ood split (its first `ood_limit` prompts)."""
     t0 = time.perf_counter()
     tifa = soft_tifa_eval(model, "eval", images_per_prompt=images_per_prompt, steps=steps,
                           guidance=guidance, seed=seed, progress=progress, limit=limit)
@@ -65,7 +67,7 @@ def full_eval(model: FlowModel, *, steps: int | None = None, guidance: float | N
            "soft_tifa": tifa.to_dict()}
     if ood:
         out["preference_ood"] = preference_eval(model, "ood", steps=steps, guidance=guidance,
-                                                seed=seed, progress=progress, limit=limit)
+                                                seed=seed, progress=progress, limit=ood_limit)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from harness.evaluate import kl_to_pretrained, preference_eval, soft_tifa_eval
+from harness.evaluate import full_eval, kl_to_pretrained
 from harness.io import (
     load_optimizer,
     load_tensors,
@@ -122,11 +122,8 @@ def evaluate_policy(model, method, preset: Preset, records_eval: list[dict], kl:
     """Soft-TIFA (in-domain), preference (ood) and KL to the pretrained model (0 for the
     pretrained model itself, `kl=False`)."""
     ev, tc = preset.eval, preset.train
-    t0 = time.perf_counter()
-    tifa = soft_tifa_eval(model, "eval", steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
-                          limit=ev.limit)
-    pref = preference_eval(model, "ood", steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
-                           limit=ev.ood_limit)
+    out = full_eval(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED, limit=ev.limit,
+                    ood_limit=ev.ood_limit)
     if kl:
         kl_ref = kl_to_pretrained(model, records_eval[:ev.kl_prompts], sampler=method.config.sampler,
                                   eta=method.config.eta, steps=tc.steps, guidance=tc.guidance,
@@ -134,8 +131,7 @@ def evaluate_policy(model, method, preset: Preset, records_eval: list[dict], kl:
     else:
         kl_ref = {"mean": 0.0, "stderr": 0.0, "per_step": [0.0] * tc.steps, "n": 0,
                   "unit": "per-element KL summed over steps"}
-    return {"soft_tifa": tifa.to_dict(), "preference_ood": pref, "kl_to_pretrained": kl_ref,
-            "eval_seconds": round(time.perf_counter() - t0, 1)}
+    return {**out, "kl_to_pretrained": kl_ref}
 
 
 class Cell:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from harness.io import save_tensors, write_json
 from harness.toyworld.grammar import (
     MAX_OBJECTS,
+    OPPOSITE,
     Spec,
     canonical_specs,
     random_phrasing,
@@ -106,7 +107,7 @@ def perturb_spec(spec: Spec, rng: np.random.Generator) -> Spec:
         else:
             g[0] = int(rng.choice(options))
     else:
-        rel = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[rel]
+        rel = OPPOSITE[rel]
     new = Spec(tuple(tuple(x) for x in groups), rel)
     return random_phrasing(new, rng) if rng.random() < 0.5 else new
 

@@ -31,6 +31,7 @@ WRAPPERS = ("{}", "a photo of {}", "an image of {}", "a picture with {}", "{} on
 ALT_RELATION = {"left of": "to the left of", "right of": "to the right of",
                 "above": "over", "below": "under"}
 ALT_AND = "with"
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 # Relations are stored in one orientation so "A right of B" and "B left of A" share a key.
 _FLIP = {"right of": "left of", "below": "above"}
 

@@ -14,11 +14,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from harness.toyworld.grammar import NUMBERS, PLURAL, Spec
+from harness.toyworld.grammar import NUMBERS, OPPOSITE, PLURAL, Spec
 from harness.toyworld.judge import ToyJudge
 from harness.toyworld.scene import COLOURS, SHAPES, render, sample_layout
-
-_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 def falsify(question: str, answer: str, skill: str, spec: Spec, rng: np.random.Generator):
@@ -35,7 +33,7 @@ def falsify(question: str, answer: str, skill: str, spec: Spec, rng: np.random.G
         absent = rng.choice([s for s in SHAPES if s not in present])
         return f"Are there any {PLURAL[absent]} in the image?", answer
     if skill == "position":
-        return question.replace(f" {spec.relation} ", f" {_OPPOSITE[spec.relation]} "), answer
+        return question.replace(f" {spec.relation} ", f" {OPPOSITE[spec.relation]} "), answer
     raise ValueError(skill)
 
 
