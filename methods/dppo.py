@@ -31,6 +31,13 @@ class DPPOConfig(MethodConfig):
             raise MethodError(f"delta must be >= 0, not {self.delta}")
 
 
+def masked_policy_loss(log_ratio: Tensor, advantages: Tensor, keep: Tensor) -> Tensor:
+    """`−M·A·ρ` per sample. `torch.where`, not M·(…), and masked log-ratios zeroed before
+    exp: an overflowing ρ must never give inf·0 = nan, in the loss or in its gradient."""
+    ratio = torch.exp(torch.where(keep, log_ratio, torch.zeros_like(log_ratio)))
+    return torch.where(keep, -advantages * ratio, torch.zeros_like(ratio))
+
+
 def dppo_loss(log_prob: Tensor, old_log_prob: Tensor, kl: Tensor, advantages: Tensor, *,
               delta: float) -> tuple[Tensor, Tensor]:
     """Returns the unreduced per-step loss `−M·A·ρ` and the keep mask M (bool)."""
@@ -38,11 +45,7 @@ def dppo_loss(log_prob: Tensor, old_log_prob: Tensor, kl: Tensor, advantages: Te
     with torch.no_grad():
         moving_away = ((log_ratio > 0) & (advantages > 0)) | ((log_ratio < 0) & (advantages < 0))
         keep = ~((kl >= delta) & moving_away)
-    # torch.where, not M·(…), and masked log-ratios zeroed before exp: an overflowing ρ
-    # must never give inf·0 = nan, in the loss or in its gradient
-    ratio = torch.exp(torch.where(keep, log_ratio, torch.zeros_like(log_ratio)))
-    loss = torch.where(keep, -advantages * ratio, torch.zeros_like(ratio))
-    return loss, keep
+    return masked_policy_loss(log_ratio, advantages, keep), keep
 
 
 @register_method("dppo")
@@ -51,8 +54,12 @@ class FlowDPPO(Method):
     paper = "Flow-DPPO: Divergence Proximal Policy Optimization for Flow Matching Models (2026)"
     Config = DPPOConfig
 
+    def divergence(self, s: StepTensors) -> Tensor:
+        """D of the mask: the exact KL(π_old ‖ π_θ) at this step (ablations swap it)."""
+        return s.kl.detach()
+
     def step_loss(self, s: StepTensors) -> StepLoss:
-        loss, keep = dppo_loss(s.log_prob, s.old_log_prob, s.kl.detach(), s.advantages,
+        loss, keep = dppo_loss(s.log_prob, s.old_log_prob, self.divergence(s), s.advantages,
                                delta=self.config.delta)
         return StepLoss(loss, torch.exp(s.log_prob - s.old_log_prob).detach(), ~keep)
 

@@ -133,6 +133,16 @@ def cps_step(
     return StepResult(next_sample, mean, std, log_prob, surrogate)
 
 
+def kl_per_unit_velocity(step, sigma: float, sigma_next: float, *, eta: float) -> float:
+    """The per-element KL between a sampler's policies at one step when the two velocities
+    differ by 1 in every element: (∂μ/∂v)²/(2s²). It compares the KL scales of samplers
+    (how far a δ calibrated for Flow-SDE carries to CPS). `step` is `flow_sde_step` or `cps_step`."""
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    a = step(x, x, sigma, sigma_next, eta=eta, next_sample=x)
+    b = step(x, x + 1, sigma, sigma_next, eta=eta, next_sample=x)
+    return float(gaussian_kl(a.mean, b.mean, a.std))
+
+
 def ode_step(sample: Tensor, velocity: Tensor, sigma: float | Tensor,
              sigma_next: float | Tensor) -> Tensor:
     """Deterministic Euler step of the probability-flow ODE: `x + v·dt`."""

@@ -56,6 +56,10 @@ class TextEncoder(nn.Module):
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
+        # Word and position embeddings start at the same scale (GPT-2's 0.02): with
+        # nn.Embedding's N(0, 1) the positions were 2 % of the words and the encoder read
+        # prompts as bags of words, so "a red circle and a blue square" lost its binding.
+        nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.pos, std=0.02)
 
     def forward(self, ids: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

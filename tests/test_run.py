@@ -6,7 +6,7 @@ import torch
 
 from harness.prompts import load_toy_split
 from harness.run import Cell, EvalSettings, Preset, RunError, base_eval, run_benchmark
-from methods import build_method
+from methods import build_method, method_names
 from methods.trainer import TrainConfig, Trainer
 from models.toy import ToyConfig, ToyNet, load_toy, save_toy
 from rewards import build_reward
@@ -43,7 +43,7 @@ def test_same_seed_same_prompts_and_noise_across_methods(tiny_path):
     assert not torch.equal(other.noise, a.rollout(0).noise)
 
 
-@pytest.mark.parametrize("method", ["grpo", "dppo"])
+@pytest.mark.parametrize("method", method_names())
 def test_first_minibatch_is_on_policy(tiny_path, method):
     """Before any update, ρ = 1 and KL(old ‖ new) = 0 exactly (methods.md §6)."""
     tr = _trainer(tiny_path, method)

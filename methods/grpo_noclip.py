@@ -1,0 +1,22 @@
+"""Ablation: Flow-GRPO without a trust region (ε = ∞): the plain ratio policy gradient −A·ρ."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from methods.base import register_method
+from methods.grpo import FlowGRPO, GRPOConfig
+
+
+@dataclass
+class NoClipConfig(GRPOConfig):
+    clip_range: float = math.inf
+    """No clipping: ρ is never clamped."""
+
+
+@register_method("grpo-noclip")
+class GRPONoClip(FlowGRPO):
+    description = "ablation: Flow-GRPO with no ratio clipping (no trust region)"
+    paper = "Liu et al., 2025 (Flow-GRPO), trust-region ablation"
+    Config = NoClipConfig

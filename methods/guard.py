@@ -1,0 +1,52 @@
+"""GRPO-Guard: Flow-GRPO's clipped loss on a normalised ratio (Wang et al., 2025).
+
+RatioNorm removes the ratio's deterministic −KL bias and rescales by the step's std:
+
+    log ρ̃ = s·(log π_θ − log π_old + b),   b = mean(Δμ²) / (2s²),   Δμ = μ_θ − μ_old
+
+so log ρ̃ = s·mean(ε·Δμ/s) is centred on zero at every timestep, and ε = 2e-6 clips it
+symmetrically. `s` is the batch's mean transition std at this step, as in flow_grpo's
+GRPO-Guard script. Gradient reweighting divides each step's loss by |dt| (the script's
+`mean(sqrt(−dt))²`), evening out the gradient scale across timesteps; Flow-Factory omits it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from methods.base import StepLoss, StepTensors, register_method
+from methods.grpo import FlowGRPO, GRPOConfig, clipped_loss
+
+
+@dataclass
+class GuardConfig(GRPOConfig):
+    clip_range: float = 2e-6
+    """PPO clip ε on the normalised ratio ρ̃ (4e-6 in the PickScore recipe)."""
+    reweight_dt: bool = True
+    """Divide each step's loss by |dt| (flow_grpo's script; Flow-Factory omits it)."""
+
+
+def ratio_norm(log_prob: Tensor, old_log_prob: Tensor, mean: Tensor, old_mean: Tensor,
+               std: Tensor) -> Tensor:
+    """log ρ̃ = s·(log ρ + b) with b = mean(Δμ²)/(2s²), s the batch's mean std at this step."""
+    s = std.mean()
+    bias = (mean - old_mean).pow(2).flatten(1).mean(1) / (2 * s**2)
+    return s * (log_prob - old_log_prob + bias)
+
+
+@register_method("guard")
+class GRPOGuard(FlowGRPO):
+    description = "GRPO-Guard: RatioNorm (ratio centred per timestep), clip 2e-6, loss / |dt|"
+    paper = "Wang et al., 2025, GRPO-Guard: Mitigating Implicit Over-Optimization in Flow Matching"
+    Config = GuardConfig
+
+    def step_loss(self, s: StepTensors) -> StepLoss:
+        log_ratio = ratio_norm(s.log_prob, s.old_log_prob, s.mean, s.old_mean, s.std)
+        loss, ratio, clipped = clipped_loss(log_ratio, torch.zeros_like(log_ratio), s.advantages,
+                                            clip_range=self.config.clip_range)
+        if self.config.reweight_dt:
+            loss = loss / abs(s.dt)
+        return StepLoss(loss, ratio.detach(), clipped)

@@ -1,0 +1,142 @@
+"""The method zoo beyond grpo and dppo: each loss on hand-built tensors, and the formula
+checks of methods.md (RatioNorm's bias removal, the 1/|dt| reweighting, the CPS surrogate)."""
+
+import math
+
+import pytest
+import torch
+
+from methods import build_method, get_method, method_names
+from methods.base import StepTensors
+from methods.grpo import clipped_loss
+from methods.sde import cps_step, flow_sde_step, gaussian_kl, kl_per_unit_velocity, sd3_sigmas
+
+ZOO = ["grpo", "cps", "guard", "dppo", "dppo-cps", "dppo-sym", "grpo-noclip", "dppo-sampled-kl"]
+
+
+def test_registry_holds_the_zoo_with_published_defaults():
+    assert set(ZOO) <= set(method_names())
+    for name in ZOO:
+        assert get_method(name).description and get_method(name).paper
+    cps = build_method("cps").config
+    assert (cps.sampler, cps.eta, cps.log_prob, cps.clip_range) == ("cps", 0.8, "cps-surrogate", 1e-5)
+    guard = build_method("guard").config
+    assert (guard.sampler, guard.clip_range, guard.reweight_dt) == ("sde", 2e-6, True)
+    assert build_method("dppo-cps").config.sampler == "cps"
+    assert math.isinf(build_method("grpo-noclip").config.clip_range)
+
+
+def _step(sampler="sde", B=6, seed=0, scale=1e-2, adv=None):
+    """A trained step for B samples in float64: old policy from v, new from v + scale·Δv."""
+    g = torch.Generator().manual_seed(seed)
+    x, v = (torch.randn(B, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    step = flow_sde_step if sampler == "sde" else cps_step
+    old = step(x, v, 0.8, 0.7, eta=0.7, generator=g)
+    new = step(x, v + scale * torch.randn(B, 3, 4, 4, generator=g, dtype=torch.float64), 0.8, 0.7, eta=0.7,
+               next_sample=old.next_sample)
+    A = adv if adv is not None else torch.tensor([1.0, -1.0] * (B // 2), dtype=torch.float64)
+    noise = (old.next_sample - old.mean) / old.std
+    st = StepTensors(new.log_prob, old.log_prob, gaussian_kl(old.mean, new.mean, old.std), A,
+                     new.mean, old.mean, old.std, -0.1, noise, 0)
+    return st, old, new
+
+
+def test_ratio_norm_removes_the_kl_bias():
+    """log ρ = −KL + mean(ε·Δμ/s), so s·(log ρ + b) = s·mean(ε·Δμ/s): the noise term alone."""
+    from methods.guard import ratio_norm
+
+    st, old, new = _step()
+    log_rt = ratio_norm(st.log_prob, st.old_log_prob, st.mean, st.old_mean, st.std)
+    s = st.std.mean()
+    noise_term = (st.noise * (st.mean - st.old_mean) / s).flatten(1).mean(1)
+    assert torch.allclose(log_rt, s * noise_term, atol=1e-12)
+    # the raw log-ratio carries the −KL bias; the normalised one does not
+    raw = st.log_prob - st.old_log_prob
+    assert torch.allclose(raw, -st.kl + noise_term, atol=1e-12)
+
+
+def test_guard_loss_clips_normalised_ratio_and_reweights_by_dt():
+    st, _, _ = _step(scale=1.0)
+    guard = build_method("guard", clip_range=1e-3)
+    out = guard.step_loss(st)
+    plain = build_method("guard", clip_range=1e-3, reweight_dt=False).step_loss(st)
+    assert torch.allclose(out.loss, plain.loss / 0.1)  # |dt| = 0.1
+    from methods.guard import ratio_norm
+
+    log_rt = ratio_norm(st.log_prob, st.old_log_prob, st.mean, st.old_mean, st.std)
+    ref, _, clipped = clipped_loss(log_rt, torch.zeros_like(log_rt), st.advantages, clip_range=1e-3)
+    assert torch.allclose(plain.loss, ref) and torch.equal(out.trust, clipped)
+    assert out.trust.any() and not out.trust.all()
+
+
+def test_cps_uses_the_surrogate_ratio():
+    """Flow-CPS's ratio is exp(−mean((x'−μ)²) + mean((x'−μ_old)²)), no 1/(2s²)."""
+    g = torch.Generator().manual_seed(1)
+    x, v = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
+    old = cps_step(x, v, 0.8, 0.7, eta=0.8, generator=g)
+    new = cps_step(x, v + 0.1, 0.8, 0.7, eta=0.8, next_sample=old.next_sample)
+    def sq(m):
+        return ((old.next_sample - m) ** 2).mean((1, 2, 3))
+
+    expect = sq(old.mean) - sq(new.mean)
+    assert torch.allclose(new.surrogate_log_prob - old.surrogate_log_prob, expect, atol=1e-6)
+    A = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    st = StepTensors(new.surrogate_log_prob, old.surrogate_log_prob, torch.zeros(4), A, new.mean,
+                     old.mean, old.std, -0.1, torch.zeros_like(x), 0)
+    out = build_method("cps").step_loss(st)
+    assert torch.allclose(out.ratio, expect.exp())
+
+
+def test_dppo_symmetric_drops_every_high_kl_step():
+    ratio = torch.tensor([1.2, 0.8, 1.2, 0.8, 1.2])
+    A = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0])
+    kl = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    st = StepTensors(torch.log(ratio).requires_grad_(True), torch.zeros(5), kl, A, torch.zeros(5, 1),
+                     torch.zeros(5, 1), torch.ones(5, 1), -0.1, torch.zeros(5, 1), 0)
+    sym = build_method("dppo-sym", delta=0.5).step_loss(st)
+    asym = build_method("dppo", delta=0.5).step_loss(st)
+    # the asymmetric mask keeps the corrective steps 2 and 3; the symmetric one drops them
+    assert (~asym.trust).tolist() == [False, False, True, True, True]
+    assert (~sym.trust).tolist() == [False, False, False, False, True]
+    assert torch.allclose(sym.loss, torch.tensor([0.0, 0.0, 0.0, 0.0, -1.2]))
+
+
+def test_dppo_sampled_kl_masks_on_half_squared_log_ratio():
+    ratio = torch.tensor([1.5, 1.01, 0.6, 0.99])
+    A = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    st = StepTensors(torch.log(ratio), torch.zeros(4), torch.zeros(4), A, torch.zeros(4, 1),
+                     torch.zeros(4, 1), torch.ones(4, 1), -0.1, torch.zeros(4, 1), 0)
+    # ½(log ρ)²: 0.082, 5e-5, 0.13, 5e-5; δ = 0.01 masks the two large moving-away steps
+    out = build_method("dppo-sampled-kl", delta=0.01).step_loss(st)
+    assert out.trust.tolist() == [True, False, True, False]
+    # the exact-KL method sees KL = 0 here and masks nothing
+    assert not build_method("dppo", delta=0.01).step_loss(st).trust.any()
+
+
+def test_grpo_noclip_is_the_plain_ratio_gradient():
+    st, _, _ = _step(scale=10.0)
+    out = build_method("grpo-noclip").step_loss(st)
+    ratio = torch.exp(st.log_prob - st.old_log_prob)
+    assert torch.allclose(out.loss, -st.advantages * ratio) and not out.trust.any()
+
+
+@pytest.mark.parametrize("sampler", ["sde", "cps"])
+def test_kl_per_unit_velocity_matches_the_steps(sampler):
+    step = flow_sde_step if sampler == "sde" else cps_step
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    v = torch.randn_like(x)
+    a = step(x, v, 0.9, 0.8, eta=0.7)
+    b = step(x, v + 1, 0.9, 0.8, eta=0.7, next_sample=a.next_sample)
+    kl = gaussian_kl(a.mean, b.mean, a.std)
+    assert torch.allclose(kl, torch.full((2,), kl_per_unit_velocity(step, 0.9, 0.8, eta=0.7),
+                                         dtype=torch.float64))
+
+
+def test_cps_delta_carries_the_sde_threshold_on_the_toy_schedule():
+    """dppo-cps's δ: the mean KL ratio (CPS / SDE) over the first-half steps is ≈ 1."""
+    sig = [float(s) for s in sd3_sigmas(10, 3.0)]
+    ratios = [kl_per_unit_velocity(cps_step, sig[k], sig[k + 1], eta=0.8)
+              / kl_per_unit_velocity(flow_sde_step, sig[k], sig[k + 1], eta=0.7) for k in range(5)]
+    mean = sum(ratios) / len(ratios)
+    delta_cps = build_method("dppo-cps").config.delta
+    assert abs(math.log10(delta_cps / (build_method("dppo").config.delta * mean))) < 0.3
