@@ -98,7 +98,7 @@ def eval_(
     seed: int = typer.Option(0, help="Seed of the initial noise (same seed, same noise for every model)."),
     images_per_prompt: int = typer.Option(1, help="Images per prompt (GenEval2 uses 1)."),
     ood: bool = typer.Option(True, help="Also score the ood split with the toy preference model."),
-    limit: int = typer.Option(None, help="Only the first N prompts of each split (a quick look)."),
+    limit: int = typer.Option(None, help="Only N prompts of each split, spread evenly (a quick look)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full result (per prompt) as JSON."),
 ):
     """Evaluate a model: Soft-TIFA (GM, AM, per skill, per atom count) on the held-out

@@ -17,6 +17,14 @@ from harness.toyworld.judge import ToyJudge
 from models.base import FlowModel
 
 
+def subset(records: list[dict], limit: int | None) -> list[dict]:
+    """`limit` prompts spread evenly over the split (None: all). The splits are ordered by
+    atom count, so the subset keeps the split's mix of easy and hard prompts."""
+    if limit is None or limit >= len(records):
+        return records
+    return [records[int(i)] for i in np.linspace(0, len(records) - 1, limit).round()]
+
+
 def sample_split(model: FlowModel, records: list[dict], *, images_per_prompt: int = 1,
                  steps: int | None = None, guidance: float | None = None, seed: int = 0,
                  progress: bool = False) -> torch.Tensor:
@@ -29,7 +37,7 @@ def soft_tifa_eval(model: FlowModel, split: str = "eval", *, images_per_prompt: 
                    steps: int | None = None, guidance: float | None = None, seed: int = 0,
                    judge: ToyJudge | None = None, progress: bool = False,
                    limit: int | None = None) -> SoftTifaResult:
-    records = load_toy_split(split)[:limit]
+    records = subset(load_toy_split(split), limit)
     images = sample_split(model, records, images_per_prompt=images_per_prompt, steps=steps,
                           guidance=guidance, seed=seed, progress=progress)
     judge = judge or ToyJudge()
@@ -46,7 +54,7 @@ def preference_eval(model: FlowModel, split: str = "ood", *, steps: int | None =
     """Mean toy preference score (raw, like PickScore's) over a split's prompts, ± stderr."""
     from rewards import build_reward
 
-    records = load_toy_split(split)[:limit]
+    records = subset(load_toy_split(split), limit)
     reward = reward or build_reward("toy-pick")
     images = sample_split(model, records, steps=steps, guidance=guidance, seed=seed, progress=progress)
     scores = reward(images, [r["prompt"] for r in records], records).scores.numpy()
@@ -57,8 +65,8 @@ def preference_eval(model: FlowModel, split: str = "ood", *, steps: int | None =
 def full_eval(model: FlowModel, *, steps: int | None = None, guidance: float | None = None,
               seed: int = 0, images_per_prompt: int = 1, ood: bool = True,
               progress: bool = False, limit: int | None = None, ood_limit: int | None = None) -> dict:
-    """Soft-TIFA on the eval split (its first `limit` prompts) and, with `ood`, the preference
-    score on the ood split (its first `ood_limit` prompts)."""
+    """Soft-TIFA on the eval split (`limit` prompts of it, spread evenly) and, with `ood`, the
+    preference score on the ood split (`ood_limit` prompts)."""
     t0 = time.perf_counter()
     tifa = soft_tifa_eval(model, "eval", images_per_prompt=images_per_prompt, steps=steps,
                           guidance=guidance, seed=seed, progress=progress, limit=limit)

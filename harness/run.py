@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from harness.evaluate import full_eval, kl_to_pretrained
+from harness.evaluate import full_eval, kl_to_pretrained, subset
 from harness.io import (
     load_optimizer,
     load_tensors,
@@ -39,7 +39,7 @@ from methods import build_method
 from methods.trainer import TrainConfig, Trainer
 from models import load_model
 from reports.grid import save_grid
-from rewards import build_reward
+from rewards import build_rewards
 
 EVAL_SEED = 1234  # the evaluation noise: the same for every method, seed and epoch
 
@@ -125,7 +125,7 @@ def evaluate_policy(model, method, preset: Preset, records_eval: list[dict], kl:
     out = full_eval(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED, limit=ev.limit,
                     ood_limit=ev.ood_limit)
     if kl:
-        kl_ref = kl_to_pretrained(model, records_eval[:ev.kl_prompts], sampler=method.config.sampler,
+        kl_ref = kl_to_pretrained(model, subset(records_eval, ev.kl_prompts), sampler=method.config.sampler,
                                   eta=method.config.eta, steps=tc.steps, guidance=tc.guidance,
                                   seed=EVAL_SEED)
     else:
@@ -151,7 +151,7 @@ class Cell:
         p = self.preset
         model = load_model(self.model_name, self.model_path)
         method = build_method(self.method_name, **p.method_overrides.get(self.method_name, {}))
-        reward = build_reward(p.reward, **p.reward_options)
+        reward = build_rewards(p.reward, **p.reward_options)
         trainer = Trainer(model, method, reward, load_toy_split("train"), p.train, seed=self.seed)
         config = {"method": self.method_name, "method_config": asdict(method.config),
                   "train": asdict(p.train), "eval": asdict(p.eval), "epochs": p.epochs,
@@ -192,13 +192,19 @@ class Cell:
             write_json(ckpt / "state.json", {"epoch": done, "wall_seconds": wall,
                                              "optimizer": opt_meta, "config": config})
         final = json.loads((self.dir / "eval" / f"{p.epochs}.json").read_text())
-        prompts = [r["prompt"] for r in records_eval[:p.eval.samples]]
+        prompts = [r["prompt"] for r in subset(records_eval, p.eval.samples)]
         noise = model.initial_noise(len(prompts), torch.Generator().manual_seed(EVAL_SEED))
         imgs = model.generate(prompts, steps=p.eval.steps, guidance=p.eval.guidance, noise=noise)
         save_grid(imgs, self.dir / "samples" / "final.png", nrow=len(prompts))
+        last = metrics[-3:]  # the training reward at the start and over the last epochs
+        n_traj = p.train.prompts_per_epoch * p.train.group_size
+        train_reward = {"first": metrics[0]["reward_mean"],
+                        "first_stderr": metrics[0]["reward_std"] / n_traj**0.5,
+                        "last": sum(m["reward_mean"] for m in last) / len(last),
+                        "last_epochs": len(last)}
         result = {"method": self.method_name, "seed": self.seed, "model": self.model_name,
                   "epochs": p.epochs, "wall_seconds": round(wall, 1), "final": final,
-                  "base": base_eval}
+                  "base": base_eval, "train_reward": train_reward, "reward": p.reward}
         write_json(self.dir / "result.json", result)
         return result
 
@@ -220,7 +226,7 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, pre
     model = load_model(model_name, model_path)
     method = build_method(method_name, **preset.method_overrides.get(method_name, {}))
     ev = evaluate_policy(model, method, preset, load_toy_split("eval"), kl=False)
-    prompts = [r["prompt"] for r in load_toy_split("eval")[:preset.eval.samples]]
+    prompts = [r["prompt"] for r in subset(load_toy_split("eval"), preset.eval.samples)]
     noise = model.initial_noise(len(prompts), torch.Generator().manual_seed(EVAL_SEED))
     imgs = model.generate(prompts, steps=preset.eval.steps, guidance=preset.eval.guidance, noise=noise)
     save_grid(imgs, path.parent / "samples.png", nrow=len(prompts))
@@ -234,7 +240,7 @@ def run_benchmark(out: Path, methods: list[str], model_name: str = "toy", preset
     p = get_preset(preset) if isinstance(preset, str) else preset
     for m in methods:
         build_method(m, **p.method_overrides.get(m, {}))  # unknown names fail before any work
-    build_reward(p.reward, **p.reward_options)
+    build_rewards(p.reward, **p.reward_options)
     if seeds < 1:
         raise RunError("--seeds must be at least 1")
     out = Path(out)

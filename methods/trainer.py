@@ -63,6 +63,12 @@ class TrainConfig:
     adv_std: str = "global"
     """"group" or "global" (the whole batch; the FlowDPPO recipe) standard deviation."""
     adv_clip: float = 5.0
+    reward_aggregation: str = "sum"
+    """With several rewards: "sum" normalises their weighted sum (flow_grpo); "normalised"
+    normalises each within its group and sums the weighted advantages (GDPO / MixGRPO)."""
+    group_noise: str = "independent"
+    """Initial noise of a group's G samples: "independent" (flow_grpo) or "shared" (DanceGRPO):
+    shared noise leaves the SDE steps, the trained actions, as the group's only variation."""
     lora_rank: int = 16
     """LoRA rank; 0 = full fine-tuning of the denoiser."""
     lora_alpha: float = 32.0
@@ -86,6 +92,9 @@ class TrainConfig:
             (self.lr > 0, "learning rate must be positive"),
             (self.beta >= 0, "beta must be >= 0"),
             (self.adv_std in ("group", "global"), "adv_std must be 'group' or 'global'"),
+            (self.reward_aggregation in ("sum", "normalised"),
+             "reward_aggregation must be 'sum' or 'normalised'"),
+            (self.group_noise in ("independent", "shared"), "group_noise must be 'independent' or 'shared'"),
             (self.lora_rank >= 0, "LoRA rank must be >= 0"),
         ]
         for ok, msg in checks:
@@ -123,6 +132,17 @@ def group_advantages(rewards: Tensor, group_size: int, *, std: str = "global",
     flat = r.std(1) < 1e-8
     adv[flat] = 0.0
     return adv.flatten().float(), flat
+
+
+def multi_reward_advantages(components: dict[str, Tensor], weights: dict[str, float],
+                            group_size: int, *, std: str = "global",
+                            clip: float = 5.0) -> tuple[Tensor, Tensor]:
+    """Σ_j w_j·A_j with each reward normalised within its group, then clipped; a group is
+    flat when every reward is."""
+    advs, flats = zip(*(group_advantages(r, group_size, std=std, clip=float("inf"))
+                        for r in components.values()))
+    adv = sum(weights[n] * a for n, a in zip(components, advs))
+    return adv.clamp(-clip, clip), torch.stack(flats).all(0)
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -170,7 +190,10 @@ class Trainer:
         records = [self.prompts[i] for i in picks for _ in range(G)]
         prompts = [r["prompt"] for r in records]
         gen = _generator(self.seed, epoch, 1)
-        x = x_init = self.model.initial_noise(len(prompts), gen)
+        if cfg.group_noise == "shared":
+            x = x_init = self.model.initial_noise(cfg.prompts_per_epoch, gen).repeat_interleave(G, 0)
+        else:
+            x = x_init = self.model.initial_noise(len(prompts), gen)
         embeds = self.model.encode_prompts([self.prompts[i]["prompt"] for i in picks],
                                            cfg.guidance).repeat_interleave(G)
         sig = self.model.sigmas(cfg.steps)
@@ -190,7 +213,12 @@ class Trainer:
                 x = ode_step(x, v, float(sig[k]), float(sig[k + 1]))
         images = self.model.decode(x).float().cpu()
         out = self.reward(images, prompts, records)
-        adv, flat = group_advantages(out.scores, G, std=cfg.adv_std, clip=cfg.adv_clip)
+        components = out.details.get("components")
+        if components and cfg.reward_aggregation == "normalised":
+            adv, flat = multi_reward_advantages(components, self.reward.weights, G, std=cfg.adv_std,
+                                                clip=cfg.adv_clip)
+        else:
+            adv, flat = group_advantages(out.scores, G, std=cfg.adv_std, clip=cfg.adv_clip)
         return Rollout(prompts, records, embeds, window, sig, xs, nxt, means, stds, lps, x_init, images,
                        out.scores.float(), adv.to(x.device),
                        {**out.details, "zero_spread_groups": int(flat.sum())})
@@ -289,4 +317,6 @@ class Trainer:
             "adv_abs_mean": ro.advantages.abs().mean().item(), "window": ro.window,
             "rollout_s": round(t1 - t0, 2), "update_s": round(time.perf_counter() - t1, 2),
         })
+        for name, scores in ro.reward_details.get("components", {}).items():
+            metrics[f"reward/{name}"] = scores.mean().item()
         return metrics, samples

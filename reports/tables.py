@@ -89,6 +89,13 @@ def _summary(evals: list[dict], bases: list[dict]) -> dict[str, tuple[float, flo
     return out
 
 
+def _reward_change(rs: list[dict]) -> str:
+    first = np.mean([r["train_reward"]["first"] for r in rs])
+    se = np.mean([r["train_reward"]["first_stderr"] for r in rs])
+    last = np.mean([r["train_reward"]["last"] for r in rs])
+    return f"{first:.3f} ± {se:.3f} → {last:.3f}"
+
+
 def run_table(run_dir: Path) -> tuple[str, list[dict]]:
     results, bases = _collect(run_dir)
     if not results:
@@ -109,15 +116,19 @@ def run_table(run_dir: Path) -> tuple[str, list[dict]]:
             wall = "" if rs is None else f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.1f}"
             delta = "" if rs is None else _pm(*s["delta_gm"])
             beats = "" if rs is None else ("yes" if s["delta_gm"][0] > s["delta_gm"][1] else "no")
-            rows.append([model, name, str(n_seeds), _pm(*s["gm"]), _pm(*s["am"]), delta, beats,
+            train = "" if rs is None or "train_reward" not in rs[0] else _reward_change(rs)
+            rows.append([model, name, str(n_seeds), train, _pm(*s["gm"]), _pm(*s["am"]), delta, beats,
                          *[f"{s.get('skill:' + k, (float('nan'),))[0]:.1f}" for k in skills],
                          _pm(*s["pref"], 2), f"{s['kl'][0]:.2e} ± {s['kl'][1]:.1e}", wall])
             records.append({"model": model, "method": name, "seeds": n_seeds,
                             **{k: v[0] for k, v in s.items()},
                             **{k + "_stderr": v[1] for k, v in s.items()}})
-    header = ["model", "method", "seeds", "Soft-TIFA GM", "Soft-TIFA AM", "ΔGM vs base",
+    reward = next((r.get("reward", "") for rs in results.values() for r in rs), "")
+    header = ["model", "method", "seeds", f"train reward {reward} (epoch 1 → last 3)", "Soft-TIFA GM",
+              "Soft-TIFA AM", "ΔGM vs base",
               "beats base", *skills, "ood preference", "KL to pretrained", "train min"]
-    note = ("Mean ± stderr (over seeds where there are several, else over eval prompts; ΔGM is "
+    note = ("Train reward: the mean over the first epoch's rollouts (± its stderr) and over the last "
+            "three epochs. Mean ± stderr (over seeds where there are several, else over eval prompts; ΔGM is "
             "paired with the base model on the same prompts and noise). 'beats base': ΔGM > its "
             "stderr. Soft-TIFA and skills 0-100; KL per element, summed over sampling steps.")
     return markdown_table(header, rows) + "\n\n" + note, records
