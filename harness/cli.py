@@ -182,6 +182,11 @@ def run(
     preset: str = typer.Option("default", help="smoke (a first look), sanity (an easy reward), "
                                                 "default (the toy comparison), paper (hours)."),
     seeds: int = typer.Option(1, help="Seeds per method (tables show mean ± stderr over seeds)."),
+    reward: str = typer.Option(None, help="Training reward instead of the preset's: a name "
+                                          "(toy-tifa, toy-pick, toy-colour) or weights, "
+                                          "e.g. toy-tifa=1.0,toy-pick=0.5."),
+    aggregation: str = typer.Option(None, help="Several rewards: 'sum' (normalise the weighted "
+                                               "sum) or 'normalised' (each reward per group)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
 ):
     """Train every method on the same model, prompts, noise and budget; evaluate each on
@@ -193,6 +198,7 @@ def run(
     from methods.base import MethodError
     from methods.trainer import TrainConfigError
     from reports.tables import run_table
+    from rewards import RewardError
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
@@ -200,8 +206,8 @@ def run(
     out = out or Path("runs") / preset
     try:
         run_benchmark(out, names, model, preset, seeds, model_path,
-                      command="bench " + " ".join(sys.argv[1:]))
-    except (RunError, MethodError, TrainConfigError) as e:
+                      command="bench " + " ".join(sys.argv[1:]), reward=reward, aggregation=aggregation)
+    except (RunError, MethodError, TrainConfigError, RewardError) as e:
         raise BadInput(str(e)) from None
     typer.echo(run_table(out)[0])
     typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")

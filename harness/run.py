@@ -19,7 +19,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -236,8 +236,14 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, pre
 
 def run_benchmark(out: Path, methods: list[str], model_name: str = "toy", preset: str | Preset = "default",
                   seeds: int = 1, model_path: str | None = None, progress: bool = True,
-                  command: str | None = None) -> Path:
+                  command: str | None = None, reward: str | None = None,
+                  aggregation: str | None = None) -> Path:
     p = get_preset(preset) if isinstance(preset, str) else preset
+    if reward is not None:
+        p = replace(p, reward=reward, reward_options={})
+    if aggregation is not None:
+        p = replace(p, train=replace(p.train, reward_aggregation=aggregation))
+    p.train.validate()
     for m in methods:
         build_method(m, **p.method_overrides.get(m, {}))  # unknown names fail before any work
     build_rewards(p.reward, **p.reward_options)

@@ -52,6 +52,11 @@ def _bad(tmp_path):
         (["run", "--methods", "grpo,ppo9000", "--out", tmp_path / "r"], "unknown method"),
         (["run", "--preset", "huge", "--out", tmp_path / "r"], "unknown preset"),
         (["run", "--seeds", 0, "--out", tmp_path / "r"], "--seeds"),
+        (["run", "--methods", " , ", "--out", tmp_path / "r"], "--methods is empty"),
+        (["run", "--reward", "aesthetic9000", "--out", tmp_path / "r"], "unknown reward"),
+        (["run", "--reward", "toy-tifa=one", "--out", tmp_path / "r"], "not a number"),
+        (["run", "--aggregation", "mean", "--out", tmp_path / "r"], "reward_aggregation"),
+        (["run", "--preset", "smoke", "--out", "/proc/forbidden/r"], "error"),
         (["sample", "--prompt", "a red circle", "--steps", 1, "--out", "/proc/forbidden/x.png"], "error"),
     ]
 
