@@ -19,7 +19,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ from harness.io import (
     write_jsonl,
 )
 from harness.prompts import load_toy_split
-from methods import build_method
+from methods import Method, build_method, get_method
 from methods.trainer import TrainConfig, Trainer
 from models import load_model
 from reports.grid import save_grid
@@ -118,16 +118,47 @@ def _versions() -> dict:
             "diffusers": diffusers.__version__, "peft": peft.__version__}
 
 
-def evaluate_policy(model, method, preset: Preset, records_eval: list[dict], kl: bool = True) -> dict:
-    """Soft-TIFA (in-domain), preference (ood) and KL to the pretrained model (0 for the
-    pretrained model itself, `kl=False`)."""
-    ev, tc = preset.eval, preset.train
+_TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+def method_variant(spec: str, preset: Preset) -> tuple[Method, TrainConfig]:
+    """A method as `--methods` names it: a registered name, optionally with settings that
+    differ from the preset, `name@key=value@…` (e.g. `dppo@delta=3e-6`, `dppo@beta=0.04`).
+    Keys of the method's config go to the method, keys of `TrainConfig` to the trainer;
+    the preset's toy calibration for the method applies first."""
+    name, *items = spec.split("@")
+    method_kw, train_kw = dict(preset.method_overrides.get(name, {})), {}
+    method_fields = {f.name for f in fields(get_method(name).Config)}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RunError(f"{spec!r}: write settings as name@key=value, e.g. dppo@delta=3e-6")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key in method_fields:
+            method_kw[key] = value
+        elif key in _TRAIN_FIELDS:
+            train_kw[key] = value
+        else:
+            raise RunError(f"{spec!r}: neither {name} nor the trainer has a setting {key!r}")
+    train = replace(preset.train, **train_kw)
+    train.validate()
+    return build_method(name, **method_kw), train
+
+
+def evaluate_policy(model, preset: Preset, records_eval: list[dict], method: Method | None = None,
+                    train: TrainConfig | None = None) -> dict:
+    """Soft-TIFA (in-domain), preference (ood) and the KL to the pretrained model along the
+    method's sampler (0 for the pretrained model itself: `method=None`)."""
+    ev, tc = preset.eval, train or preset.train
     out = full_eval(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED, limit=ev.limit,
                     ood_limit=ev.ood_limit)
-    if kl:
-        kl_ref = kl_to_pretrained(model, subset(records_eval, ev.kl_prompts), sampler=method.config.sampler,
-                                  eta=method.config.eta, steps=tc.steps, guidance=tc.guidance,
-                                  seed=EVAL_SEED)
+    if method is not None:
+        kl_ref = kl_to_pretrained(model, subset(records_eval, ev.kl_prompts),
+                                  sampler=method.config.sampler, eta=method.config.eta,
+                                  steps=tc.steps, guidance=tc.guidance, seed=EVAL_SEED)
     else:
         kl_ref = {"mean": 0.0, "stderr": 0.0, "per_step": [0.0] * tc.steps, "n": 0,
                   "unit": "per-element KL summed over steps"}
@@ -150,11 +181,11 @@ class Cell:
     def run(self, base_eval: dict, progress: bool = True) -> dict:
         p = self.preset
         model = load_model(self.model_name, self.model_path)
-        method = build_method(self.method_name, **p.method_overrides.get(self.method_name, {}))
+        method, train = method_variant(self.method_name, p)
         reward = build_rewards(p.reward, **p.reward_options)
-        trainer = Trainer(model, method, reward, load_toy_split("train"), p.train, seed=self.seed)
+        trainer = Trainer(model, method, reward, load_toy_split("train"), train, seed=self.seed)
         config = {"method": self.method_name, "method_config": asdict(method.config),
-                  "train": asdict(p.train), "eval": asdict(p.eval), "epochs": p.epochs,
+                  "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,
                   "reward": p.reward, "seed": self.seed, "model": self.model_name}
         ckpt = self.dir / "checkpoints" / "latest"
         start, wall = 0, 0.0
@@ -183,7 +214,7 @@ class Cell:
             bar.set_postfix(reward=f"{m['reward_mean']:.3f}")
             done = epoch + 1
             if done % p.eval.every == 0 or done == p.epochs:
-                ev = evaluate_policy(model, method, p, records_eval)
+                ev = evaluate_policy(model, p, records_eval, method, train)
                 write_json(self.dir / "eval" / f"{done}.json", {**ev, "epoch": done, "wall_seconds": wall})
             write_jsonl(self.dir / "metrics.jsonl", metrics)
             opt_t, opt_meta = optimizer_tensors(trainer.optimizer)
@@ -197,7 +228,7 @@ class Cell:
         imgs = model.generate(prompts, steps=p.eval.steps, guidance=p.eval.guidance, noise=noise)
         save_grid(imgs, self.dir / "samples" / "final.png", nrow=len(prompts))
         last = metrics[-3:]  # the training reward at the start and over the last epochs
-        n_traj = p.train.prompts_per_epoch * p.train.group_size
+        n_traj = train.prompts_per_epoch * train.group_size
         train_reward = {"first": metrics[0]["reward_mean"],
                         "first_stderr": metrics[0]["reward_std"] / n_traj**0.5,
                         "last": sum(m["reward_mean"] for m in last) / len(last),
@@ -217,15 +248,13 @@ class Cell:
         return [r for r in rows if r["epoch"] < upto]
 
 
-def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, preset: Preset,
-              method_name: str) -> dict:
+def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, preset: Preset) -> dict:
     """The pretrained model's evaluation, cached per seed (identical for every method)."""
     path = run / model_name / "base" / f"seed{seed}" / "eval.json"
     if path.exists():
         return json.loads(path.read_text())
     model = load_model(model_name, model_path)
-    method = build_method(method_name, **preset.method_overrides.get(method_name, {}))
-    ev = evaluate_policy(model, method, preset, load_toy_split("eval"), kl=False)
+    ev = evaluate_policy(model, preset, load_toy_split("eval"))
     prompts = [r["prompt"] for r in subset(load_toy_split("eval"), preset.eval.samples)]
     noise = model.initial_noise(len(prompts), torch.Generator().manual_seed(EVAL_SEED))
     imgs = model.generate(prompts, steps=preset.eval.steps, guidance=preset.eval.guidance, noise=noise)
@@ -245,7 +274,7 @@ def run_benchmark(out: Path, methods: list[str], model_name: str = "toy", preset
         p = replace(p, train=replace(p.train, reward_aggregation=aggregation))
     p.train.validate()
     for m in methods:
-        build_method(m, **p.method_overrides.get(m, {}))  # unknown names fail before any work
+        method_variant(m, p)  # unknown names and settings fail before any work
     build_rewards(p.reward, **p.reward_options)
     if seeds < 1:
         raise RunError("--seeds must be at least 1")
@@ -266,7 +295,7 @@ def run_benchmark(out: Path, methods: list[str], model_name: str = "toy", preset
     write_json(manifest_path, manifest)
     t0 = time.perf_counter()
     for seed in range(seeds):
-        base = base_eval(out, model_name, model_path, seed, p, methods[0])
+        base = base_eval(out, model_name, model_path, seed, p)
         for m in methods:
             cell = Cell(out, model_name, model_path, m, seed, p)
             if not cell.done:

@@ -78,6 +78,7 @@ class Method:
     name: str = ""
     description: str = ""
     paper: str = ""
+    ablation: bool = False  # listed after the published methods
     Config: type[MethodConfig] = MethodConfig
 
     def __init__(self, config: MethodConfig | None = None):
@@ -109,7 +110,8 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
 
 
 def method_names() -> list[str]:
-    return list(_REGISTRY)
+    """Published methods first, then ablations, each group in registration order."""
+    return sorted(_REGISTRY, key=lambda n: _REGISTRY[n].ablation)
 
 
 def get_method(name: str) -> type[Method]:

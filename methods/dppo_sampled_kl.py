@@ -14,6 +14,7 @@ from methods.dppo import FlowDPPO
 class DPPOSampledKL(FlowDPPO):
     description = "ablation: Flow-DPPO masking on ½(log ρ)² instead of the exact KL"
     paper = "Flow-DPPO (2026), divergence ablation"
+    ablation = True
 
     def divergence(self, s: StepTensors) -> Tensor:
         return 0.5 * (s.log_prob - s.old_log_prob).detach() ** 2

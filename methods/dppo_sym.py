@@ -13,6 +13,7 @@ from methods.dppo import FlowDPPO, masked_policy_loss
 class DPPOSymmetric(FlowDPPO):
     description = "ablation: Flow-DPPO dropping every step with KL ≥ δ (symmetric mask)"
     paper = "Flow-DPPO (2026), mask ablation"
+    ablation = True
 
     def step_loss(self, s: StepTensors) -> StepLoss:
         keep = self.divergence(s) < self.config.delta

@@ -19,4 +19,5 @@ class NoClipConfig(GRPOConfig):
 class GRPONoClip(FlowGRPO):
     description = "ablation: Flow-GRPO with no ratio clipping (no trust region)"
     paper = "Liu et al., 2025 (Flow-GRPO), trust-region ablation"
+    ablation = True
     Config = NoClipConfig

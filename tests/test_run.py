@@ -123,8 +123,21 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
 
 def test_mismatched_resume_is_refused(tiny_path, tmp_path):
     run = tmp_path / "r"
-    base_eval(run, "toy", tiny_path, 0, PRESET, "grpo")
+    base_eval(run, "toy", tiny_path, 0, PRESET)
     (run / "manifest.json").write_text(json.dumps({"config": {"resolved": {"x": 1}, "model": "toy",
                                                               "methods": ["grpo"], "seeds": 1}}))
     with pytest.raises(RunError, match="another configuration"):
         run_benchmark(run, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+
+
+def test_method_variants_change_one_setting():
+    from harness.run import method_variant
+
+    method, train = method_variant("dppo@delta=3e-6@beta=0.04", PRESET)
+    assert method.config.delta == 3e-6 and train.beta == 0.04 and train.lr == PRESET.train.lr
+    method, train = method_variant("grpo", PRESET)
+    assert method.config.clip_range == 1e-4 and train == PRESET.train
+    for bad, msg in [("dppo@gamma=1", "no setting|neither"), ("dppo@delta", "key=value"),
+                     ("dppo@delta=-1", "delta"), ("ppo9@delta=1", "unknown method")]:
+        with pytest.raises(ValueError, match=msg):
+            method_variant(bad, PRESET)
