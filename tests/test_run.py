@@ -141,3 +141,18 @@ def test_method_variants_change_one_setting():
                      ("dppo@delta=-1", "delta"), ("ppo9@delta=1", "unknown method")]:
         with pytest.raises(ValueError, match=msg):
             method_variant(bad, PRESET)
+
+
+def test_shared_group_noise_starts_each_group_from_one_noise(tiny_path):
+    from dataclasses import replace
+
+    tr = Trainer(load_toy(tiny_path), build_method("grpo"), build_reward("toy-colour"),
+                 load_toy_split("train"), replace(PRESET.train, group_noise="shared"), seed=0)
+    ro = tr.rollout(0)
+    G = PRESET.train.group_size
+    groups = ro.noise.view(-1, G, *ro.noise.shape[1:])
+    assert torch.equal(groups[:, :1].expand_as(groups), groups)  # one noise per group
+    assert not torch.equal(groups[0, 0], groups[1, 0])  # different across groups
+    # the SDE steps make the group's images differ
+    imgs = ro.images.view(-1, G, *ro.images.shape[1:])
+    assert not torch.equal(imgs[0, 0], imgs[0, 1])
