@@ -213,6 +213,22 @@ def run(
     typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")
 
 
+@app.command()
+@friendly
+def report(run_dir: Path = typer.Argument(..., help="A run directory written by `bench run`.")):
+    """Comparison tables (Markdown, CSV), learning curves, the reward–KL frontier, the ratio
+    diagnostics and sample grids, in one self-contained report/index.html. Reads result files
+    only; missing or half-written ones are listed and skipped."""
+    from reports.report import build_report
+
+    if not (run_dir / "manifest.json").is_file():
+        raise BadInput(f"{run_dir} is not a run directory (no manifest.json)")
+    res = build_report(run_dir)
+    for m in res["missing"]:
+        typer.echo(f"missing: {m}")
+    typer.echo(f"{len(res['figures'])} figures; open {res['index']}")
+
+
 @app.command("methods")
 def methods_():
     """List the registered RL fine-tuning methods."""

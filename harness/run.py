@@ -300,9 +300,9 @@ def run_benchmark(out: Path, methods: list[str], model_name: str = "toy", preset
             cell = Cell(out, model_name, model_path, m, seed, p)
             if not cell.done:
                 cell.run(base, progress)
-    from reports.tables import write_run_tables
+    from reports.report import build_report
 
-    write_run_tables(out)
+    build_report(out)
     manifest.update(status="done", seconds=round(time.perf_counter() - t0, 1))
     write_json(manifest_path, manifest)
     return out

@@ -37,8 +37,8 @@ class StepResult:
     next_sample: Tensor  # x_{k+1} = mean + std·noise (or the given next_sample)
     mean: Tensor  # μ, same shape as the sample
     std: Tensor  # s, the transition std, shape [B, 1, ..., 1]
-    log_prob: Tensor  # [B], exact Gaussian log N(next; μ, s²), mean over non-batch dims
-    surrogate_log_prob: Tensor | None = None  # [B], Flow-CPS: −mean((next − μ)²)
+    log_prob: Tensor  # [B] float64, exact Gaussian log N(next; μ, s²), mean over non-batch dims
+    surrogate_log_prob: Tensor | None = None  # [B] float64, Flow-CPS: −mean((next − μ)²)
 
 
 def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
@@ -54,7 +54,11 @@ def _mean_over_sample_dims(t: Tensor) -> Tensor:
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """log N(x; mean, std²·I) per element, averaged over non-batch dims -> [B]."""
+    """log N(x; mean, std²·I) per element, averaged over non-batch dims -> [B], in float64:
+    a log-probability near −1 has a float32 resolution of about 1e-7, coarser than the
+    ratio deviations the published clip ranges act on (down to 2e-6, and far smaller on
+    the first passes), so ρ = exp(log π − log π_old) must not be formed in float32."""
+    x, mean, std = x.double(), mean.double(), std.double()
     safe = torch.where(std > 0, std, torch.ones_like(std))
     elem = -((x - mean) ** 2) / (2 * safe**2) - torch.log(safe) - _HALF_LOG_2PI
     return _mean_over_sample_dims(torch.where(std > 0, elem, torch.zeros_like(elem)))
@@ -129,7 +133,7 @@ def cps_step(
     std = sigma_next * math.sin(eta * math.pi / 2)
     mean = (1 - sigma_next) * x0_hat + torch.sqrt(sigma_next**2 - std**2) * x1_hat
     next_sample, log_prob = _finish(mean, std, noise, next_sample, generator)
-    surrogate = -_mean_over_sample_dims((next_sample - mean) ** 2)
+    surrogate = -_mean_over_sample_dims((next_sample.double() - mean.double()) ** 2)  # float64, as above
     return StepResult(next_sample, mean, std, log_prob, surrogate)
 
 

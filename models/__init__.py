@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from models.base import FlowModel, ModelError
 
-MODELS = {"toy": "the embedded 32x32 toy generator (default, CPU-friendly)"}
+MODELS = {
+    "toy": "the embedded 32x32 toy generator (default, CPU-friendly)",
+    "sd35": "Stable Diffusion 3.5 (medium / large) through diffusers; hub id or local directory",
+    "flux1-dev": "FLUX.1-dev through diffusers (guidance embedding, no CFG); hub id or local directory",
+    "flux2-klein": "FLUX.2 [klein] through diffusers (CFG); hub id or local directory",
+}
 
 
-def load_model(name: str, path: str | None = None, device: str = "cpu") -> FlowModel:
+def load_model(name: str, path: str | None = None, device: str = "cpu", **options) -> FlowModel:
+    """`path`: the toy's weights file, or a diffusers pipeline directory or hub id. `options` go
+    to the diffusers adapters (`dtype`, `resolution`, `shift`, `max_sequence_length`, `max_batch`,
+    `gradient_checkpointing`; see models.diffusers_flow)."""
     if name == "toy":
         from models.toy import load_toy
 
         return load_toy(path, device)
+    if name in MODELS:
+        from models.diffusers_flow import DIFFUSERS_MODELS
+
+        return DIFFUSERS_MODELS[name].load(path, device, **options)
     raise ModelError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
 
 

@@ -51,15 +51,24 @@ def _pm(mean: float, se: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
+def _read(path: Path) -> dict | None:
+    """A result file, or None when it is half-written or unreadable (the report lists it)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _collect(run_dir: Path) -> tuple[dict, dict]:
-    """{(model, method): [result per seed]}, {(model, seed): base eval}."""
+    """{(model, method): [result per seed]}, {(model, seed): base eval}; unreadable files skipped."""
     results: dict[tuple, list] = {}
     bases: dict[tuple, dict] = {}
     for path in sorted(run_dir.glob("*/*/seed*/result.json")):
-        r = json.loads(path.read_text())
-        results.setdefault((r["model"], r["method"]), []).append(r)
+        if (r := _read(path)) is not None:
+            results.setdefault((r["model"], r["method"]), []).append(r)
     for path in sorted(run_dir.glob("*/base/seed*/eval.json")):
-        bases[(path.parts[-4], int(path.parent.name[4:]))] = json.loads(path.read_text())
+        if (b := _read(path)) is not None:
+            bases[(path.parts[-4], int(path.parent.name[4:]))] = b
     return results, bases
 
 

@@ -53,6 +53,7 @@ def _bad(tmp_path):
         (["run", "--preset", "huge", "--out", tmp_path / "r"], "unknown preset"),
         (["run", "--seeds", 0, "--out", tmp_path / "r"], "--seeds"),
         (["run", "--methods", " , ", "--out", tmp_path / "r"], "--methods is empty"),
+        (["report", tmp_path / "nope"], "not a run directory"),
         (["run", "--methods", "dppo@gamma=1", "--out", tmp_path / "r"], "setting 'gamma'"),
         (["run", "--reward", "aesthetic9000", "--out", tmp_path / "r"], "unknown reward"),
         (["run", "--reward", "toy-tifa=one", "--out", tmp_path / "r"], "not a number"),

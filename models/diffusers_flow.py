@@ -1,0 +1,379 @@
+"""Real text-to-image flow models through diffusers pipelines: SD3.5, FLUX.1-dev, FLUX.2-klein.
+
+One adapter class per pipeline family, all behind `models.base.FlowModel`. The pipeline
+is loaded whole (`from_pretrained`, a hub id or a local directory) and its own pieces
+are reused: `encode_prompt` for the text encoders, the transformer as the denoiser,
+the scheduler for the σ schedule, the VAE for decoding. Conventions, checked against
+the pipelines by tests/test_real_models.py:
+
+- latents: `x_σ = (1 − σ)·x0 + σ·ε`; the transformer output is the velocity `ε − x0`
+  as it is (diffusers' Euler step is `x + (σ_next − σ)·v`, the same as `methods.sde.ode_step`).
+- timesteps: what each pipeline passes, `σ·1000` for SD3, `(σ·1000)/1000` for FLUX
+  (whose transformers multiply by 1000 again).
+- `sigmas(steps)`: the pipeline's scheduler, set up with the same arguments the
+  pipeline gives it (static shift, or FLUX's resolution-dependent `mu`), so sampling
+  with `FlowModel.generate` reproduces the pipeline's own output.
+- latent layout: FLUX transformers read packed token sequences; the adapters keep the
+  spatial layout the pipeline draws its noise in and pack inside `velocity` (a
+  permutation, so per-element log-probs and KLs are unchanged).
+- precision: bf16 weights and autocast on CUDA, fp32 on the CPU; the velocity comes
+  back in fp32 so the step math is fp32. LoRA weights are kept in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.base import FlowModel, ModelError, PromptEmbeds
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+class DiffusersFlowModel(FlowModel):
+    """A diffusers flow-matching pipeline as a policy; subclasses fill in one family's details."""
+
+    pipeline_class: str = ""  # class name in `diffusers`
+    default_path: str = ""  # hub id used when no path is given
+    default_lora_rank: int = 32
+    max_sequence_length: int = 512  # text tokens; the pipeline's default
+
+    def __init__(self, pipe, device: str | torch.device = "cpu", *, resolution: int | None = None,
+                 shift: float | None = None, max_sequence_length: int | None = None,
+                 max_batch: int | None = None, gradient_checkpointing: bool = False):
+        """`pipe` in the dtype it was loaded in (`load` picks bf16 on CUDA, fp32 elsewhere).
+        `resolution`: image side in pixels (default: the pipeline's). `shift`: overrides the
+        scheduler's shift (for FLUX's dynamic shifting, `mu = log(shift)`). `max_sequence_length`:
+        text tokens (default: the pipeline's). `max_batch`: largest batch one transformer or VAE
+        call sees when no gradient is taken (rollouts, sampling)."""
+        self.device = torch.device(device)
+        self.pipe = pipe.to(self.device)
+        self.dtype = self.pipe.transformer.dtype
+        self.pipe.set_progress_bar_config(disable=True)
+        for module in self.pipe.components.values():
+            if isinstance(module, nn.Module):
+                module.eval().requires_grad_(False)  # text encoders and VAE stay frozen
+        self.resolution = resolution or self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        self.max_sequence_length = max_sequence_length or self.max_sequence_length
+        self.max_batch = max_batch
+        self.gradient_checkpointing = gradient_checkpointing
+        self._shift_override = shift
+        self._sigmas: dict[int, Tensor] = {}
+        self._init_schedule_info()
+
+    # --- loading ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
+             **options) -> DiffusersFlowModel:
+        """From a local pipeline directory or a hub id (offline under HF_HUB_OFFLINE), in `dtype`
+        (default bf16 on CUDA, fp32 elsewhere); any failure is a one-line ModelError."""
+        import diffusers
+
+        source = path or cls.default_path
+        local = Path(source).expanduser()
+        if local.exists():
+            cls._check_directory(local)
+            source = str(local)
+        elif not _HUB_ID.match(source):
+            raise ModelError(f"{cls.name}: model directory not found: {local}")
+        device = torch.device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        try:
+            pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
+                source, dtype=dtype, local_files_only=_offline() or local.exists())
+        except Exception as e:  # noqa: BLE001 - any loading failure is the user's weights or path
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            offline = _offline() and not local.exists()
+            hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if offline else ""
+            raise ModelError(f"{cls.name}: cannot load weights from {source}{hint}: "
+                             f"{type(e).__name__}: {first}") from None
+        return cls(pipe, device, **options)
+
+    @classmethod
+    def _check_directory(cls, local: Path) -> None:
+        """A local pipeline of another family would load with random or mismatched parts."""
+        index = local / "model_index.json"
+        if not index.is_file():
+            raise ModelError(f"{cls.name}: {local} is not a diffusers pipeline directory "
+                             "(no model_index.json)")
+        try:
+            found = json.loads(index.read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            raise ModelError(f"{cls.name}: {index} is unreadable or not JSON") from None
+        if found != cls.pipeline_class:
+            other = [n for n, c in DIFFUSERS_MODELS.items() if c.pipeline_class == found]
+            hint = f" (that is model {other[0]!r})" if other else ""
+            raise ModelError(f"{cls.name}: {local} holds a {found} pipeline, not {cls.pipeline_class}{hint}")
+
+    # --- schedule -----------------------------------------------------------------------
+    def _scheduler_kwargs(self, steps: int) -> dict:
+        """What the pipeline passes to `scheduler.set_timesteps` besides the step count."""
+        return {}
+
+    def _scheduler(self):
+        cfg = self.pipe.scheduler.config
+        cls = type(self.pipe.scheduler)
+        if self._shift_override is not None and not cfg.get("use_dynamic_shifting"):
+            return cls.from_config(cfg, shift=self._shift_override)
+        return cls.from_config(cfg)
+
+    def sigmas(self, steps: int) -> Tensor:
+        """The pipeline scheduler's σ_0 … σ_K = 0 (float32 values, as float64)."""
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        if steps not in self._sigmas:
+            kwargs = self._scheduler_kwargs(steps)
+            if self._shift_override is not None and "mu" in kwargs:
+                # exp(mu)/(exp(mu) + 1/σ − 1) is the static shift s·σ/(1 + (s − 1)·σ) with s = exp(mu)
+                kwargs["mu"] = math.log(self._shift_override)
+            sched = self._scheduler()
+            sched.set_timesteps(steps, **kwargs)
+            self._sigmas[steps] = sched.sigmas.double().cpu()
+        return self._sigmas[steps]
+
+    def _init_schedule_info(self) -> None:
+        """`shift` / `sigma_min` for display; `sigmas()` is what samplers use."""
+        mu = self._scheduler_kwargs(self.default_steps).get("mu")
+        if self._shift_override is not None:
+            self.shift = self._shift_override
+        elif mu is not None:
+            self.shift = math.exp(mu)
+        else:
+            self.shift = float(self.pipe.scheduler.config.shift)
+        self.sigma_min = None if mu is not None else float(self._scheduler().sigma_min)
+
+    # --- the policy ---------------------------------------------------------------------
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _forward(self, x: Tensor, t: Tensor, cond: dict[str, Tensor], meta: dict, guidance: float) -> Tensor:
+        """The transformer's velocity for latents `x` at pipeline timesteps `t` = σ·1000."""
+        raise NotImplementedError
+
+    def velocity(self, x: Tensor, sigma: Tensor, embeds: PromptEmbeds, guidance: float = 1.0) -> Tensor:
+        m = self.max_batch
+        if m and len(x) > m and not torch.is_grad_enabled():
+            return torch.cat([self.velocity(x[i:i + m], sigma[i:i + m], embeds.select(slice(i, i + m)),
+                                            guidance) for i in range(0, len(x), m)])
+        t = sigma.to(self.device, torch.float32) * 1000  # the pipelines' timesteps, in float32 as theirs
+        with self._autocast():
+            if guidance <= 1.0 or embeds.uncond is None:
+                return self._forward(x, t, embeds.cond, embeds.meta, guidance).float()
+            # one batch [uncond, cond], as the SD3 pipeline does
+            both = {k: torch.cat([embeds.uncond[k], v]) for k, v in embeds.cond.items()}
+            v_u, v_c = self._forward(torch.cat([x, x]), torch.cat([t, t]), both, embeds.meta,
+                                     guidance).float().chunk(2)
+        return v_u + guidance * (v_c - v_u)
+
+    def _decode(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def decode(self, x: Tensor) -> Tensor:
+        """VAE decode -> images [B, 3, H, W] in [0, 1] (fp32), as the pipeline's `output_type="pt"`."""
+        m = self.max_batch or len(x)
+        out = []
+        for i in range(0, len(x), m):
+            with self._autocast():
+                img = self._decode(x[i:i + m].to(self.device, self.dtype))
+            out.append((img.float() / 2 + 0.5).clamp(0, 1))
+        return torch.cat(out)
+
+    def _vae_decode(self, latents: Tensor) -> Tensor:
+        vae = self.pipe.vae
+        latents = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        return vae.decode(latents, return_dict=False)[0]
+
+    # --- training -----------------------------------------------------------------------
+    def get_denoiser(self) -> nn.Module:
+        return self.pipe.transformer
+
+    def set_denoiser(self, module: nn.Module) -> None:
+        self.pipe.transformer = module
+
+    def setup_training(self, lora_rank: int | None = None, lora_alpha: float | None = None,
+                       targets: tuple[str, ...] | None = None) -> list[nn.Parameter]:
+        rank = self.default_lora_rank if lora_rank is None else lora_rank
+        params = super().setup_training(rank, lora_alpha, targets)
+        if rank > 0:
+            for p in params:  # fp32 adapter weights: bf16 would round away AdamW's small updates
+                p.data = p.data.float()
+        if self.gradient_checkpointing:
+            self.get_denoiser().enable_gradient_checkpointing()
+        return params
+
+
+class SD3Model(DiffusersFlowModel):
+    """Stable Diffusion 3 / 3.5 (medium, large): MMDiT, CLIP-L + CLIP-G + T5-XXL, 16-channel VAE."""
+
+    name = "sd35"
+    pipeline_class = "StableDiffusion3Pipeline"
+    default_path = "stabilityai/stable-diffusion-3.5-medium"
+    default_steps = 40  # methods.md §9: evaluation at 40 steps, CFG 4.5
+    default_guidance = 4.5
+    default_lora_rank = 32
+    max_sequence_length = 256
+    lora_targets = ATTN_TARGETS
+
+    def _scheduler_kwargs(self, steps: int) -> dict:
+        if not self.pipe.scheduler.config.get("use_dynamic_shifting"):
+            return {}
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        c, p = self.pipe.scheduler.config, self.pipe.transformer.config.patch_size
+        _, h, w = self.latent_shape
+        return {"mu": calculate_shift((h // p) * (w // p), c.get("base_image_seq_len", 256),
+                                      c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+                                      c.get("max_shift", 1.16))}
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
+        tokens, neg_tokens, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
+            do_classifier_free_guidance=guidance > 1.0, max_sequence_length=self.max_sequence_length)
+        uncond = {"tokens": neg_tokens, "pooled": neg_pooled} if guidance > 1.0 else None
+        return PromptEmbeds({"tokens": tokens, "pooled": pooled}, uncond)
+
+    def _forward(self, x, t, cond, meta, guidance):
+        return self.get_denoiser()(hidden_states=x, timestep=t, encoder_hidden_states=cond["tokens"],
+                                   pooled_projections=cond["pooled"], return_dict=False)[0]
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        side = self.resolution // self.pipe.vae_scale_factor
+        return (self.get_denoiser().config.in_channels, side, side)
+
+    def _decode(self, x):
+        return self._vae_decode(x)
+
+
+class FluxModel(DiffusersFlowModel):
+    """FLUX.1-dev: guidance-distilled, so `guidance` feeds the transformer's guidance embedding
+    and there is no unconditional branch (FLUX.1-schnell, without the embedding, ignores it)."""
+
+    name = "flux1-dev"
+    pipeline_class = "FluxPipeline"
+    default_path = "black-forest-labs/FLUX.1-dev"
+    default_steps = 28  # the pipeline's defaults
+    default_guidance = 3.5
+    default_lora_rank = 64  # methods.md §9: r 64, α 128, attention and feed-forward layers
+    # diffusers' FLUX LoRA training list (train_dreambooth_lora_flux); matched as suffixes, so the
+    # single-stream blocks' to_q / to_k / to_v are adapted too
+    lora_targets = ATTN_TARGETS + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
+
+    def _packed_hw(self) -> tuple[int, int]:
+        _, h, w = self.latent_shape
+        return h // 2, w // 2
+
+    def _scheduler_kwargs(self, steps: int) -> dict:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        c = self.pipe.scheduler.config
+        h, w = self._packed_hw()
+        mu = calculate_shift(h * w, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
+        tokens, pooled, text_ids = self.pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, device=self.device,
+            max_sequence_length=self.max_sequence_length)
+        # text_ids is [L, 3], shared by the batch: meta, which select / repeat_interleave leave alone
+        return PromptEmbeds({"tokens": tokens, "pooled": pooled}, None, {"txt_ids": text_ids})
+
+    def _forward(self, x, t, cond, meta, guidance):
+        B, C, h, w = x.shape
+        net = self.get_denoiser()
+        packed = self.pipe._pack_latents(x, B, C, h, w)
+        img_ids = self.pipe._prepare_latent_image_ids(B, h // 2, w // 2, x.device, x.dtype)
+        g = torch.full((B,), float(guidance), device=x.device) if net.config.guidance_embeds else None
+        v = net(hidden_states=packed, timestep=t / 1000, guidance=g, pooled_projections=cond["pooled"],
+                encoder_hidden_states=cond["tokens"], txt_ids=meta["txt_ids"], img_ids=img_ids,
+                return_dict=False)[0]
+        return v.view(B, h // 2, w // 2, C, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, C, h, w)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        side = 2 * (self.resolution // (self.pipe.vae_scale_factor * 2))  # even, for the 2x2 packing
+        return (self.get_denoiser().config.in_channels // 4, side, side)
+
+    def _decode(self, x):
+        return self._vae_decode(x)
+
+
+class Flux2KleinModel(DiffusersFlowModel):
+    """FLUX.2 [klein]: Qwen3 text encoder, latents 2x2-patchified and batch-normalised by the
+    VAE's running statistics; real CFG (guidance > 1) unless the checkpoint is step-distilled."""
+
+    name = "flux2-klein"
+    pipeline_class = "Flux2KleinPipeline"
+    default_path = "black-forest-labs/FLUX.2-klein-base-9B"
+    default_steps = 50  # the pipeline's defaults
+    default_guidance = 4.0
+    default_lora_rank = 64
+    # single-stream blocks fuse q, k, v and the MLP input into one projection
+    lora_targets = ATTN_TARGETS + ("ff.linear_in", "ff.linear_out", "ff_context.linear_in",
+                                   "ff_context.linear_out", "attn.to_qkv_mlp_proj")
+
+    def _cfg(self, guidance: float) -> bool:
+        return guidance > 1.0 and not self.pipe.config.is_distilled
+
+    def _scheduler_kwargs(self, steps: int) -> dict:
+        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+
+        _, h, w = self.latent_shape
+        return {"sigmas": np.linspace(1.0, 1 / steps, steps),
+                "mu": compute_empirical_mu(image_seq_len=h * w, num_steps=steps)}
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
+        tokens, text_ids = self.pipe.encode_prompt(prompt=list(prompts), device=self.device,
+                                                   max_sequence_length=self.max_sequence_length)
+        uncond = None
+        if self._cfg(guidance):  # the pipeline's negative prompt is "": encode it once
+            neg, _ = self.pipe.encode_prompt(prompt=[""], device=self.device,
+                                             max_sequence_length=self.max_sequence_length)
+            uncond = {"tokens": neg.expand_as(tokens)}
+        # text ids are the same for every prompt (positions only): one row in meta
+        return PromptEmbeds({"tokens": tokens}, uncond, {"txt_ids": text_ids[:1]})
+
+    def _forward(self, x, t, cond, meta, guidance):
+        B, C, h, w = x.shape
+        packed = x.reshape(B, C, h * w).permute(0, 2, 1)
+        img_ids = self.pipe._prepare_latent_ids(x).to(x.device)
+        v = self.get_denoiser()(hidden_states=packed, timestep=t / 1000, guidance=None,
+                                encoder_hidden_states=cond["tokens"],
+                                txt_ids=meta["txt_ids"].expand(B, -1, -1), img_ids=img_ids,
+                                return_dict=False)[0]
+        return v[:, :h * w].permute(0, 2, 1).reshape(B, C, h, w)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        side = self.resolution // (self.pipe.vae_scale_factor * 2)  # 2x2 patches as channels
+        return (self.get_denoiser().config.in_channels, side, side)
+
+    def _decode(self, x):
+        vae = self.pipe.vae
+        mean = vae.bn.running_mean.view(1, -1, 1, 1).to(x)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(x)
+        return vae.decode(self.pipe._unpatchify_latents(x * std + mean), return_dict=False)[0]
+
+
+DIFFUSERS_MODELS: dict[str, type[DiffusersFlowModel]] = {
+    "sd35": SD3Model, "flux1-dev": FluxModel, "flux2-klein": Flux2KleinModel}

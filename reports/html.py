@@ -1,0 +1,158 @@
+"""One self-contained report page: report/index.html with the comparison table and every figure
+embedded as a data URI, so it opens offline, can be mailed, and needs no JavaScript."""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from pathlib import Path
+
+from harness.io import _atomic
+from reports.figures import Run, load_run
+from reports.tables import run_table
+
+log = logging.getLogger(__name__)
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1280px;
+       padding: 1rem 1.5rem; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+.meta { color: #555; font-size: 0.9rem; } .warn { background: #fff4e0; padding: 0.5rem 0.8rem; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.85rem; white-space: nowrap; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }
+th { background: #f2f2f2; } td.name { text-align: left; } tr.base td { color: #666; }
+td.best { font-weight: bold; background: #eef6ee; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9rem; color: #444; margin-top: 0.3rem; }
+pre { background: #f7f7f7; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
+"""
+
+# (record key, column title, digits, higher is better); skills are inserted after "delta_gm"
+_COLUMNS = [("gm", "Soft-TIFA GM", 1, True), ("am", "Soft-TIFA AM", 1, True),
+            ("delta_gm", "ΔGM vs base", 1, True), ("pref", "ood preference", 2, True),
+            ("kl", "KL to pretrained", None, False)]
+
+
+def _fmt(value, se, digits: int | None) -> str:
+    if value is None:
+        return ""
+    if digits is None:  # KL spans orders of magnitude
+        text = f"{value:.2e}"
+        return text if not se else f"{text} ± {se:.1e}"
+    text = f"{value:.{digits}f}"
+    return text if not se else f"{text} ± {se:.{digits}f}"
+
+
+def table_html(records: list[dict]) -> str:
+    """The comparison records of reports.tables.run_table as an HTML table; the best method per
+    score column (among trained methods, within a model) in bold."""
+    if not records:
+        return "<p>No finished method × seed cell yet.</p>"
+    skills = sorted({k for r in records for k in r if k.startswith("skill:") and not k.endswith("_stderr")})
+    cols = _COLUMNS[:3] + [(k, k[6:], 1, True) for k in skills] + _COLUMNS[3:]
+    known = {"model", "method", "seeds"} | {c[0] for c in cols}
+    # keys the table may gain later still show up, generically
+    cols += [(k, k, 3, False) for k in sorted({k for r in records for k in r})
+             if k not in known and not k.endswith("_stderr")]
+    best = {}
+    for key, _, _, higher in cols:
+        if not higher:
+            continue
+        for model in {r["model"] for r in records}:
+            trained = [r for r in records if r["model"] == model and not r["method"].startswith("base")
+                       and isinstance(r.get(key), (int, float))]
+            if len(trained) > 1:
+                best[(model, key)] = max(trained, key=lambda r: r[key])["method"]
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in ["model", "method", "seeds"] + [c[1] for c in cols])
+    rows = []
+    for r in records:
+        is_base = r["method"].startswith("base")
+        cells = [f'<td class="name">{html.escape(str(r["model"]))}</td>',
+                 f'<td class="name">{html.escape(str(r["method"]))}</td>', f"<td>{r.get('seeds', '')}</td>"]
+        for key, _, digits, _ in cols:
+            value = r.get(key)
+            if is_base and key == "delta_gm" or not isinstance(value, (int, float)):
+                text = "—" if is_base and key == "delta_gm" else html.escape(str(value or ""))
+            else:
+                text = _fmt(value, r.get(key + "_stderr"), digits)
+            cls = ' class="best"' if best.get((r["model"], key)) == r["method"] else ""
+            cells.append(f"<td{cls}>{text}</td>")
+        rows.append(f'<tr{" class=base" if is_base else ""}>' + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>'
+            + "\n".join(rows) + "</tbody></table></div>")
+
+
+def _img(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _manifest_html(manifest: dict) -> str:
+    cfg = manifest.get("config", {}) if isinstance(manifest.get("config"), dict) else {}
+    parts = [("methods", ", ".join(map(str, cfg.get("methods", [])))), ("model", cfg.get("model")),
+             ("preset", cfg.get("preset")), ("seeds", cfg.get("seeds")), ("status", manifest.get("status")),
+             ("started", manifest.get("started")),
+             ("seconds", manifest.get("seconds")), ("command", manifest.get("command"))]
+    text = " · ".join(f"{k}: {html.escape(str(v))}" for k, v in parts if v not in (None, ""))
+    versions = manifest.get("versions")
+    if isinstance(versions, dict):
+        text += "<br>versions: " + html.escape(", ".join(f"{k} {v}" for k, v in versions.items()))
+    out = f'<p class="meta">{text}</p>'
+    if manifest.get("status") not in (None, "done"):
+        out += (f'<p class="warn">The run\'s status is <b>{html.escape(str(manifest["status"]))}</b>: '
+                "this page shows what had been written when it was built.</p>")
+    return out
+
+
+def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run | None = None) -> Path:
+    """Write run_dir/report/index.html. `figures` ([{path, caption}], as reports.figures.render_all
+    returns) defaults to the PNGs in report/figures; `run` (its manifest and missing files) to
+    reports.figures.load_run(run_dir)."""
+    run_dir = Path(run_dir)
+    report = run_dir / "report"
+    run = load_run(run_dir) if run is None else run
+    missing = list(run.missing)
+    if figures is None:
+        figures = [{"path": p, "caption": p.stem} for p in sorted((report / "figures").glob("*.png"))]
+    try:
+        markdown, records = run_table(run_dir)
+    except Exception as e:  # a malformed result.json must not cost the figures
+        log.exception("comparison table failed")
+        markdown, records = "", []
+        missing.append(f"comparison table: failed ({type(e).__name__}: {e})")
+
+    title = f"FlowArena report: {html.escape(run_dir.resolve().name)}"
+    body = [f"<h1>{title}</h1>", _manifest_html(run.manifest),
+            "<h2>Comparison</h2>", table_html(records),
+            "<p class=meta>Mean ± stderr over seeds where there are several, else over eval prompts; "
+            "ΔGM is paired with the base model on the same prompts and noise. Soft-TIFA and skills 0-100 "
+            "(higher is better, best trained method in bold); KL per element, summed over sampling steps."
+            "</p>"]
+    if markdown:
+        body.append("<details><summary>The table as Markdown (with the training reward and wall time)"
+                    f"</summary><pre>{html.escape(markdown)}</pre></details>")
+    body.append("<h2>Figures</h2>")
+    for f in figures:
+        path = Path(f["path"])
+        try:
+            src = _img(path)
+        except OSError:
+            missing.append(f"{path.name}: figure file unreadable")
+            continue
+        caption = html.escape(f.get("caption", path.stem))
+        body.append(f'<figure id="{html.escape(path.stem)}"><img src="{src}" alt="{caption}">'
+                    f"<figcaption>{caption}</figcaption></figure>")
+    body.append("<h2>Missing</h2>")
+    if missing:
+        body.append("<p>Absent or unreadable files, left out of this page:</p><ul>"
+                    + "".join(f"<li><code>{html.escape(m)}</code></li>" for m in missing) + "</ul>")
+    else:
+        body.append("<p>Nothing: every expected result file was read.</p>")
+    page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{title}</title><style>{CSS}</style></head>"
+            "<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    path = report / "index.html"
+    _atomic(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return path

@@ -1,0 +1,37 @@
+"""`bench report RUN_DIR`: the tables, every figure and one HTML page, from result files only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from reports.figures import load_run, render_all
+from reports.html import write_index
+from reports.tables import write_run_tables
+
+log = logging.getLogger(__name__)
+
+
+def build_report(run_dir: str | Path) -> dict:
+    """Write report/tables.{md,csv}, report/figures/*.png and report/index.html under run_dir.
+    Absent or half-written result files are skipped; returns {"figures": [paths], "missing":
+    [what was skipped and why], "index": path}."""
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    try:
+        write_run_tables(run_dir)
+    except Exception as e:  # a malformed result.json must not cost the figures
+        log.exception("tables failed")
+        run.missing.append(f"report/tables.md: not written ({type(e).__name__}: {e})")
+    out = run_dir / "report" / "figures"
+    figures = render_all(run, out)
+    # a figure of an earlier report that this one no longer draws would otherwise look current
+    keep = {f["path"].name for f in figures}
+    for stale in out.glob("*.png"):
+        if stale.name not in keep:
+            stale.unlink()
+    index = write_index(run_dir, figures, run)
+    if run.missing:
+        log.warning("report of %s: %d files missing or unreadable, skipped:\n  %s", run_dir,
+                    len(run.missing), "\n  ".join(run.missing))
+    return {"figures": [f["path"] for f in figures], "missing": list(run.missing), "index": index}

@@ -1,0 +1,187 @@
+"""The diffusers adapters (sd35, flux1-dev, flux2-klein) on tiny random pipelines.
+
+Each pipeline is built from configs in code (tests/tiny_pipelines.py), saved, and loaded
+back through `models.load_model` by directory, the path real checkpoints take.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from methods.sde import sd3_sigmas, shift_sigmas
+from models import ModelError, load_model
+from models.diffusers_flow import FluxModel
+from tests.tiny_pipelines import RESOLUTION, save_tiny
+
+NAMES = ("sd35", "flux1-dev", "flux2-klein")
+PROMPTS = ["a red circle", "two blue squares left of a green triangle"]
+GUIDANCE = {"sd35": 4.5, "flux1-dev": 3.5, "flux2-klein": 4.0}  # CFG, guidance embedding, CFG
+TOKENS = 32  # text sequence length (the pipelines pad to 256 / 512): keeps the file fast
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline_single_thread():
+    """No hub access; one thread, since these networks are too small to gain from more, and
+    two spinning threads on busy cores made the file ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelines")
+    return {name: save_tiny(name, root / name) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def models(saved):
+    return {name: load_model(name, str(saved[name]), resolution=RESOLUTION, max_sequence_length=TOKENS)
+            for name in NAMES}
+
+
+def _noise(model, n=2, seed=0):
+    return model.initial_noise(n, torch.Generator().manual_seed(seed))
+
+
+def _pipeline_latents(name, model, noise):
+    """The same initial noise in the layout the pipeline takes (FLUX.1 packs it)."""
+    if name == "flux1-dev":
+        B, C, h, w = noise.shape
+        return model.pipe._pack_latents(noise, B, C, h, w)
+    return noise
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_velocity_shape_and_finite(models, name):
+    m = models[name]
+    x = _noise(m)
+    assert x.shape[1:] == m.latent_shape
+    for g in (1.0, GUIDANCE[name]):
+        v = m.velocity(x, torch.tensor([0.9, 0.3]), m.encode_prompts(PROMPTS, g), g)
+        assert v.shape == x.shape and v.dtype == torch.float32
+        assert torch.isfinite(v).all()
+
+
+@pytest.mark.parametrize("name,guidance", [("sd35", 4.5), ("sd35", 1.0), ("flux1-dev", 3.5),
+                                           ("flux2-klein", 4.0)])
+def test_ode_sampler_matches_the_pipeline(models, name, guidance):
+    """FlowModel.generate (our Euler ODE loop, σ schedule, timesteps, CFG, decode) against
+    the diffusers pipeline's own sampling loop from the same noise."""
+    m, steps = models[name], 4
+    noise = _noise(m, seed=1)
+    ours = m.generate(PROMPTS, steps=steps, guidance=guidance, noise=noise)
+    theirs = m.pipe(prompt=PROMPTS, num_inference_steps=steps, guidance_scale=guidance,
+                    latents=_pipeline_latents(name, m, noise), height=RESOLUTION, width=RESOLUTION,
+                    max_sequence_length=TOKENS, output_type="pt").images
+    # the schedule is the scheduler's, value for value
+    assert torch.equal(m.sigmas(steps).float(), m.pipe.scheduler.sigmas.cpu())
+    assert ours.shape == theirs.shape == (2, 3, RESOLUTION, RESOLUTION)
+    assert theirs.std() > 0.05  # the images are not flat, so the comparison means something
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    # and the comparison is sensitive: another step count gives another image
+    assert (m.generate(PROMPTS, steps=steps + 1, guidance=guidance, noise=noise) - theirs).abs().max() > 1e-3
+
+
+def test_shift_option_gives_the_static_shift(models):
+    """For FLUX's dynamic shifting, shift s means mu = log s: the SD3 formula on FLUX's spacing."""
+    m = FluxModel(models["flux1-dev"].pipe, resolution=RESOLUTION, shift=3.0)
+    base = torch.tensor(np.linspace(1.0, 1 / 6, 6), dtype=torch.float64)
+    expected = torch.cat([shift_sigmas(base, 3.0), torch.zeros(1, dtype=torch.float64)])
+    torch.testing.assert_close(m.sigmas(6), expected, atol=1e-6, rtol=0)
+    assert m.shift == 3.0
+    # SD3's static schedule: the adapter's shift and sigma_min describe the scheduler's σ
+    sd3 = models["sd35"]
+    assert sd3.shift == 3.0
+    torch.testing.assert_close(sd3_sigmas(10, sd3.shift, sd3.sigma_min), sd3.sigmas(10), atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_max_batch_splits_without_changing_results(models):
+    m = models["sd35"]
+    small = type(m)(m.pipe, resolution=RESOLUTION, max_sequence_length=TOKENS, max_batch=1)
+    x, s = _noise(m, n=3), torch.tensor([0.9, 0.5, 0.2])
+    embeds = m.encode_prompts(PROMPTS + ["a cyan diamond"], 4.5)
+    torch.testing.assert_close(small.velocity(x, s, embeds, 4.5), m.velocity(x, s, embeds, 4.5))
+    torch.testing.assert_close(small.decode(x), m.decode(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lora_training_and_reference(saved, name):
+    m = load_model(name, str(saved[name]), resolution=RESOLUTION, max_sequence_length=TOKENS,
+                   gradient_checkpointing=True)
+    g = GUIDANCE[name]
+    x, s = _noise(m), torch.tensor([0.8, 0.5])
+    embeds = m.encode_prompts(PROMPTS, g)
+    v_base = m.velocity(x, s, embeds, g)
+
+    params = m.setup_training(lora_rank=4)
+    net = m.get_denoiser()
+    trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert len(params) == len(trainable) and all(p.dtype == torch.float32 for p in params)
+    adapted = {n.split(".lora_")[0] for n in trainable}
+    for target in m.lora_targets:  # every recipe target exists in the network and got an adapter
+        assert any(a == target or a.endswith("." + target) for a in adapted), target
+    for module in m.pipe.components.values():
+        if isinstance(module, torch.nn.Module) and module is not net:
+            assert not any(p.requires_grad for p in module.parameters())
+
+    with torch.no_grad():  # a LoRA B of zero is the base model: move it
+        for n, p in trainable.items():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    v_lora = m.velocity(x, s, embeds, g)
+    assert (v_lora - v_base).abs().max() > 1e-4
+    with m.reference():
+        torch.testing.assert_close(m.velocity(x, s, embeds, g), v_base, atol=1e-6, rtol=0)
+
+    loss = m.velocity(x, s, embeds, g).square().mean()  # gradient checkpointing on
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    assert any(p.grad.abs().sum() > 0 for p in params)
+
+
+def test_bf16_autocast_path(saved, models):
+    """The CUDA setting (bf16 weights under autocast, fp32 velocity and LoRA weights), on the CPU."""
+    m = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
+                   dtype=torch.bfloat16)
+    ref = models["sd35"]
+    x, s = _noise(m), torch.tensor([0.8, 0.4])
+    v = m.velocity(x, s, m.encode_prompts(PROMPTS, 4.5), 4.5)
+    v32 = ref.velocity(x, s, ref.encode_prompts(PROMPTS, 4.5), 4.5)
+    assert m.dtype == torch.bfloat16 and v.dtype == torch.float32
+    assert (v - v32).abs().max() < 0.05 * v32.abs().max()
+    params = m.setup_training(lora_rank=4)
+    assert all(p.dtype == torch.float32 for p in params)
+    m.velocity(x, s, m.encode_prompts(PROMPTS, 1.0), 1.0).square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+
+
+def test_missing_weights_are_one_line_model_errors(saved, tmp_path):
+    with pytest.raises(ModelError) as e:
+        load_model("sd35", str(tmp_path / "no-such-dir"))
+    assert "not found" in str(e.value) and "\n" not in str(e.value)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved["flux1-dev"], broken)
+    for f in (broken / "transformer").glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ModelError) as e:
+        load_model("flux1-dev", str(broken))
+    assert "\n" not in str(e.value)
+
+    with pytest.raises(ModelError) as e:  # another family's pipeline would load with mismatched parts
+        load_model("sd35", str(saved["flux1-dev"]))
+    assert "FluxPipeline" in str(e.value) and "'flux1-dev'" in str(e.value)
+
+    with pytest.raises(ModelError) as e:  # a hub id that is not cached, offline
+        load_model("flux2-klein", "flowarena-tests/not-a-model")
+    assert "HF_HUB_OFFLINE" in str(e.value) and "\n" not in str(e.value)
