@@ -3,8 +3,8 @@
 A CNN image tower (spatial features kept, so relations are visible) and the toy
 word-level text tower, trained contrastively on clean renders and varied captions,
 with hard negatives on both sides: perturbed captions (another colour, count, shape or
-the opposite relation) and spoiled images (an object missing or added, noise, blur).
-So it scores alignment and cleanliness in a learned way that differs from the
+the opposite relation) and spoiled images (an object missing or added, noise, blur, an
+empty scene). So it scores alignment and cleanliness in a learned way that differs from the
 analytic judge. `score = exp(logit_scale) · cos(text, image)`, like PickScore.
 The checkpoint ships as `rewards/weights/toy_pick.safetensors`; `bench pretrain
 toy-pick` retrains it.
@@ -113,8 +113,11 @@ def perturb_spec(spec: Spec, rng: np.random.Generator) -> Spec:
 
 
 def spoil_scene(objs: list[Obj], rng: np.random.Generator, size: int) -> np.ndarray:
-    """The same scene, spoiled: one object removed or added, or noise and blur."""
-    kind = rng.integers(3)
+    """The same scene, spoiled: one object removed or added, noise and blur, or every object
+    gone (without empty scenes among the negatives a blank image scored like a wrong caption)."""
+    kind = rng.integers(4)
+    if kind == 3:
+        return render([], size)
     if kind == 0 and len(objs) > 1:
         drop = rng.integers(len(objs))
         return render([o for i, o in enumerate(objs) if i != drop], size)
