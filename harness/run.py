@@ -93,9 +93,11 @@ PRESETS: dict[str, Preset] = {
         reward="toy-colour"),
     "default": Preset(
         "default", "the toy comparison on the compositional reward (≈ 15 min for two methods)",
-        epochs=16,
-        train=TrainConfig(prompts_per_epoch=8, group_size=8, minibatch_size=32, lr=1e-3),
-        eval=EvalSettings(every=8, limit=96, ood_limit=48, steps=10, kl_prompts=16)),
+        epochs=24,
+        train=TrainConfig(prompts_per_epoch=8, group_size=8, minibatch_size=32, lr=1e-3,
+                          window_fraction=0.3, group_noise="shared"),
+        eval=EvalSettings(every=12, limit=96, ood_limit=48, steps=10, kl_prompts=16),
+        reward_options={"aggregate": "am"}),
     "paper": Preset(
         "paper", "the full comparison: longer, full eval splits (hours on 2 cores)", epochs=60,
         train=TrainConfig(prompts_per_epoch=16, group_size=8, minibatch_size=32, lr=1e-3,
