@@ -348,6 +348,12 @@ def _passes(d: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def _pass_groups(diag: dict) -> list[str]:
+    """The panels of a per-pass figure: the first inner loop, and later ones where any exist."""
+    later = any(len(_passes(d)) > 1 for d in diag.values())
+    return ["first inner loop"] + (["later inner loops"] if later else [])
+
+
 def _moved(d: dict[str, np.ndarray]) -> np.ndarray:
     # The first mini-batch of the first pass sees the policy that sampled it: KL(old || new) = 0 and
     # ρ = 1 exactly. Those steps say nothing about the ratio's distribution and would be a spike.
@@ -452,8 +458,7 @@ def ratio_mean(run: Run, model: str) -> Figure | None:
     if not diag:
         return None
     colours, steps = run.colours(), _steps(diag)
-    groups = ["first inner loop"] + (["later inner loops"] if any(len(_passes(d)) > 1 for d in diag.values())
-                                     else [])
+    groups = _pass_groups(diag)
     vals = np.concatenate([d["ratio"][_moved(d)] - 1 for d in diag.values()] + [np.zeros(1)])
     p = _pow10(np.array([np.std(vals)]))
     scale = 10.0 ** p
@@ -549,8 +554,7 @@ def kl_per_step(run: Run, model: str) -> Figure | None:
     if not diag:
         return None
     colours, steps = run.colours(), _steps(diag)
-    groups = ["first inner loop"] + (["later inner loops"] if any(len(_passes(d)) > 1 for d in diag.values())
-                                     else [])
+    groups = _pass_groups(diag)
     deltas = {m: _method_setting(run, model, m, "delta") for m in diag}
     fig = Figure(figsize=(max(6.5 * len(groups), 10), 5.2), layout="constrained", dpi=DPI)
     axes = np.atleast_1d(fig.subplots(1, len(groups)))
@@ -591,8 +595,7 @@ def logratio_decomposition(run: Run, model: str) -> Figure | None:
     if not diag:
         return None
     colours, steps = run.colours(), _steps(diag)
-    groups = ["first inner loop"] + (["later inner loops"] if any(len(_passes(d)) > 1 for d in diag.values())
-                                     else [])
+    groups = _pass_groups(diag)
     fig = Figure(figsize=(13, 4.4 * len(groups) + 0.8), layout="constrained", dpi=DPI)
     axes = np.atleast_2d(fig.subplots(len(groups), 2, squeeze=False))
     for (ax_mag, ax_ratio), group in zip(axes, groups):
