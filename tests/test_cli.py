@@ -77,3 +77,15 @@ def test_bad_input_gets_one_line_and_exit_1(tmp_path):
 def test_console_script_help(args):
     r = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True)
     assert r.returncode == 0 and "Usage" in r.stdout
+
+
+def test_smoke_run_in_a_subprocess(tmp_path):
+    """`bench run --preset smoke` on the shipped toy model, as a user types it."""
+    out = tmp_path / "smoke"
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--preset", "smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "beats base" in r.stdout and "grpo" in r.stdout and "dppo" in r.stdout
+    for f in ("report/tables.md", "report/tables.csv", "report/index.html", "manifest.json",
+              "toy/grpo/seed0/result.json", "toy/dppo/seed0/metrics.jsonl"):
+        assert (out / f).exists(), f

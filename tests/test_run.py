@@ -156,3 +156,36 @@ def test_shared_group_noise_starts_each_group_from_one_noise(tiny_path):
     # the SDE steps make the group's images differ
     imgs = ro.images.view(-1, G, *ro.images.shape[1:])
     assert not torch.equal(imgs[0, 0], imgs[0, 1])
+
+
+def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_path):
+    """The trainer and harness need no edit for a new method: register one here and run it."""
+    from dataclasses import dataclass
+
+    from methods.base import _REGISTRY, Method, MethodConfig, StepLoss, register_method
+
+    @dataclass
+    class HalfConfig(MethodConfig):
+        scale: float = 0.5
+        """Multiplies the plain policy gradient."""
+
+    @register_method("half-pg")
+    class HalfPG(Method):
+        description = "a test method: half the plain policy gradient"
+        paper = "none"
+        Config = HalfConfig
+
+        def step_loss(self, s):
+            ratio = (s.log_prob - s.old_log_prob).exp()
+            return StepLoss(-self.config.scale * s.advantages * ratio, ratio.detach(), ratio < 0)
+
+    try:
+        run = run_benchmark(tmp_path / "run", ["half-pg", "half-pg@scale=2.0"], "toy", PRESET,
+                            model_path=tiny_path, progress=False)
+        for name in ("half-pg", "half-pg@scale=2.0"):
+            result = json.loads((run / "toy" / name / "seed0" / "result.json").read_text())
+            assert result["epochs"] == PRESET.epochs
+        table = (run / "report" / "tables.md").read_text()
+        assert "half-pg@scale=2.0" in table and (run / "report" / "index.html").exists()
+    finally:
+        _REGISTRY.pop("half-pg")
