@@ -280,7 +280,8 @@ class Trainer:
         """methods.md §8: the same diagnostics for every method, per timestep index k
         (keys `k<k>/...` on the first pass, `k<k>/i<pass>/...` on later ones)."""
         k, A = st.step_index, st.advantages
-        ratio, kl = out.ratio.float(), st.kl.detach().float()
+        # ρ stays float64 (as the log-probs are): ρ − 1 is often below float32's resolution
+        ratio, kl = out.ratio.double(), st.kl.detach().float()
         # log ρ = −KL + mean(ε·Δμ/s) per element: deterministic signal plus zero-mean noise
         safe = torch.where(st.std > 0, st.std, torch.ones_like(st.std))
         noise = (st.noise * (st.mean.detach() - st.old_mean) / safe).flatten(1).mean(1).float()

@@ -50,7 +50,7 @@ def test_first_minibatch_is_on_policy(tiny_path, method):
     ro = tr.rollout(0)
     _, samples = tr.update(ro, 0)
     first = slice(0, PRESET.train.minibatch_size)  # first mini-batch, first trained step
-    assert torch.allclose(samples["ratio"][first], torch.ones(4), atol=1e-6)
+    assert torch.allclose(samples["ratio"][first], torch.ones(4, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(samples["kl"][first], torch.zeros(4), atol=1e-12)
     later = samples["inner"] == 1  # the second pass is off-policy
     assert (samples["ratio"][later] != 1).any()
