@@ -55,10 +55,13 @@ GuidanceOpt = typer.Option(None, "--guidance", "-g",
                            help="Classifier-free guidance scale (1.0 = no CFG; toy default 4.5).")
 
 
-def _load(model: str, model_path: str | None):
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (the toy model is made for cpu).")
+
+
+def _load(model: str, model_path: str | None, device: str = "cpu"):
     from models import load_model
 
-    return load_model(model, model_path)
+    return load_model(model, model_path, device)
 
 
 @app.command()
@@ -73,6 +76,7 @@ def sample(
     steps: int = StepsOpt,
     guidance: float = GuidanceOpt,
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG grid to write."),
+    device: str = DeviceOpt,
 ):
     """Sample images for one prompt with the ODE sampler and write a PNG grid."""
     from reports.grid import save_grid
@@ -81,7 +85,7 @@ def sample(
         raise BadInput("the prompt is empty")
     if n < 1:
         raise BadInput("--n must be at least 1")
-    m = _load(model, model_path)
+    m = _load(model, model_path, device)
     m.encode_prompts([prompt])  # vocabulary check before any sampling
     images = m.generate([prompt] * n, steps=steps, guidance=guidance, seed=seed)
     save_grid(images, out, nrow=min(n, 8))
@@ -100,6 +104,7 @@ def eval_(
     ood: bool = typer.Option(True, help="Also score the ood split with the toy preference model."),
     limit: int = typer.Option(None, help="Only N prompts of each split, spread evenly (a quick look)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full result (per prompt) as JSON."),
+    device: str = DeviceOpt,
 ):
     """Evaluate a model: Soft-TIFA (GM, AM, per skill, per atom count) on the held-out
     eval split, and the preference score on the out-of-domain split."""
@@ -111,7 +116,7 @@ def eval_(
         raise BadInput("--images-per-prompt must be at least 1")
     if limit is not None and limit < 2:
         raise BadInput("--limit must be at least 2 (a standard error needs two prompts)")
-    m = _load(model, model_path)
+    m = _load(model, model_path, device)
     result = full_eval(m, steps=steps, guidance=guidance, seed=seed,
                        images_per_prompt=images_per_prompt, ood=ood, limit=limit,
                        ood_limit=limit, progress=True)
@@ -175,18 +180,30 @@ def judge_check(
 @app.command()
 @friendly
 def run(
-    methods: str = typer.Option("grpo,dppo", "--methods",
-                                help="Comma-separated methods (see `bench methods`)."),
+    methods: str = typer.Option(None, "--methods",
+                                help="Comma-separated methods (see `bench methods`), each "
+                                     "optionally with settings: dppo@delta=1e-6@beta=0.04. "
+                                     "Default: the preset's (grpo,dppo for default)."),
     model: str = ModelOpt,
     model_path: str = PathOpt,
     preset: str = typer.Option("default", help="smoke (a first look), sanity (an easy reward), "
-                                                "default (the toy comparison), paper (hours)."),
-    seeds: int = typer.Option(1, help="Seeds per method (tables show mean ± stderr over seeds)."),
+                                                "default (the toy comparison); the paper's "
+                                                "experiments, 3 seeds each: main, main-multi, "
+                                                "stability, ablation, sweep; paper (hours). "
+                                                "`bench presets` lists them."),
+    seeds: int = typer.Option(None, help="Seeds per method (default: the preset's; tables show "
+                                         "mean ± stderr over seeds)."),
     reward: str = typer.Option(None, help="Training reward instead of the preset's: a name "
                                           "(toy-tifa, toy-pick, toy-colour) or weights, "
                                           "e.g. toy-tifa=1.0,toy-pick=0.5."),
     aggregation: str = typer.Option(None, help="Several rewards: 'sum' (normalise the weighted "
                                                "sum) or 'normalised' (each reward per group)."),
+    epochs: int = typer.Option(None, help="Training epochs instead of the preset's (scale a "
+                                          "preset up on a bigger machine)."),
+    device: str = DeviceOpt,
+    log_to: str = typer.Option(None, "--log-to", help="Also stream the metrics live to "
+                                                      "'tensorboard' (<out>/tensorboard) or 'wandb' "
+                                                      "(offline without an account); optional extras."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
 ):
     """Train every method on the same model, prompts, noise and budget; evaluate each on
@@ -194,20 +211,24 @@ def run(
     the comparison table. Rerunning the same command resumes where it stopped."""
     import sys
 
+    from harness.live import LiveLogError
     from harness.run import RunError, run_benchmark
     from methods.base import MethodError
     from methods.trainer import TrainConfigError
     from reports.tables import run_table
     from rewards import RewardError
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    if not names:
-        raise BadInput("--methods is empty")
+    names = None
+    if methods is not None:
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        if not names:
+            raise BadInput("--methods is empty")
     out = out or Path("runs") / preset
     try:
         run_benchmark(out, names, model, preset, seeds, model_path,
-                      command="bench " + " ".join(sys.argv[1:]), reward=reward, aggregation=aggregation)
-    except (RunError, MethodError, TrainConfigError, RewardError) as e:
+                      command="bench " + " ".join(sys.argv[1:]), reward=reward, aggregation=aggregation,
+                      epochs=epochs, device=device, log_to=log_to)
+    except (RunError, MethodError, TrainConfigError, RewardError, LiveLogError) as e:
         raise BadInput(str(e)) from None
     typer.echo(run_table(out)[0])
     typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")
@@ -229,6 +250,28 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
     typer.echo(f"{len(res['figures'])} figures; open {res['index']}")
 
 
+@app.command()
+@friendly
+def export(
+    cell: Path = typer.Argument(..., help="A method x seed directory of a run, e.g. "
+                                          "runs/default/toy/grpo/seed0."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write: a directory (the toy model "
+                                                      "also takes a .safetensors file name)."),
+):
+    """Write a fine-tuned policy where you use it without FlowArena. sd35 / flux1-dev /
+    flux2-klein: the LoRA as OUT/pytorch_lora_weights.safetensors, which a plain diffusers
+    pipeline takes with `pipe.load_lora_weights(OUT)`. toy: the weights with the LoRA merged,
+    for `bench sample --model toy --model-path OUT/toy.safetensors`."""
+    from harness.run import RunError, load_cell_policy
+
+    try:
+        model, config = load_cell_policy(cell)
+    except RunError as e:
+        raise BadInput(str(e)) from None
+    path = model.export(out)
+    typer.echo(f"wrote {path} ({config['model']}, {config['method']}, seed {config['seed']})")
+
+
 @app.command("methods")
 def methods_():
     """List the registered RL fine-tuning methods."""
@@ -237,6 +280,18 @@ def methods_():
     for name in method_names():
         cls = get_method(name)
         typer.echo(f"{name:18s} {cls.description}\n{'':18s} [{cls.paper}]")
+
+
+@app.command()
+def presets():
+    """List the `bench run --preset` settings: size, methods and seeds of each."""
+    from harness.run import PRESETS
+
+    for name, p in PRESETS.items():
+        t = p.train
+        typer.echo(f"{name:11s} {p.description}\n{'':11s} {p.epochs} epochs of {t.prompts_per_epoch} "
+                   f"prompts x {t.group_size}, I = {t.inner_loops}, reward {p.reward}; "
+                   f"methods {','.join(p.methods)}; {p.seeds} seed(s)")
 
 
 @app.command()

@@ -12,10 +12,28 @@ MODELS = {
 }
 
 
+def check_device(device: str) -> None:
+    """A device string torch understands and this machine has, or one clear ModelError."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r}: no CUDA GPU is visible on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    elif dev.type != "cpu":
+        raise ModelError(f"device {device!r} is not supported (use cpu, cuda or cuda:N)")
+
+
 def load_model(name: str, path: str | None = None, device: str = "cpu", **options) -> FlowModel:
     """`path`: the toy's weights file, or a diffusers pipeline directory or hub id. `options` go
     to the diffusers adapters (`dtype`, `resolution`, `shift`, `max_sequence_length`, `max_batch`,
     `gradient_checkpointing`; see models.diffusers_flow)."""
+    check_device(device)
     if name == "toy":
         from models.toy import load_toy
 
@@ -27,4 +45,4 @@ def load_model(name: str, path: str | None = None, device: str = "cpu", **option
     raise ModelError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
 
 
-__all__ = ["FlowModel", "ModelError", "MODELS", "load_model"]
+__all__ = ["FlowModel", "ModelError", "MODELS", "check_device", "load_model"]

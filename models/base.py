@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -144,6 +145,12 @@ class FlowModel(ABC):
                 raise ModelError(f"checkpoint does not fit the LoRA adapter: {result.unexpected_keys[:3]}")
         else:
             net.load_state_dict(state)
+
+    def export(self, out: str | Path) -> Path:
+        """Write the fine-tuned policy in the format its users load without FlowArena (the
+        diffusers adapters: a LoRA for `pipeline.load_lora_weights`; the toy: a weights file
+        for `--model-path`). Returns the file written."""
+        raise ModelError(f"{type(self).__name__} has no export format")
 
     def sigmas(self, steps: int) -> Tensor:
         return sd3_sigmas(steps, self.shift, self.sigma_min)

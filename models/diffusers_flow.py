@@ -217,6 +217,29 @@ class DiffusersFlowModel(FlowModel):
             self.get_denoiser().enable_gradient_checkpointing()
         return params
 
+    def export(self, out: str | Path) -> Path:
+        """The LoRA as `OUT/pytorch_lora_weights.safetensors`, written by the pipeline's own
+        `save_lora_weights` with peft's adapter config as metadata, so a plain diffusers
+        pipeline of the same family takes it with `pipe.load_lora_weights(OUT)`."""
+        if getattr(self, "lora_rank", 0) <= 0:
+            raise ModelError(f"{self.name}: only a LoRA fine-tune can be exported (this policy has "
+                             "no adapter)")
+        import tempfile
+
+        from peft import get_peft_model_state_dict
+
+        net = self.get_denoiser()
+        layers = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(net).items()}
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        name = "pytorch_lora_weights.safetensors"
+        with tempfile.TemporaryDirectory(dir=out, prefix=".export.") as tmp:  # atomic: rename in place
+            type(self.pipe).save_lora_weights(
+                tmp, transformer_lora_layers=layers, weight_name=name,
+                transformer_lora_adapter_metadata=net.peft_config["default"].to_dict())
+            os.replace(Path(tmp) / name, out / name)
+        return out / name
+
 
 class SD3Model(DiffusersFlowModel):
     """Stable Diffusion 3 / 3.5 (medium, large): MMDiT, CLIP-L + CLIP-G + T5-XXL, 16-channel VAE."""

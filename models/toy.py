@@ -10,6 +10,7 @@ fp16, config in the file's metadata).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,6 +114,29 @@ class ToyModel(FlowModel):
 
     def set_denoiser(self, module: nn.Module) -> None:
         self.net.unet = module
+
+    def export(self, out: str | Path) -> Path:
+        """The policy as one toy weights file (LoRA merged into the base weights), for
+        `bench sample/eval --model toy --model-path OUT`. `out`: a .safetensors path, or a
+        directory (OUT/toy.safetensors). fp32, unlike the shipped fp16 file: an RL update is
+        often below fp16's resolution of the weight it is merged into."""
+        out = Path(out)
+        path = out if out.suffix == ".safetensors" else out / "toy.safetensors"
+        net = copy.deepcopy(self.net)
+        if getattr(self, "lora_rank", 0) > 0:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            state = {}
+            for module in net.unet.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.merge()
+            for key, value in net.state_dict().items():
+                if "lora_" not in key:  # the merged base weights under their original names
+                    state[key.replace(".base_layer.", ".")] = value
+            net = ToyNet(net.cfg)
+            net.load_state_dict(state)
+        save_toy(net, path, dtype=torch.float32)
+        return path
 
 
 def save_toy(net: ToyNet, path: str | Path, dtype: torch.dtype = torch.float16) -> None:

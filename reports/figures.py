@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -631,6 +632,18 @@ def logratio_decomposition(run: Run, model: str) -> Figure | None:
 
 
 # --- 4. sample grids ----------------------------------------------------------------------------
+def _sample_prompts(pngs: list[Path]) -> list[str]:
+    """The prompts of a sample grid's columns (prompts.json beside the PNG), or [] if unknown."""
+    for png in pngs:
+        try:
+            prompts = json.loads((png.parent / "prompts.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(prompts, list) and all(isinstance(p, str) for p in prompts):
+            return prompts
+    return []
+
+
 def sample_grid(run: Run, model: str) -> Figure | None:
     """The base model's samples above each method's final samples: the same prompts and initial noise."""
     colours = run.colours()
@@ -651,16 +664,22 @@ def sample_grid(run: Run, model: str) -> Figure | None:
             run.missing.append(f"{path.relative_to(run.path)}: unreadable, skipped ({type(e).__name__})")
     if not images:
         return None
+    prompts = _sample_prompts([path for _, _, path in rows])
     h, w = images[0][2].shape[:2]
     width = 11.0
-    fig = Figure(figsize=(width + 1.6, len(images) * width * h / w * 1.08 + 0.9), layout="constrained",
-                 dpi=DPI)
+    fig = Figure(figsize=(width + 1.6, len(images) * width * h / w * 1.08 + 0.9 + 0.6 * bool(prompts)),
+                 layout="constrained", dpi=DPI)
     axes = np.atleast_1d(fig.subplots(len(images), 1))
     for ax, (label, colour, img) in zip(axes, images):
         ax.imshow(img, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", color=colour, fontsize=10)
+    if prompts:  # one column per prompt: label the columns under the last row
+        n = len(prompts)
+        axes[-1].set_xticks([(i + 0.5) * w / n for i in range(n)],
+                            [textwrap.fill(p, 16) for p in prompts], fontsize=7)
+        axes[-1].tick_params(length=0)
     fig.suptitle(f"Samples, model {model}: one eval prompt per column, the same initial noise in every row "
                  "(ODE sampling)")
     return fig

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.io import _atomic
 from reports.figures import Run, load_run
-from reports.tables import run_table
+from reports.tables import NOTE, best_methods, format_cell, run_table, table_columns
 
 log = logging.getLogger(__name__)
 
@@ -29,42 +29,13 @@ figcaption { font-size: 0.9rem; color: #444; margin-top: 0.3rem; }
 pre { background: #f7f7f7; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
 """
 
-# (record key, column title, digits, higher is better); skills are inserted after "delta_gm"
-_COLUMNS = [("gm", "Soft-TIFA GM", 1, True), ("am", "Soft-TIFA AM", 1, True),
-            ("delta_gm", "ΔGM vs base", 1, True), ("pref", "ood preference", 2, True),
-            ("kl", "KL to pretrained", None, False)]
-
-
-def _fmt(value, se, digits: int | None) -> str:
-    if value is None:
-        return ""
-    if digits is None:  # KL spans orders of magnitude
-        text = f"{value:.2e}"
-        return text if not se else f"{text} ± {se:.1e}"
-    text = f"{value:.{digits}f}"
-    return text if not se else f"{text} ± {se:.{digits}f}"
-
-
 def table_html(records: list[dict]) -> str:
-    """The comparison records of reports.tables.run_table as an HTML table; the best method per
-    score column (among trained methods, within a model) in bold."""
+    """The comparison records of reports.tables.run_records as an HTML table; the best method
+    per score column (among trained methods, within a model) in bold."""
     if not records:
         return "<p>No finished method × seed cell yet.</p>"
-    skills = sorted({k for r in records for k in r if k.startswith("skill:") and not k.endswith("_stderr")})
-    cols = _COLUMNS[:3] + [(k, k[6:], 1, True) for k in skills] + _COLUMNS[3:]
-    known = {"model", "method", "seeds"} | {c[0] for c in cols}
-    # keys the table may gain later still show up, generically
-    cols += [(k, k, 3, False) for k in sorted({k for r in records for k in r})
-             if k not in known and not k.endswith("_stderr")]
-    best = {}
-    for key, _, _, higher in cols:
-        if not higher:
-            continue
-        for model in {r["model"] for r in records}:
-            trained = [r for r in records if r["model"] == model and not r["method"].startswith("base")
-                       and isinstance(r.get(key), (int, float))]
-            if len(trained) > 1:
-                best[(model, key)] = max(trained, key=lambda r: r[key])["method"]
+    cols = table_columns(records)
+    best = best_methods(records, cols)
     head = "".join(f"<th>{html.escape(t)}</th>" for t in ["model", "method", "seeds"] + [c[1] for c in cols])
     rows = []
     for r in records:
@@ -72,11 +43,7 @@ def table_html(records: list[dict]) -> str:
         cells = [f'<td class="name">{html.escape(str(r["model"]))}</td>',
                  f'<td class="name">{html.escape(str(r["method"]))}</td>', f"<td>{r.get('seeds', '')}</td>"]
         for key, _, digits, _ in cols:
-            value = r.get(key)
-            if is_base and key == "delta_gm" or not isinstance(value, (int, float)):
-                text = "—" if is_base and key == "delta_gm" else html.escape(str(value or ""))
-            else:
-                text = _fmt(value, r.get(key + "_stderr"), digits)
+            text = "—" if is_base and key == "delta_gm" else html.escape(format_cell(r, key, digits))
             cls = ' class="best"' if best.get((r["model"], key)) == r["method"] else ""
             cells.append(f"<td{cls}>{text}</td>")
         rows.append(f'<tr{" class=base" if is_base else ""}>' + "".join(cells) + "</tr>")
@@ -125,13 +92,10 @@ def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run
     title = f"FlowArena report: {html.escape(run_dir.resolve().name)}"
     body = [f"<h1>{title}</h1>", _manifest_html(run.manifest),
             "<h2>Comparison</h2>", table_html(records),
-            "<p class=meta>Mean ± stderr over seeds where there are several, else over eval prompts; "
-            "ΔGM is paired with the base model on the same prompts and noise. Soft-TIFA and skills 0-100 "
-            "(higher is better, best trained method in bold); KL per element, summed over sampling steps."
-            "</p>"]
+            f"<p class=meta>{html.escape(NOTE)} Also in report/: tables.md, tables.csv, tables.tex.</p>"]
     if markdown:
-        body.append("<details><summary>The table as Markdown (with the training reward and wall time)"
-                    f"</summary><pre>{html.escape(markdown)}</pre></details>")
+        body.append("<details><summary>The table as Markdown</summary>"
+                    f"<pre>{html.escape(markdown)}</pre></details>")
     body.append("<h2>Figures</h2>")
     for f in figures:
         path = Path(f["path"])

@@ -73,29 +73,82 @@ def _collect(run_dir: Path) -> tuple[dict, dict]:
 
 
 def _summary(evals: list[dict], bases: list[dict]) -> dict[str, tuple[float, float]]:
-    """Metric -> (mean, stderr): over seeds when there are several, else over prompts."""
+    """Metric -> (mean, stderr): over seeds when there are several, else over prompts (skills
+    and atom counts have no per-prompt stderr in the result files: 0 for one seed)."""
     def metric(e):
         t = e["soft_tifa"]
         return {"gm": (t["gm"], t["gm_stderr"]), "am": (t["am"], t["am_stderr"]),
                 "pref": (e["preference_ood"]["mean"], e["preference_ood"]["stderr"]),
                 "kl": (e["kl_to_pretrained"]["mean"], e["kl_to_pretrained"]["stderr"]),
-                **{f"skill:{k}": (v, 0.0) for k, v in t["per_skill"].items()}}
+                **{f"skill:{k}": (v, 0.0) for k, v in t["per_skill"].items()},
+                **{f"atoms:{k}": (v, 0.0) for k, v in t.get("per_atom_count", {}).items()}}
     per = [metric(e) for e in evals]
     deltas = []
     for e, b in zip(evals, bases):
         d = np.array(e["soft_tifa"]["per_prompt_gm"]) - np.array(b["soft_tifa"]["per_prompt_gm"])
         deltas.append((100 * d.mean(), 100 * stderr(d)))
     out = {}
-    keys = per[0].keys()
-    for k in keys:
+    for k in per[0]:
         if len(per) == 1:
             out[k] = per[0][k]
         else:
-            vals = [p[k][0] for p in per]
+            vals = [p[k][0] for p in per if k in p]
             out[k] = (float(np.mean(vals)), stderr(vals))
     out["delta_gm"] = deltas[0] if len(deltas) == 1 else (
         float(np.mean([d[0] for d in deltas])), stderr([d[0] for d in deltas]))
     return out
+
+
+# Columns of the comparison table: (record key, title, digits (None: scientific), better).
+# `better` is "max", "min" or None; the best trained method per column is marked.
+_HEAD = [("train_reward", "train reward (epoch 1 → last 3)", None, None),
+         ("gm", "Soft-TIFA GM", 1, "max"), ("am", "Soft-TIFA AM", 1, "max"),
+         ("delta_gm", "ΔGM vs base", 1, "max"), ("beats_base", "beats base", None, None)]
+_TAIL = [("pref", "ood preference", 2, "max"), ("kl", "KL to pretrained", None, "min"),
+         ("wall_min", "train min", 1, "min")]
+
+
+def table_columns(records: list[dict]) -> list[tuple]:
+    """The columns of the comparison table for these records: the fixed ones, each skill
+    and each atom count present, then any other numeric key (the table may gain some)."""
+    keys = {k for r in records for k in r}
+    skills = sorted(k for k in keys if k.startswith("skill:") and not k.endswith("_stderr"))
+    atoms = sorted((k for k in keys if k.startswith("atoms:") and not k.endswith("_stderr")),
+                   key=lambda k: int(k[6:]))
+    cols = (_HEAD + [(k, k[6:], 1, "max") for k in skills]
+            + [(k, f"GM @{k[6:]} atoms", 1, "max") for k in atoms] + _TAIL)
+    known = {"model", "method", "seeds"} | {c[0] for c in cols}
+    cols += [(k, k, 3, None) for k in sorted(keys) if k not in known and not k.endswith("_stderr")
+             and any(isinstance(r.get(k), (int, float)) for r in records)]
+    return cols
+
+
+def best_methods(records: list[dict], cols: list[tuple]) -> dict[tuple[str, str], str]:
+    """{(model, column key): method} for the best trained method (not the base model), where
+    a model has at least two trained methods with a value in that column."""
+    best = {}
+    for key, _, _, better in cols:
+        if better is None:
+            continue
+        for model in {r["model"] for r in records}:
+            trained = [r for r in records if r["model"] == model and not r["method"].startswith("base")
+                       and isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
+            if len(trained) > 1:
+                pick = max if better == "max" else min
+                best[(model, key)] = pick(trained, key=lambda r: r[key])["method"]
+    return best
+
+
+def format_cell(record: dict, key: str, digits: int | None) -> str:
+    """A record's value as text: `mean ± stderr` when it has a stderr, '' when absent."""
+    value, se = record.get(key), record.get(key + "_stderr")
+    if not isinstance(value, (int, float)):
+        return "" if value is None else str(value)
+    if digits is None:  # KL spans orders of magnitude
+        text = f"{value:.2e}"
+        return text if not se else f"{text} ± {se:.1e}"
+    text = f"{value:.{digits}f}"
+    return text if not se else f"{text} ± {se:.{digits}f}"
 
 
 def _reward_change(rs: list[dict]) -> str:
@@ -105,45 +158,103 @@ def _reward_change(rs: list[dict]) -> str:
     return f"{first:.3f} ± {se:.3f} → {last:.3f}"
 
 
-def run_table(run_dir: Path) -> tuple[str, list[dict]]:
+def run_records(run_dir: Path) -> list[dict]:
+    """One record per model × method (the base model first): mean and stderr of every metric
+    over the finished seeds, read from result files only."""
     results, bases = _collect(run_dir)
-    if not results:
-        return "no finished method x seed cells yet", []
-    rows, records = [], []
-    skills = sorted({k for rs in results.values() for r in rs
-                     for k in r["final"]["soft_tifa"]["per_skill"]})
-    models = sorted({m for m, _ in results})
-    for model in models:
+    records = []
+    for model in sorted({m for m, _ in results}):
         base_list = [b for (m, _), b in sorted(bases.items()) if m == model]
         entries = [("base (pretrained)", base_list, base_list, None)]
-        for (m, method), rs in sorted(results.items()):
-            if m == model:
-                entries.append((method, [r["final"] for r in rs], [r["base"] for r in rs], rs))
+        entries += [(method, [r["final"] for r in rs], [r["base"] for r in rs], rs)
+                    for (m, method), rs in sorted(results.items()) if m == model]
         for name, evals, bs, rs in entries:
+            if not evals:
+                continue
             s = _summary(evals, bs)
-            n_seeds = len(evals)
-            wall = "" if rs is None else f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.1f}"
-            delta = "" if rs is None else _pm(*s["delta_gm"])
-            beats = "" if rs is None else ("yes" if s["delta_gm"][0] > s["delta_gm"][1] else "no")
-            train = "" if rs is None or "train_reward" not in rs[0] else _reward_change(rs)
-            rows.append([model, name, str(n_seeds), train, _pm(*s["gm"]), _pm(*s["am"]), delta, beats,
-                         *[f"{s.get('skill:' + k, (float('nan'),))[0]:.1f}" for k in skills],
-                         _pm(*s["pref"], 2), f"{s['kl'][0]:.2e} ± {s['kl'][1]:.1e}", wall])
-            records.append({"model": model, "method": name, "seeds": n_seeds,
-                            **{k: v[0] for k, v in s.items()},
-                            **{k + "_stderr": v[1] for k, v in s.items()}})
-    reward = next((r.get("reward", "") for rs in results.values() for r in rs), "")
-    header = ["model", "method", "seeds", f"train reward {reward} (epoch 1 → last 3)", "Soft-TIFA GM",
-              "Soft-TIFA AM", "ΔGM vs base",
-              "beats base", *skills, "ood preference", "KL to pretrained", "train min"]
-    note = ("Train reward: the mean over the first epoch's rollouts (± its stderr) and over the last "
-            "three epochs. Mean ± stderr (over seeds where there are several, else over eval prompts; ΔGM is "
-            "paired with the base model on the same prompts and noise). 'beats base': ΔGM > its "
-            "stderr. Soft-TIFA and skills 0-100; KL per element, summed over sampling steps.")
-    return markdown_table(header, rows) + "\n\n" + note, records
+            rec = {"model": model, "method": name, "seeds": len(evals),
+                   **{k: v[0] for k, v in s.items()}, **{k + "_stderr": v[1] for k, v in s.items()}}
+            if rs is None:  # the base model: no training, ΔGM 0 by definition
+                for k in ("delta_gm", "delta_gm_stderr"):
+                    rec.pop(k)
+            else:
+                rec["beats_base"] = "yes" if s["delta_gm"][0] > s["delta_gm"][1] else "no"
+                rec["wall_min"] = float(np.mean([r["wall_seconds"] for r in rs])) / 60
+                if "train_reward" in rs[0]:
+                    rec["train_reward"] = _reward_change(rs)
+            records.append(rec)
+    return records
+
+
+NOTE = ("Train reward: the mean over the first epoch's rollouts (± its stderr) and over the last "
+        "three epochs. Mean ± stderr (over seeds where there are several, else over eval prompts; ΔGM "
+        "is paired with the base model on the same prompts and noise). 'beats base': ΔGM > its "
+        "stderr. Soft-TIFA, skills and GM by number of atoms 0-100; KL per element, summed over "
+        "sampling steps (lower is closer to the pretrained model); train min: minutes of training "
+        "per seed. The best trained method per column is in bold.")
+
+
+def _reward_name(run_dir: Path) -> str:
+    results, _ = _collect(run_dir)
+    return next((r.get("reward", "") for rs in results.values() for r in rs), "")
+
+
+def run_table(run_dir: Path) -> tuple[str, list[dict]]:
+    """The comparison table in Markdown (best per column in bold) and its records."""
+    records = run_records(run_dir)
+    if not records or all(r["method"].startswith("base") for r in records):
+        return "no finished method x seed cells yet", []
+    cols = table_columns(records)
+    best = best_methods(records, cols)
+    reward = _reward_name(run_dir)
+    header = ["model", "method", "seeds"] + [
+        t.replace("train reward", f"train reward {reward}") if k == "train_reward" else t
+        for k, t, _, _ in cols]
+    rows = []
+    for r in records:
+        cells = [r["model"], r["method"], str(r["seeds"])]
+        for key, _, digits, _ in cols:
+            text = format_cell(r, key, digits)
+            cells.append(f"**{text}**" if best.get((r["model"], key)) == r["method"] else text)
+        rows.append(cells)
+    return markdown_table(header, rows) + "\n\n" + NOTE, records
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "→": r"$\to$", "Δ": r"$\Delta$", "@": "@"}
+
+
+def _tex(text: str) -> str:
+    out = "".join(_LATEX_ESCAPES.get(c, c) for c in str(text))
+    for sym, tex in _LATEX_SYMBOLS.items():
+        out = out.replace(sym, tex)
+    return out
+
+
+def latex_table(records: list[dict], caption: str = "") -> str:
+    """The comparison as a booktabs `table` (best trained method per column in bold)."""
+    cols = table_columns(records)
+    best = best_methods(records, cols)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{ll" + "r" * (1 + len(cols)) + "}", r"\toprule",
+             " & ".join(_tex(t) for t in ["model", "method", "seeds"] + [c[1] for c in cols]) + r" \\",
+             r"\midrule"]
+    for r in records:
+        cells = [_tex(r["model"]), _tex(r["method"]), str(r["seeds"])]
+        for key, _, digits, _ in cols:
+            text = _tex(format_cell(r, key, digits))
+            cells.append(rf"\textbf{{{text}}}" if best.get((r["model"], key)) == r["method"] else text)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(rf"\caption{{{_tex(caption)}}}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines)
 
 
 def write_run_tables(run_dir: str | Path) -> str:
+    """report/tables.md, tables.csv (raw numbers) and tables.tex (booktabs) of a run directory."""
     import pandas as pd
 
     from harness.io import _atomic
@@ -154,4 +265,6 @@ def write_run_tables(run_dir: str | Path) -> str:
     _atomic(report / "tables.md", lambda tmp: Path(tmp).write_text(md + "\n"))
     if records:
         _atomic(report / "tables.csv", lambda tmp: pd.DataFrame(records).to_csv(tmp, index=False))
+        tex = latex_table(records, caption=NOTE)
+        _atomic(report / "tables.tex", lambda tmp: Path(tmp).write_text(tex + "\n"))
     return md

@@ -34,7 +34,7 @@ from harness.toyworld.grammar import (
     random_phrasing,
     vocabulary,
 )
-from harness.toyworld.scene import COLOURS, SHAPES, Obj, render, sample_layout
+from harness.toyworld.scene import COLOURS, SHAPES, Obj, render, sample_layout, to_toy_size
 from models.base import ModelError
 from models.text import TextEncoder, WordTokenizer
 from rewards.base import Reward, RewardOutput, register_reward
@@ -83,6 +83,7 @@ class ToyPick(nn.Module):
         return self.logit_scale.clamp(max=np.log(100)).exp()
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        images = to_toy_size(images, self.cfg.image_size)  # other models' images are larger
         return self.scale() * (self.embed_images(images) * self.embed_texts(prompts)).sum(-1)
 
 

@@ -185,3 +185,68 @@ def test_missing_weights_are_one_line_model_errors(saved, tmp_path):
     with pytest.raises(ModelError) as e:  # a hub id that is not cached, offline
         load_model("flux2-klein", "flowarena-tests/not-a-model")
     assert "HF_HUB_OFFLINE" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exported_lora_loads_into_a_fresh_diffusers_pipeline(saved, name, tmp_path):
+    """`export` writes what `pipe.load_lora_weights` takes: a fresh pipeline of the family,
+    loaded from the same directory, then samples what our policy samples, and not the base."""
+    from diffusers import DiffusionPipeline
+
+    m = load_model(name, str(saved[name]), resolution=RESOLUTION, max_sequence_length=TOKENS)
+    params = m.setup_training(lora_rank=4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in m.get_denoiser().named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    assert params
+    path = m.export(tmp_path / "lora")
+    assert path.name == "pytorch_lora_weights.safetensors" and path.is_file()
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left behind
+
+    fresh = DiffusionPipeline.from_pretrained(str(saved[name]), torch_dtype=torch.float32)
+    g, steps, noise = GUIDANCE[name], 3, _noise(m, seed=2)
+    kwargs = dict(prompt=PROMPTS, num_inference_steps=steps, guidance_scale=g, height=RESOLUTION,
+                  width=RESOLUTION, max_sequence_length=TOKENS, output_type="pt")
+    base = fresh(latents=_pipeline_latents(name, m, noise), **kwargs).images
+    fresh.load_lora_weights(str(path.parent))
+    tuned = fresh(latents=_pipeline_latents(name, m, noise), **kwargs).images
+    ours = m.generate(PROMPTS, steps=steps, guidance=g, noise=noise)
+    assert (tuned - base).abs().max() > 1e-3  # the LoRA changes the output for the same seed
+    torch.testing.assert_close(tuned, ours, atol=1e-4, rtol=0)  # and it is our fine-tuned policy
+
+
+def test_export_without_an_adapter_is_a_model_error(models, tmp_path):
+    with pytest.raises(ModelError, match="only a LoRA"):
+        models["sd35"].export(tmp_path / "x")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bench_run_end_to_end_on_a_saved_pipeline(saved, name, tmp_path):
+    """`bench run --model NAME --model-path DIR --preset smoke` as a user types it: grpo and
+    dppo train a LoRA on the tiny pipeline, are evaluated and reported, and the exported LoRA
+    is a file a diffusers pipeline takes."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["run", "--model", name, "--model-path", str(saved[name]), "--preset",
+                                 "smoke", "--methods", "grpo,dppo", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for method in ("grpo", "dppo"):
+        result = json.loads((out / name / method / "seed0" / "result.json").read_text())
+        assert result["model"] == name and result["epochs"] == 2
+        kl = result["final"]["kl_to_pretrained"]["mean"]
+        assert np.isfinite(kl) and kl > 0  # the LoRA moved the policy away from the pipeline's
+        config = json.loads((out / name / method / "seed0" / "config.json").read_text())
+        assert config["method_config"] == {**config["method_config"], **{  # published values
+            "grpo": {"clip_range": 1e-4}, "dppo": {"delta": 1e-5}}[method]}
+    assert (out / "report" / "index.html").exists() and f"| {name} " in r.output
+    cell = out / name / "dppo" / "seed0"
+    r = CliRunner().invoke(app, ["export", str(cell), "--out", str(tmp_path / "lora")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()

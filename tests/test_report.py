@@ -179,3 +179,44 @@ def test_method_colours_are_stable_and_distinct():
     assert small["grpo"] == big["grpo"] and big["base"] == BASE_COLOUR
     trained = [big[m] for m in ("dppo", "grpo", "dppo@delta=3e-6", "my-method")]
     assert len(set(trained)) == 4 and BASE_COLOUR not in trained
+
+
+def test_tables_mark_the_best_trained_method_in_markdown_latex_and_html(report):
+    import pandas as pd
+
+    from reports.tables import best_methods, format_cell, run_records, table_columns
+
+    run, _ = report
+    records = run_records(run)
+    assert [r["method"] for r in records] == ["base (pretrained)", "dppo", "grpo"]
+    cols = table_columns(records)
+    keys = [c[0] for c in cols]
+    assert [f"atoms:{a}" for a in range(2, 8)] == [k for k in keys if k.startswith("atoms:")]
+    assert "wall_min" in keys and "kl" in keys
+    best = best_methods(records, cols)
+    by = {r["method"]: r for r in records}
+    # higher is better for scores, lower for KL and wall time; the base model never wins
+    assert best[("toy", "gm")] == max(("grpo", "dppo"), key=lambda m: by[m]["gm"])
+    assert best[("toy", "wall_min")] == "grpo"  # make_run gives dppo 1 s more per epoch
+    assert by["grpo"]["wall_min"] == pytest.approx(EPOCHS * 10 / 60)
+    assert all(m != "base (pretrained)" for m in best.values())
+
+    md = (run / "report" / "tables.md").read_text()
+    assert "GM @7 atoms" in md and "train min" in md
+    winner = best[("toy", "gm")]
+    row = next(line for line in md.splitlines() if f"| {winner} " in line)
+    assert f"**{format_cell(by[winner], 'gm', 1)}**" in row
+    assert md.count("**") == 2 * len(best)
+
+    tex = (run / "report" / "tables.tex").read_text()
+    assert tex.startswith("\\begin{table}") and "\\toprule" in tex and "\\bottomrule" in tex
+    body = tex[tex.index("\\midrule"):tex.index("\\bottomrule")]
+    assert body.count("\\\\") == len(records) and tex.count("\\textbf{") == len(best)
+    assert "$\\pm$" in tex and "±" not in tex and "_" not in body.replace("\\_", "")
+
+    csv = pd.read_csv(run / "report" / "tables.csv")
+    assert {"gm", "gm_stderr", "atoms:2", "wall_min", "delta_gm"} <= set(csv.columns)
+    assert csv.set_index("method").loc["grpo", "gm"] == pytest.approx(by["grpo"]["gm"])
+
+    page = (run / "report" / "index.html").read_text()
+    assert page.count('class="best"') == len(best)

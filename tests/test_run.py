@@ -75,7 +75,7 @@ def test_training_moves_the_policy_and_reference_stays(tiny_path):
 
 
 def _numbers(run):
-    df = pd.read_csv(run / "report" / "tables.csv")
+    df = pd.read_csv(run / "report" / "tables.csv").drop(columns="wall_min")  # timing, not results
     metrics = {m: [json.loads(x) for x in (run / f"toy/{m}/seed0/metrics.jsonl").read_text().splitlines()]
                for m in ("grpo", "dppo")}
     for rows in metrics.values():
@@ -131,12 +131,16 @@ def test_mismatched_resume_is_refused(tiny_path, tmp_path):
 
 
 def test_method_variants_change_one_setting():
-    from harness.run import method_variant
+    from harness.run import TOY_CALIBRATION, method_variant
 
     method, train = method_variant("dppo@delta=3e-6@beta=0.04", PRESET)
     assert method.config.delta == 3e-6 and train.beta == 0.04 and train.lr == PRESET.train.lr
     method, train = method_variant("grpo", PRESET)
-    assert method.config.clip_range == 1e-4 and train == PRESET.train
+    assert method.config.clip_range == TOY_CALIBRATION["grpo"]["clip_range"] and train == PRESET.train
+    method, _ = method_variant("grpo", PRESET, model_name="sd35")  # real models: published value
+    assert method.config.clip_range == 1e-4
+    method, _ = method_variant("dppo@delta=3e-6", PRESET)  # the user's value beats the calibration
+    assert method.config.delta == 3e-6
     for bad, msg in [("dppo@gamma=1", "no setting|neither"), ("dppo@delta", "key=value"),
                      ("dppo@delta=-1", "delta"), ("ppo9@delta=1", "unknown method")]:
         with pytest.raises(ValueError, match=msg):
@@ -189,3 +193,58 @@ def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_pat
         assert "half-pg@scale=2.0" in table and (run / "report" / "index.html").exists()
     finally:
         _REGISTRY.pop("half-pg")
+
+
+def test_experiment_presets_name_valid_methods_rewards_and_seeds():
+    from harness.run import PRESETS, TOY_CALIBRATION, method_variant
+    from methods import method_names
+    from rewards import build_rewards
+
+    experiments = ("main", "main-multi", "stability", "ablation", "sweep")
+    assert set(experiments) <= set(PRESETS)
+    assert set(PRESETS["main"].methods) == {"grpo", "cps", "guard", "dppo", "dppo-cps"}
+    assert PRESETS["main-multi"].methods == PRESETS["main"].methods
+    assert PRESETS["main-multi"].train.reward_aggregation == "normalised"
+    assert PRESETS["stability"].train.inner_loops == 2
+    assert PRESETS["stability"].epochs > PRESETS["main"].epochs
+    assert {"dppo-sym", "dppo-sampled-kl", "grpo-noclip"} <= set(PRESETS["ablation"].methods)
+    for name in experiments:
+        assert PRESETS[name].seeds >= 3
+    for preset in PRESETS.values():
+        preset.train.validate()
+        build_rewards(preset.reward, **preset.reward_options)
+        for spec in preset.methods:
+            method_variant(spec, preset)
+    assert set(TOY_CALIBRATION) <= set(method_names())
+    # the sweep brackets the calibrated δ by a decade on each side
+    sweep = [method_variant(m, PRESETS["sweep"])[0].config.delta for m in PRESETS["sweep"].methods]
+    delta = TOY_CALIBRATION["dppo"]["delta"]
+    assert min(sweep) == pytest.approx(delta / 10) and max(sweep) == pytest.approx(delta * 10)
+
+
+def test_export_writes_the_fine_tuned_toy_policy(tiny_path, tmp_path):
+    """`bench export` of a toy cell: one weights file, LoRA merged, that loads as a plain toy
+    model through --model-path and has the fine-tuned policy's velocity, not the base's."""
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.run import load_cell_policy
+
+    run = run_benchmark(tmp_path / "r", ["grpo"], "toy", replace(PRESET, epochs=1), 1, tiny_path,
+                        progress=False)
+    cell = run / "toy" / "grpo" / "seed0"
+    r = CliRunner().invoke(app, ["export", str(cell), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    exported = load_toy(tmp_path / "out" / "toy.safetensors")
+    policy, config = load_cell_policy(cell)
+    base = load_toy(tiny_path)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    s = torch.tensor([0.9, 0.4])
+    with torch.no_grad():
+        e = base.encode_prompts(["a red circle", "two blue squares"])
+        v_exp, v_pol, v_base = (m.velocity(x, s, e) for m in (exported, policy, base))
+    assert config["method"] == "grpo"
+    assert (v_pol - v_base).abs().max() > 1e-4  # training moved the policy
+    torch.testing.assert_close(v_exp, v_pol, atol=1e-5, rtol=1e-5)

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from harness.toyworld.grammar import NUMBERS, PLURAL
-from harness.toyworld.scene import BACKGROUND, COLOURS, RELATIONS, SHAPES
+from harness.toyworld.scene import BACKGROUND, COLOURS, RELATIONS, SHAPES, to_toy_size
 
 _SINGULAR = {**{p: s for s, p in PLURAL.items()}, **{s: s for s in SHAPES}}
 _NUM = {"zero": 0, **{w: i + 1 for i, w in enumerate(NUMBERS)}}
@@ -117,8 +117,11 @@ class ToyJudge:
     # --- perception ----------------------------------------------------------------------
     @staticmethod
     def to_uint8(image) -> np.ndarray:
-        """Accept (H, W, 3) uint8 or a float tensor/array (3, H, W) in [0, 1]."""
-        arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+        """Accept (H, W, 3) uint8 or a float tensor/array (3, H, W) in [0, 1]; a tensor of
+        another size is first area-downsampled to the toy world's 32 × 32."""
+        if hasattr(image, "detach"):
+            image = to_toy_size(image.detach().cpu())
+        arr = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
         if arr.dtype != np.uint8:
             arr = np.clip(np.round(arr * 255), 0, 255).astype(np.uint8)
             if arr.shape[0] == 3 and arr.shape[-1] != 3:

@@ -61,6 +61,19 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill) -> None:
         draw.polygon(shape_polygon(shape, box), fill=fill)
 
 
+def to_toy_size(images, size: int = 32):
+    """Images [B, 3, H, W] or [3, H, W] (float tensors) area-downsampled to size × size, so the
+    toy judge and preference model also read other models' larger images; unchanged if
+    already that size."""
+    import torch.nn.functional as F
+
+    if images.shape[-2:] == (size, size):
+        return images
+    batch = images if images.dim() == 4 else images[None]
+    out = F.interpolate(batch.float(), size=(size, size), mode="area")
+    return out if images.dim() == 4 else out[0]
+
+
 def render(objects: list[Obj], size: int = 32) -> np.ndarray:
     """Render a scene to an (H, W, 3) uint8 array."""
     s = SUPERSAMPLE
