@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
+from harness.io import _atomic
 from harness.toyworld.grammar import vocabulary
 from models.base import FlowModel, ModelError, PromptEmbeds
 from models.text import TextEncoder, WordTokenizer
@@ -141,12 +142,10 @@ class ToyModel(FlowModel):
 
 def save_toy(net: ToyNet, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
     """Write weights + config to one safetensors file, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata={"config": json.dumps(asdict(net.cfg))})
-    tmp.replace(path)
+    meta = {"config": json.dumps(asdict(net.cfg))}
+    # _atomic also gives the file the umask's permissions (safetensors writes 0600)
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_toy(path: str | Path | None = None, device: str = "cpu") -> ToyModel:
