@@ -158,10 +158,10 @@ def _reward_change(rs: list[dict]) -> str:
     return f"{first:.3f} ± {se:.3f} → {last:.3f}"
 
 
-def run_records(run_dir: Path) -> list[dict]:
+def run_records(run_dir: Path, collected: tuple[dict, dict] | None = None) -> list[dict]:
     """One record per model × method (the base model first): mean and stderr of every metric
-    over the finished seeds, read from result files only."""
-    results, bases = _collect(run_dir)
+    over the finished seeds, read from result files only (or from `_collect`'s output)."""
+    results, bases = collected or _collect(run_dir)
     records = []
     for model in sorted({m for m, _ in results}):
         base_list = [b for (m, _), b in sorted(bases.items()) if m == model]
@@ -194,19 +194,15 @@ NOTE = ("Train reward: the mean over the first epoch's rollouts (± its stderr) 
         "per seed. The best trained method per column is in bold.")
 
 
-def _reward_name(run_dir: Path) -> str:
-    results, _ = _collect(run_dir)
-    return next((r.get("reward", "") for rs in results.values() for r in rs), "")
-
-
 def run_table(run_dir: Path) -> tuple[str, list[dict]]:
     """The comparison table in Markdown (best per column in bold) and its records."""
-    records = run_records(run_dir)
+    results, bases = _collect(run_dir)  # read once, for the records and the reward's name
+    records = run_records(run_dir, (results, bases))
     if not records or all(r["method"].startswith("base") for r in records):
         return "no finished method x seed cells yet", []
     cols = table_columns(records)
     best = best_methods(records, cols)
-    reward = _reward_name(run_dir)
+    reward = next((r.get("reward", "") for rs in results.values() for r in rs), "")
     header = ["model", "method", "seeds"] + [
         t.replace("train reward", f"train reward {reward}") if k == "train_reward" else t
         for k, t, _, _ in cols]
