@@ -35,6 +35,7 @@ _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#
             "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd", "#e6550d"]
 DIAG_KEYS = ("ratio", "kl", "adv", "noise", "step", "inner")
 DPI = 110
+REWARD_WINDOW = 4  # epochs in the training reward's running mean
 
 
 def method_colours(methods: list[str]) -> dict[str, str]:
@@ -240,6 +241,16 @@ def _reward_series(cell: Cell) -> dict[int, tuple[float, float]]:
     return out
 
 
+def _running_mean(mean: np.ndarray, se: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing mean over up to `window` epochs (fewer at the start), with the stderr of that mean
+    for independent epochs: sqrt(sum se²) / n."""
+    n = np.minimum(np.arange(1, len(mean) + 1), window)
+    def trailing_sum(y):
+        c = np.concatenate([[0.0], np.cumsum(y)])
+        return c[1:] - c[np.arange(len(y)) + 1 - n]
+    return trailing_sum(mean) / n, np.sqrt(trailing_sum(se**2)) / n
+
+
 def _eval_series(cell: Cell, *keys: str) -> dict[int, tuple[float, float]]:
     out = {}
     for e, ev in cell.evals.items():
@@ -255,8 +266,10 @@ def learning_curves(run: Run, model: str, x: str = "epoch") -> Figure | None:
         return None
     colours = run.colours()
     reward = next((c.config.get("reward") for c in run.cells if c.config.get("reward")), "reward")
-    panels = [("Training reward (rollout batch mean)", f"train reward: {reward} (reward units)",
-               _reward_series),
+    # Every method sees the same prompts in an epoch, so the raw batch means rise and fall together
+    # with the prompts' difficulty; a running mean shows the trend under that shared noise.
+    panels = [(f"Training reward (batch mean, running mean of {REWARD_WINDOW} epochs)",
+               f"train reward: {reward} (reward units)", _reward_series),
               ("Held-out Soft-TIFA GM", "Soft-TIFA GM (0-100)", lambda c: _eval_series(c, "soft_tifa", "gm")),
               ("KL to the pretrained model", "KL (nats per element, summed over steps)",
                lambda c: _eval_series(c, "kl_to_pretrained", "mean"))]
@@ -270,6 +283,8 @@ def learning_curves(run: Run, model: str, x: str = "epoch") -> Figure | None:
                 continue
             e, wall, mean, se, _ = map(np.array, zip(*pts))
             xs = e if x == "epoch" else wall / 60
+            if series_of is _reward_series:
+                mean, se = _running_mean(mean, se, REWARD_WINDOW)
             ax.plot(xs, mean, "o-", ms=3, color=colours[m], label=m)
             if np.isfinite(se).any():
                 ax.fill_between(xs, mean - se, mean + se, color=colours[m], alpha=0.2, lw=0)
@@ -539,9 +554,10 @@ def trust_fractions(run: Run, model: str) -> Figure | None:
         ax.set_ylabel("% of trained steps of that sign")
         ax.set_title(group)
         ax.grid(alpha=0.3, axis="y")
-    handles = [Patch(color=colours[m], label=f"{m}: A > 0") for m in methods]
-    handles += [Patch(facecolor="white", edgecolor=colours[m], hatch="///", label=f"{m}: A < 0")
-                for m in methods]
+    # The legend fills column by column: one column per method, A > 0 above A < 0.
+    handles = [h for m in methods for h in (
+        Patch(color=colours[m], label=f"{m}: A > 0"),
+        Patch(facecolor="white", edgecolor=colours[m], hatch="///", label=f"{m}: A < 0"))]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(methods), frameon=False)
     fig.suptitle("Steps whose gradient the trust region removed (clipped or masked), by advantage sign\n"
                  "(mean over epochs and seeds; A > 0 is cut only where ρ rose, A < 0 where it fell, "
@@ -675,11 +691,12 @@ def sample_grid(run: Run, model: str) -> Figure | None:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", color=colour, fontsize=10)
-    if prompts:  # one column per prompt: label the columns under the last row
+    if prompts:  # one column per prompt: name the columns above the first row, where a reader starts
         n = len(prompts)
-        axes[-1].set_xticks([(i + 0.5) * w / n for i in range(n)],
-                            [textwrap.fill(p, 16) for p in prompts], fontsize=7)
-        axes[-1].tick_params(length=0)
+        axes[0].xaxis.tick_top()
+        axes[0].set_xticks([(i + 0.5) * w / n for i in range(n)],
+                           [textwrap.fill(p, 16) for p in prompts], fontsize=7, va="bottom")
+        axes[0].tick_params(length=0)
     fig.suptitle(f"Samples, model {model}: one eval prompt per column, the same initial noise in every row "
                  "(ODE sampling)")
     return fig

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.io import _atomic
 from reports.figures import Run, load_run
-from reports.tables import NOTE, best_methods, format_cell, run_table, table_columns
+from reports.tables import NOTE, best_methods, format_cell, headline_keys, run_table, table_columns
 
 log = logging.getLogger(__name__)
 
@@ -18,24 +18,36 @@ CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1280px;
        padding: 1rem 1.5rem; color: #222; line-height: 1.45; }
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1rem; margin-top: 1.2rem; }
 .meta { color: #555; font-size: 0.9rem; } .warn { background: #fff4e0; padding: 0.5rem 0.8rem; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.85rem; white-space: nowrap; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }
-th { background: #f2f2f2; } td.name { text-align: left; } tr.base td { color: #666; }
+th { background: #f2f2f2; white-space: normal; }  td.name { text-align: left; } tr.base td { color: #666; }
 td.best { font-weight: bold; background: #eef6ee; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9rem; color: #444; margin-top: 0.3rem; }
 pre { background: #f7f7f7; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
 """
 
-def table_html(records: list[dict]) -> str:
-    """The comparison records of reports.tables.run_records as an HTML table; the best method
-    per score column (among trained methods, within a model) in bold."""
+def tables_html(records: list[dict]) -> str:
+    """The comparison records of reports.tables.run_records as two HTML tables, so that each fits
+    a laptop screen: the headline scores, then the per-skill and per-atom-count detail. The best
+    method per score column (among trained methods, within a model) is in bold."""
     if not records:
         return "<p>No finished method × seed cell yet.</p>"
     cols = table_columns(records)
     best = best_methods(records, cols)
+    head = [c for c in cols if c[0] in headline_keys()]
+    detail = [c for c in cols if c[0] not in headline_keys()]
+    out = table_html(records, head, best)
+    if detail:
+        out += "<h3>By skill and by number of atoms</h3>" + table_html(records, detail, best)
+    return out
+
+
+def table_html(records: list[dict], cols: list[tuple], best: dict) -> str:
+    """One HTML table of these columns of the records."""
     head = "".join(f"<th>{html.escape(t)}</th>" for t in ["model", "method", "seeds"] + [c[1] for c in cols])
     rows = []
     for r in records:
@@ -91,7 +103,7 @@ def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run
 
     title = f"FlowArena report: {html.escape(run_dir.resolve().name)}"
     body = [f"<h1>{title}</h1>", _manifest_html(run.manifest),
-            "<h2>Comparison</h2>", table_html(records),
+            "<h2>Comparison</h2>", tables_html(records),
             f"<p class=meta>{html.escape(NOTE)} Also in report/: tables.md, tables.csv, tables.tex.</p>"]
     if markdown:
         body.append("<details><summary>The table as Markdown</summary>"

@@ -123,6 +123,11 @@ def table_columns(records: list[dict]) -> list[tuple]:
     return cols
 
 
+def headline_keys() -> set[str]:
+    """The columns a reader compares first; the rest (skills, atom counts) are detail."""
+    return {c[0] for c in _HEAD + _TAIL}
+
+
 def best_methods(records: list[dict], cols: list[tuple]) -> dict[tuple[str, str], str]:
     """{(model, column key): method} for the best trained method (not the base model), where
     a model has at least two trained methods with a value in that column."""
@@ -144,6 +149,8 @@ def format_cell(record: dict, key: str, digits: int | None) -> str:
     value, se = record.get(key), record.get(key + "_stderr")
     if not isinstance(value, (int, float)):
         return "" if value is None else str(value)
+    if se is not None and abs(se) <= 1e-9 * abs(value):  # identical seeds (the base model's copies)
+        se = 0.0  # up to rounding in the mean: no error bar
     if digits is None:  # KL spans orders of magnitude
         text = f"{value:.2e}"
         return text if not se else f"{text} ± {se:.1e}"

@@ -137,7 +137,10 @@ def test_report_has_the_table_and_every_figure(report):
             assert im.format == "PNG" and min(im.size) > 200
     page = out["index"].read_text()
     assert out["index"] == run / "report" / "index.html"
-    assert "<table" in page and page.count("<tr") == 1 + 3  # header, base, grpo, dppo
+    # two tables (headline scores; skills and atom counts), each: header, base, grpo, dppo
+    assert page.count("<table") == 2 and page.count("<tr") == 2 * (1 + 3)
+    headline, detail = page.split("<table")[1:]
+    assert "Soft-TIFA GM" in headline and "GM @2 atoms" not in headline and "GM @2 atoms" in detail
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(out["figures"])
     assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
     assert (run / "report" / "tables.md").exists() and (run / "report" / "tables.csv").exists()
@@ -164,7 +167,7 @@ def test_missing_and_half_written_files_are_reported_not_fatal(tmp_path):
     assert len(out["figures"]) == len(FIGURES)  # everything that has data still renders
     page = out["index"].read_text()
     assert "<h2>Missing</h2>" in page and "toy/dppo/seed0/result.json" in page
-    assert page.count("<tr") == 1 + 2  # dppo is not finished: base and grpo only
+    assert page.count("<tr") == 2 * (1 + 2)  # dppo is not finished: base and grpo only, in both tables
 
 
 def test_a_run_without_results_renders_an_empty_report(tmp_path):
@@ -220,3 +223,19 @@ def test_tables_mark_the_best_trained_method_in_markdown_latex_and_html(report):
 
     page = (run / "report" / "index.html").read_text()
     assert page.count('class="best"') == len(best)
+
+
+def test_identical_seeds_get_no_error_bar_but_small_real_ones_do():
+    from reports.tables import format_cell
+
+    copies = {"gm": 46.3, "gm_stderr": 46.3 * 1e-15}  # the mean of three equal floats, off by an ulp
+    assert format_cell(copies, "gm", 1) == "46.3"
+    assert format_cell({"gm": 46.3, "gm_stderr": 0.04}, "gm", 1) == "46.3 ± 0.0"
+
+
+def test_training_reward_running_mean_and_its_stderr():
+    from reports.figures import _running_mean
+
+    mean, se = _running_mean(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 2.0, 2.0]), 3)
+    np.testing.assert_allclose(mean, [1.0, 1.5, 2.0, 3.0])
+    np.testing.assert_allclose(se, [2.0, 2.0 / np.sqrt(2), 2.0 / np.sqrt(3), 2.0 / np.sqrt(3)])

@@ -43,7 +43,11 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(out["index"].as_uri(), wait_until="load")
             page.screenshot(path=str(shot), full_page=True)
-            rows = page.locator("table tbody tr").all_inner_texts()
+            rows = page.locator("table").first.locator("tbody tr").all_inner_texts()
+            tables = page.locator("table").count()
+            headline_overflow = page.evaluate(
+                "() => { const d = document.querySelector('.scroll');"
+                " return d.scrollWidth - d.clientWidth; }")
             images = page.evaluate("() => Array.from(document.images, i => [i.complete, i.naturalWidth])")
             captions = page.locator("figcaption").count()
             page_width = page.evaluate("() => document.documentElement.scrollWidth")
@@ -51,6 +55,8 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
             browser.close()
 
     assert errors == []
+    assert tables == 2  # the headline scores, then skills and atom counts
+    assert headline_overflow <= 0  # the headline table fits a laptop screen without scrolling
     assert len(rows) == 3 and rows[0].startswith("toy") and "grpo" in rows[2]  # base, dppo, grpo
     assert len(images) == len(out["figures"]) == captions
     assert all(complete and width > 200 for complete, width in images)  # every figure decoded
