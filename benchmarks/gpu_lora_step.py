@@ -83,7 +83,7 @@ def main() -> None:
     pipe.register_modules(transformer=transformer)
     model = SD3Model(pipe, device, resolution=args.resolution, gradient_checkpointing=True)
     n_params = sum(p.numel() for p in transformer.parameters())
-    print(f"SD3 transformer ({args.size}): {n_params / 1e9:.2f} B parameters, {dtype}, built in "
+    print(f"SD3 transformer ({args.size}): {n_params / 1e6:,.1f} M parameters, {dtype}, built in "
           f"{time.perf_counter() - t0:.0f} s on {device}")
 
     G, steps, k = args.group, 10, 1
@@ -134,7 +134,7 @@ def main() -> None:
           f"{args.guidance} so {batch} samples per forward): {step_s:.3f} s (median of {args.repeats})")
     print(f"bare forward + backward of the same network and batch: {bare_s:.3f} s")
     print(f"ratio step / bare: {step_s / bare_s:.3f}")
-    print(f"peak GPU memory: {peak:.1f} GiB")
+    print(f"peak GPU memory: {peak:.1f} GiB" if device.type == "cuda" else "peak GPU memory: n/a on cpu")
 
 
 if __name__ == "__main__":

@@ -55,13 +55,22 @@ GuidanceOpt = typer.Option(None, "--guidance", "-g",
                            help="Classifier-free guidance scale (1.0 = no CFG; toy default 4.5).")
 
 
+ResolutionOpt = typer.Option(None, "--resolution",
+                             help="Image side in pixels for sd35/FLUX (default: the pipeline's, "
+                                  "1024 for the released models; the Flow-GRPO recipes train at 512).")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (the toy model is made for cpu).")
 
 
-def _load(model: str, model_path: str | None, device: str = "cpu"):
+def _load(model: str, model_path: str | None, device: str = "cpu", resolution: int | None = None):
     from models import load_model
 
-    return load_model(model, model_path, device)
+    return load_model(model, model_path, device, **_model_options(resolution))
+
+
+def _model_options(resolution: int | None) -> dict:
+    if resolution is not None and resolution < 1:
+        raise BadInput("--resolution must be a positive number of pixels")
+    return {} if resolution is None else {"resolution": resolution}
 
 
 @app.command()
@@ -77,6 +86,7 @@ def sample(
     guidance: float = GuidanceOpt,
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG grid to write."),
     device: str = DeviceOpt,
+    resolution: int = ResolutionOpt,
 ):
     """Sample images for one prompt with the ODE sampler and write a PNG grid."""
     from reports.grid import save_grid
@@ -85,7 +95,7 @@ def sample(
         raise BadInput("the prompt is empty")
     if n < 1:
         raise BadInput("--n must be at least 1")
-    m = _load(model, model_path, device)
+    m = _load(model, model_path, device, resolution)
     m.encode_prompts([prompt])  # vocabulary check before any sampling
     images = m.generate([prompt] * n, steps=steps, guidance=guidance, seed=seed)
     save_grid(images, out, nrow=min(n, 8))
@@ -105,6 +115,7 @@ def eval_(
     limit: int = typer.Option(None, help="Only N prompts of each split, spread evenly (a quick look)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full result (per prompt) as JSON."),
     device: str = DeviceOpt,
+    resolution: int = ResolutionOpt,
 ):
     """Evaluate a model: Soft-TIFA (GM, AM, per skill, per atom count) on the held-out
     eval split, and the preference score on the out-of-domain split."""
@@ -116,7 +127,7 @@ def eval_(
         raise BadInput("--images-per-prompt must be at least 1")
     if limit is not None and limit < 2:
         raise BadInput("--limit must be at least 2 (a standard error needs two prompts)")
-    m = _load(model, model_path, device)
+    m = _load(model, model_path, device, resolution)
     result = full_eval(m, steps=steps, guidance=guidance, seed=seed,
                        images_per_prompt=images_per_prompt, ood=ood, limit=limit,
                        ood_limit=limit, progress=True)
@@ -201,6 +212,7 @@ def run(
     epochs: int = typer.Option(None, help="Training epochs instead of the preset's (scale a "
                                           "preset up on a bigger machine)."),
     device: str = DeviceOpt,
+    resolution: int = ResolutionOpt,
     log_to: str = typer.Option(None, "--log-to", help="Also stream the metrics live to "
                                                       "'tensorboard' (<out>/tensorboard) or 'wandb' "
                                                       "(offline without an account); optional extras."),
@@ -227,7 +239,8 @@ def run(
     try:
         run_benchmark(out, names, model, preset, seeds, model_path,
                       command="bench " + " ".join(sys.argv[1:]), reward=reward, aggregation=aggregation,
-                      epochs=epochs, device=device, log_to=log_to)
+                      epochs=epochs, device=device, log_to=log_to,
+                      resolution=_model_options(resolution).get("resolution"))
     except (RunError, MethodError, TrainConfigError, RewardError, LiveLogError) as e:
         raise BadInput(str(e)) from None
     typer.echo(run_table(out)[0])

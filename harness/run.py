@@ -40,7 +40,7 @@ from harness.live import check_log_to, eval_scalars, open_live_log, scalars
 from harness.prompts import load_toy_split
 from methods import Method, build_method, get_method
 from methods.trainer import TrainConfig, Trainer
-from models import check_device, load_model
+from models import check_device, check_options, load_model
 from reports.grid import save_grid
 from rewards import build_rewards
 
@@ -172,7 +172,22 @@ def _versions() -> dict:
     import peft
 
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "peft": peft.__version__}
+            "diffusers": diffusers.__version__, "peft": peft.__version__, "flowarena": _commit()}
+
+
+def _commit() -> str | None:
+    """The code's git commit (with '+dirty' for uncommitted changes), None outside a checkout."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
 
 
 _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
@@ -227,8 +242,9 @@ class Cell:
     """One method × seed: train with the common trainer, evaluate, checkpoint, resume."""
 
     def __init__(self, run: Path, model_name: str, model_path: str | None, method_name: str,
-                 seed: int, preset: Preset, device: str = "cpu", log_to: str | None = None):
-        self.run_dir, self.log_to = run, log_to
+                 seed: int, preset: Preset, device: str = "cpu", log_to: str | None = None,
+                 model_options: dict | None = None):
+        self.run_dir, self.log_to, self.model_options = run, log_to, model_options or {}
         self.dir = run / model_name / method_name / f"seed{seed}"
         self.model_name, self.model_path, self.method_name = model_name, model_path, method_name
         self.seed, self.preset, self.device = seed, preset, device
@@ -239,7 +255,7 @@ class Cell:
 
     def run(self, base_eval: dict, progress: bool = True) -> dict:
         p = self.preset
-        model = load_model(self.model_name, self.model_path, self.device)
+        model = load_model(self.model_name, self.model_path, self.device, **self.model_options)
         method, train = method_variant(self.method_name, p, self.model_name)
         reward = build_rewards(p.reward, **p.reward_options)
         trainer = Trainer(model, method, reward, load_toy_split("train"), train, seed=self.seed)
@@ -341,10 +357,11 @@ def load_cell_policy(cell_dir: str | Path, device: str = "cpu"):
                        "checkpoints/latest); give a directory like runs/default/toy/grpo/seed0")
     config = json.loads(cfg_path.read_text())
     manifest = cell_dir.parents[2] / "manifest.json" if len(cell_dir.parents) > 2 else None
-    model_path = None
+    run_config = {}
     if manifest is not None and manifest.is_file():
-        model_path = json.loads(manifest.read_text()).get("config", {}).get("model_path")
-    model = load_model(config["model"], model_path, device)
+        run_config = json.loads(manifest.read_text()).get("config", {})
+    model = load_model(config["model"], run_config.get("model_path"), device,
+                       **run_config.get("model_options", {}))
     t = config["train"]
     model.setup_training(t["lora_rank"], t["lora_alpha"],
                          tuple(t["lora_targets"]) if t.get("lora_targets") else None)
@@ -353,7 +370,7 @@ def load_cell_policy(cell_dir: str | Path, device: str = "cpu"):
 
 
 def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, preset: Preset,
-              device: str = "cpu") -> dict:
+              device: str = "cpu", model_options: dict | None = None) -> dict:
     """The pretrained model's evaluation, one file per seed so tables pair it with that
     seed's cells. Evaluation noise does not depend on the seed, so later seeds copy seed 0."""
     path = run / model_name / "base" / f"seed{seed}" / "eval.json"
@@ -367,7 +384,7 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, pre
         ev = json.loads((first / "eval.json").read_text())
         write_json(path, ev)
         return ev
-    model = load_model(model_name, model_path, device)
+    model = load_model(model_name, model_path, device, **(model_options or {}))
     ev = evaluate_policy(model, preset, load_toy_split("eval"))
     _sample_grid(model, preset, path.parent / "samples.png")
     write_json(path, ev)
@@ -389,8 +406,12 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
                   model_path: str | None = None, progress: bool = True,
                   command: str | None = None, reward: str | None = None,
                   aggregation: str | None = None, epochs: int | None = None,
-                  device: str = "cpu", log_to: str | None = None) -> Path:
-    """Train and evaluate methods × seeds (None: the preset's) into the run directory `out`."""
+                  device: str = "cpu", log_to: str | None = None,
+                  resolution: int | None = None) -> Path:
+    """Train and evaluate methods × seeds (None: the preset's) into the run directory `out`.
+    `resolution`: image side for diffusers models (default: the pipeline's)."""
+    from reports.report import build_report  # now, not after hours of training: the code of the start
+
     check_device(device)
     check_log_to(log_to)
     p = get_preset(preset) if isinstance(preset, str) else preset
@@ -411,13 +432,18 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
     if seeds < 1:
         raise RunError("--seeds must be at least 1")
     out = Path(out)
+    model_options = {"resolution": resolution} if resolution is not None else {}
+    check_options(model_name, model_options)
     config = {"methods": methods, "model": model_name, "model_path": model_path, "seeds": seeds,
               "preset": p.name, "resolved": json.loads(json.dumps(asdict(p), default=str))}
+    if model_options:  # absent otherwise, so that runs written before the option still resume
+        config["model_options"] = model_options
     manifest_path = out / "manifest.json"
-    if manifest_path.exists():
+    if manifest_path.exists() and any(out.glob("*/*/seed*/*")):  # a run without results can start over
         old = json.loads(manifest_path.read_text())
         same = (old.get("config", {}).get("resolved") == config["resolved"]
-                and old["config"]["model"] == model_name)
+                and old["config"]["model"] == model_name
+                and old["config"].get("model_options", {}) == model_options)
         if not same:
             raise RunError(f"{out} holds a run with another configuration; use a new --out or delete it")
         config["methods"] = list(dict.fromkeys(old["config"]["methods"] + methods))
@@ -427,13 +453,11 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
     write_json(manifest_path, manifest)
     t0 = time.perf_counter()
     for seed in range(seeds):
-        base = base_eval(out, model_name, model_path, seed, p, device)
+        base = base_eval(out, model_name, model_path, seed, p, device, model_options)
         for m in methods:
-            cell = Cell(out, model_name, model_path, m, seed, p, device, log_to)
+            cell = Cell(out, model_name, model_path, m, seed, p, device, log_to, model_options)
             if not cell.done:
                 cell.run(base, progress)
-    from reports.report import build_report
-
     build_report(out)
     manifest.update(status="done", seconds=round(time.perf_counter() - t0, 1))
     write_json(manifest_path, manifest)

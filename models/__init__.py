@@ -29,11 +29,18 @@ def check_device(device: str) -> None:
         raise ModelError(f"device {device!r} is not supported (use cpu, cuda or cuda:N)")
 
 
+def check_options(name: str, options: dict) -> None:
+    """Options a model cannot take, before any weights are read."""
+    if name == "toy" and options.get("resolution") not in (None, 32):
+        raise ModelError("the toy model draws 32 x 32 images only; --resolution is for diffusers models")
+
+
 def load_model(name: str, path: str | None = None, device: str = "cpu", **options) -> FlowModel:
     """`path`: the toy's weights file, or a diffusers pipeline directory or hub id. `options` go
     to the diffusers adapters (`dtype`, `resolution`, `shift`, `max_sequence_length`, `max_batch`,
     `gradient_checkpointing`; see models.diffusers_flow)."""
     check_device(device)
+    check_options(name, options)
     if name == "toy":
         from models.toy import load_toy
 
@@ -45,4 +52,4 @@ def load_model(name: str, path: str | None = None, device: str = "cpu", **option
     raise ModelError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
 
 
-__all__ = ["FlowModel", "ModelError", "MODELS", "check_device", "load_model"]
+__all__ = ["FlowModel", "ModelError", "MODELS", "check_device", "check_options", "load_model"]

@@ -67,6 +67,10 @@ class DiffusersFlowModel(FlowModel):
             if isinstance(module, nn.Module):
                 module.eval().requires_grad_(False)  # text encoders and VAE stay frozen
         self.resolution = resolution or self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        step = 2 * self.pipe.vae_scale_factor  # one latent 2x2 patch, in pixels, in all three families
+        if self.resolution < step or self.resolution % step:
+            raise ModelError(f"{self.name}: resolution {self.resolution} must be a positive multiple "
+                             f"of {step} pixels")
         self.max_sequence_length = max_sequence_length or self.max_sequence_length
         self.max_batch = max_batch
         self.gradient_checkpointing = gradient_checkpointing

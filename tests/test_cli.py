@@ -57,6 +57,8 @@ def _bad(tmp_path):
         (["export", tmp_path, "--out", tmp_path / "x"], "not a trained cell"),
         (["run", "--epochs", 0, "--out", tmp_path / "r"], "--epochs"),
         (["run", "--device", "tpu9", "--out", tmp_path / "r"], "device"),
+        (["run", "--resolution", 512, "--out", tmp_path / "r"], "32 x 32 images only"),
+        (["sample", "--prompt", "a red circle", "--resolution", 0], "--resolution"),
         (["sample", "--prompt", "a red circle", "--device", "cuda:7"], "device"),
         (["run", "--methods", "dppo@gamma=1", "--out", tmp_path / "r"], "setting 'gamma'"),
         (["run", "--reward", "aesthetic9000", "--out", tmp_path / "r"], "unknown reward"),

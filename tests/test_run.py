@@ -248,3 +248,16 @@ def test_export_writes_the_fine_tuned_toy_policy(tiny_path, tmp_path):
     assert config["method"] == "grpo"
     assert (v_pol - v_base).abs().max() > 1e-4  # training moved the policy
     torch.testing.assert_close(v_exp, v_pol, atol=1e-5, rtol=1e-5)
+
+
+def test_the_manifest_names_the_code_commit():
+    import subprocess
+    from pathlib import Path
+
+    from harness.run import _versions
+
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    commit = _versions()["flowarena"]
+    assert commit == (head or None) or commit.startswith(head + "+dirty")
