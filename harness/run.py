@@ -439,6 +439,7 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
     if model_options:  # absent otherwise, so that runs written before the option still resume
         config["model_options"] = model_options
     manifest_path = out / "manifest.json"
+    old = None
     if manifest_path.exists() and any(out.glob("*/*/seed*/*")):  # a run without results can start over
         old = json.loads(manifest_path.read_text())
         same = (old.get("config", {}).get("resolved") == config["resolved"]
@@ -448,8 +449,11 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
             raise RunError(f"{out} holds a run with another configuration; use a new --out or delete it")
         config["methods"] = list(dict.fromkeys(old["config"]["methods"] + methods))
         config["seeds"] = max(seeds, old["config"]["seeds"])
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
     manifest = {"command": command or " ".join(sys.argv), "config": config, "versions": _versions(),
-                "status": "running", "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "status": "running", "started": now}
+    if old is not None:  # a resumed run keeps its first start; "seconds" is the last session's
+        manifest.update(started=old.get("started", now), resumed=[*old.get("resumed", []), now])
     write_json(manifest_path, manifest)
     t0 = time.perf_counter()
     for seed in range(seeds):

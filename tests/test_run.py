@@ -116,9 +116,13 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(da, dc)
     assert ma == mc
 
-    # finished cells are not recomputed
+    # finished cells are not recomputed; the manifest keeps the first start and lists the resumptions
+    first = json.loads((c / "manifest.json").read_text())
     monkeypatch.setattr(Cell, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
     run_benchmark(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    last = json.loads((c / "manifest.json").read_text())
+    assert last["started"] == first["started"] and len(last["resumed"]) == len(first["resumed"]) + 1 == 2
+    assert last["status"] == "done"
 
 
 def test_mismatched_resume_is_refused(tiny_path, tmp_path):
