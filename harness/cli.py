@@ -64,13 +64,7 @@ DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (the toy m
 def _load(model: str, model_path: str | None, device: str = "cpu", resolution: int | None = None):
     from models import load_model
 
-    return load_model(model, model_path, device, **_model_options(resolution))
-
-
-def _model_options(resolution: int | None) -> dict:
-    if resolution is not None and resolution < 1:
-        raise BadInput("--resolution must be a positive number of pixels")
-    return {} if resolution is None else {"resolution": resolution}
+    return load_model(model, model_path, device, **({} if resolution is None else {"resolution": resolution}))
 
 
 @app.command()
@@ -240,7 +234,7 @@ def run(
         run_benchmark(out, names, model, preset, seeds, model_path,
                       command="bench " + " ".join(sys.argv[1:]), reward=reward, aggregation=aggregation,
                       epochs=epochs, device=device, log_to=log_to,
-                      resolution=_model_options(resolution).get("resolution"))
+                      resolution=resolution)
     except (RunError, MethodError, TrainConfigError, RewardError, LiveLogError) as e:
         raise BadInput(str(e)) from None
     typer.echo(run_table(out)[0])

@@ -31,6 +31,9 @@ def check_device(device: str) -> None:
 
 def check_options(name: str, options: dict) -> None:
     """Options a model cannot take, before any weights are read."""
+    resolution = options.get("resolution")
+    if resolution is not None and resolution < 1:  # 0 would silently mean "the pipeline's default"
+        raise ModelError("--resolution must be a positive number of pixels")
     if name == "toy" and options.get("resolution") not in (None, 32):
         raise ModelError("the toy model draws 32 x 32 images only; --resolution is for diffusers models")
 
