@@ -96,39 +96,91 @@ def sample(
     typer.echo(f"wrote {n} images for {prompt!r} to {out}")
 
 
+JudgeOpt = typer.Option(None, "--judge", help="VQA judge of geneval2 / vqascore: a hub id or a directory "
+                                             "(default Qwen/Qwen3-VL-8B-Instruct).")
+DetectorOpt = typer.Option(None, "--detector",
+                           help="GenEval's detector, a COCO-instance Mask2Former id or directory "
+                                "(default facebook/mask2former-swin-small-coco-instance).")
+ClipOpt = typer.Option(None, "--clip", help="GenEval's colour model, a CLIP id or directory "
+                                            "(default openai/clip-vit-large-patch14).")
+PickOpt = typer.Option(None, "--pickscore", help="PickScore model id or directory (default "
+                                                 "yuvalkirstain/PickScore_v1).")
+PickProcOpt = typer.Option(None, "--pickscore-processor",
+                           help="Its processor (default: the --pickscore directory if given, else "
+                                "laion/CLIP-ViT-H-14-laion2B-s32B-b79K).")
+
+
 @app.command("eval")
 @friendly
 def eval_(
     model: str = ModelOpt,
     model_path: str = PathOpt,
+    benchmark: str = typer.Option("toy", "--benchmark", "-b",
+                                  help="toy (the toy judge, no downloads), geneval2 (VQA judge), geneval "
+                                       "(detector + CLIP), pickscore. `bench benchmarks` describes them."),
+    prompts: Path = typer.Option(None, "--prompts", help="Prompt file instead of the benchmark's own "
+                                                         "(geneval2 / geneval format, or one prompt per "
+                                                         "line for pickscore)."),
     steps: int = StepsOpt,
     guidance: float = GuidanceOpt,
     seed: int = typer.Option(0, help="Seed of the initial noise (same seed, same noise for every model)."),
-    images_per_prompt: int = typer.Option(1, help="Images per prompt (GenEval2 uses 1)."),
-    ood: bool = typer.Option(True, help="Also score the ood split with the toy preference model."),
-    limit: int = typer.Option(None, help="Only N prompts of each split, spread evenly (a quick look)."),
+    images_per_prompt: int = typer.Option(None, help="Images per prompt (default: the benchmark's; "
+                                                     "GenEval uses 4, GenEval2 1)."),
+    ood: bool = typer.Option(True, help="toy: also score the ood split with the toy preference model."),
+    limit: int = typer.Option(None, help="Only N prompts, spread evenly over the set (a quick look)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full result (per prompt) as JSON."),
     device: str = DeviceOpt,
     resolution: int = ResolutionOpt,
+    judge: str = JudgeOpt,
+    detector: str = DetectorOpt,
+    clip: str = ClipOpt,
+    pickscore: str = PickOpt,
+    pickscore_processor: str = PickProcOpt,
 ):
-    """Evaluate a model: Soft-TIFA (GM, AM, per skill, per atom count) on the held-out
-    eval split, and the preference score on the out-of-domain split."""
-    from harness.evaluate import full_eval
+    """Evaluate a model on a benchmark. toy: Soft-TIFA (GM, AM, per skill, per atom count) on
+    the held-out eval split and the preference score on the ood split; geneval2: Soft-TIFA,
+    TIFA and VQAScore under a VQA judge; geneval: accuracy per tag; pickscore: mean score."""
+    from harness.benchmarks import check_benchmark, evaluate_benchmark
     from harness.io import write_json
+    from models import check_device
     from reports.tables import eval_table
 
-    if images_per_prompt < 1:
+    check_benchmark(benchmark)
+    check_device(device)
+    if images_per_prompt is not None and images_per_prompt < 1:
         raise BadInput("--images-per-prompt must be at least 1")
     if limit is not None and limit < 2:
         raise BadInput("--limit must be at least 2 (a standard error needs two prompts)")
     m = _load(model, model_path, device, resolution)
-    result = full_eval(m, steps=steps, guidance=guidance, seed=seed,
-                       images_per_prompt=images_per_prompt, ood=ood, limit=limit,
-                       ood_limit=limit, progress=True)
+    result = evaluate_benchmark(m, benchmark, prompts=prompts, limit=limit,
+                                images_per_prompt=images_per_prompt, steps=steps, guidance=guidance,
+                                seed=seed, ood=ood, device=device, judge=judge, detector=detector,
+                                clip=clip, pickscore=pickscore, pickscore_processor=pickscore_processor,
+                                progress=True)
     typer.echo(eval_table(result))
     if json_out:
         write_json(json_out, result)
         typer.echo(f"wrote {json_out}")
+
+
+@app.command()
+def benchmarks():
+    """List the benchmarks `bench eval --benchmark` runs."""
+    from harness.benchmarks import BENCHMARKS
+
+    for name, desc in BENCHMARKS.items():
+        typer.echo(f"{name:10s} {desc}")
+
+
+@app.command()
+def rewards():
+    """List the training rewards `bench run --reward` takes (several: name=weight,...)."""
+    from rewards import reward_names
+    from rewards.base import _REGISTRY
+
+    for name in reward_names():
+        doc = (_REGISTRY[name].__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        typer.echo(f"{name:10s} {' '.join(doc.split())}")
 
 
 @app.command()
@@ -199,14 +251,20 @@ def run(
     seeds: int = typer.Option(None, help="Seeds per method (default: the preset's; tables show "
                                          "mean ± stderr over seeds)."),
     reward: str = typer.Option(None, help="Training reward instead of the preset's: a name "
-                                          "(toy-tifa, toy-pick, toy-colour) or weights, "
-                                          "e.g. toy-tifa=1.0,toy-pick=0.5."),
+                                          "(toy-tifa, toy-pick, toy-colour; real: geneval2, "
+                                          "geneval, pickscore, vqascore; `bench rewards`) or "
+                                          "weights, e.g. geneval2=1.0,pickscore=0.5."),
     aggregation: str = typer.Option(None, help="Several rewards: 'sum' (normalise the weighted "
                                                "sum) or 'normalised' (each reward per group)."),
     epochs: int = typer.Option(None, help="Training epochs instead of the preset's (scale a "
                                           "preset up on a bigger machine)."),
     device: str = DeviceOpt,
     resolution: int = ResolutionOpt,
+    judge: str = JudgeOpt,
+    detector: str = DetectorOpt,
+    clip: str = ClipOpt,
+    pickscore: str = PickOpt,
+    pickscore_processor: str = PickProcOpt,
     log_to: str = typer.Option(None, "--log-to", help="Also stream the metrics live to "
                                                       "'tensorboard' (<out>/tensorboard) or 'wandb' "
                                                       "(offline without an account); optional extras."),
@@ -234,11 +292,18 @@ def run(
         run_benchmark(out, names, model, preset, seeds, model_path,
                       command="bench " + " ".join(sys.argv[1:]), reward=reward, aggregation=aggregation,
                       epochs=epochs, device=device, log_to=log_to,
-                      resolution=resolution)
+                      resolution=resolution, reward_options=_reward_options(
+                          judge=judge, detector=detector, clip=clip, pickscore=pickscore,
+                          pickscore_processor=pickscore_processor))
     except (RunError, MethodError, TrainConfigError, RewardError, LiveLogError) as e:
         raise BadInput(str(e)) from None
     typer.echo(run_table(out)[0])
     typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")
+
+
+def _reward_options(**given) -> dict:
+    """The CLI's model options, named as the rewards' constructors name them."""
+    return {k: v for k, v in given.items() if v is not None}
 
 
 @app.command()

@@ -42,7 +42,7 @@ from methods import Method, build_method, get_method
 from methods.trainer import TrainConfig, Trainer
 from models import check_device, check_options, load_model
 from reports.grid import save_grid
-from rewards import build_rewards
+from rewards import build_rewards, check_rewards
 
 EVAL_SEED = 1234  # the evaluation noise: the same for every method, seed and epoch
 
@@ -257,7 +257,7 @@ class Cell:
         p = self.preset
         model = load_model(self.model_name, self.model_path, self.device, **self.model_options)
         method, train = method_variant(self.method_name, p, self.model_name)
-        reward = build_rewards(p.reward, **p.reward_options)
+        reward = build_rewards(p.reward, device=self.device, **p.reward_options)
         trainer = Trainer(model, method, reward, load_toy_split("train"), train, seed=self.seed)
         config = {"method": self.method_name, "method_config": asdict(method.config),
                   "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,
@@ -407,9 +407,10 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
                   command: str | None = None, reward: str | None = None,
                   aggregation: str | None = None, epochs: int | None = None,
                   device: str = "cpu", log_to: str | None = None,
-                  resolution: int | None = None) -> Path:
+                  resolution: int | None = None, reward_options: dict | None = None) -> Path:
     """Train and evaluate methods × seeds (None: the preset's) into the run directory `out`.
-    `resolution`: image side for diffusers models (default: the pipeline's)."""
+    `resolution`: image side for diffusers models (default: the pipeline's). `reward_options`:
+    added to the preset's (e.g. `judge`, the VQA judge of geneval2)."""
     from reports.report import build_report  # now, not after hours of training: the code of the start
 
     check_device(device)
@@ -423,12 +424,14 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
     seeds = p.seeds if seeds is None else seeds
     if reward is not None:
         p = replace(p, reward=reward, reward_options={})
+    if reward_options:
+        p = replace(p, reward_options={**p.reward_options, **reward_options})
     if aggregation is not None:
         p = replace(p, train=replace(p.train, reward_aggregation=aggregation))
     p.train.validate()
     for m in methods:
         method_variant(m, p, model_name)  # unknown names and settings fail before any work
-    build_rewards(p.reward, **p.reward_options)
+    check_rewards(p.reward, p.reward_options)
     if seeds < 1:
         raise RunError("--seeds must be at least 1")
     out = Path(out)

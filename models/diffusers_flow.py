@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,14 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from harness.hub import load_pretrained
 from models.base import FlowModel, ModelError, PromptEmbeds
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 class DiffusersFlowModel(FlowModel):
@@ -76,6 +71,7 @@ class DiffusersFlowModel(FlowModel):
         self.gradient_checkpointing = gradient_checkpointing
         self._shift_override = shift
         self._sigmas: dict[int, Tensor] = {}
+        self._img_ids: dict[tuple, Tensor] = {}  # latent position ids per shape (FLUX)
         self._init_schedule_info()
 
     # --- loading ------------------------------------------------------------------------
@@ -90,20 +86,10 @@ class DiffusersFlowModel(FlowModel):
         local = Path(source).expanduser()
         if local.exists():
             cls._check_directory(local)
-            source = str(local)
-        elif not _HUB_ID.match(source):
-            raise ModelError(f"{cls.name}: model directory not found: {local}")
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        try:
-            pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
-                source, dtype=dtype, local_files_only=_offline() or local.exists())
-        except Exception as e:  # noqa: BLE001 - any loading failure is the user's weights or path
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            offline = _offline() and not local.exists()
-            hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if offline else ""
-            raise ModelError(f"{cls.name}: cannot load weights from {source}{hint}: "
-                             f"{type(e).__name__}: {first}") from None
+        pipe = load_pretrained(getattr(diffusers, cls.pipeline_class).from_pretrained, source,
+                               cls.name, ModelError, dtype=dtype)
         return cls(pipe, device, **options)
 
     @classmethod
@@ -160,6 +146,13 @@ class DiffusersFlowModel(FlowModel):
         self.sigma_min = None if mu is not None else float(self._scheduler().sigma_min)
 
     # --- the policy ---------------------------------------------------------------------
+    def _position_ids(self, x: Tensor, make) -> Tensor:
+        """The latents' position ids depend only on their shape: built once, not at every step."""
+        key = (tuple(x.shape[1:]), x.device, x.dtype)
+        if key not in self._img_ids:
+            self._img_ids[key] = make()
+        return self._img_ids[key]
+
     def _autocast(self):
         if self.dtype == torch.float32:
             return nullcontext()
@@ -328,7 +321,8 @@ class FluxModel(DiffusersFlowModel):
         B, C, h, w = x.shape
         net = self.get_denoiser()
         packed = self.pipe._pack_latents(x, B, C, h, w)
-        img_ids = self.pipe._prepare_latent_image_ids(B, h // 2, w // 2, x.device, x.dtype)
+        img_ids = self._position_ids(x, lambda: self.pipe._prepare_latent_image_ids(
+            1, h // 2, w // 2, x.device, x.dtype))
         g = torch.full((B,), float(guidance), device=x.device) if net.config.guidance_embeds else None
         v = net(hidden_states=packed, timestep=t / 1000, guidance=g, pooled_projections=cond["pooled"],
                 encoder_hidden_states=cond["tokens"], txt_ids=meta["txt_ids"], img_ids=img_ids,
@@ -383,7 +377,8 @@ class Flux2KleinModel(DiffusersFlowModel):
     def _forward(self, x, t, cond, meta, guidance):
         B, C, h, w = x.shape
         packed = x.reshape(B, C, h * w).permute(0, 2, 1)
-        img_ids = self.pipe._prepare_latent_ids(x).to(x.device)
+        img_ids = self._position_ids(x, lambda: self.pipe._prepare_latent_ids(x[:1]).to(x.device))
+        img_ids = img_ids.expand(B, -1, -1)
         v = self.get_denoiser()(hidden_states=packed, timestep=t / 1000, guidance=None,
                                 encoder_hidden_states=cond["tokens"],
                                 txt_ids=meta["txt_ids"].expand(B, -1, -1), img_ids=img_ids,

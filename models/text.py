@@ -23,6 +23,7 @@ class WordTokenizer:
         self.vocab = list(vocab)
         self.index = {w: i + 2 for i, w in enumerate(self.vocab)}
         self.max_length = max_length
+        self.skip_unknown = False  # True: read only known words, the first max_length - 1 of them
 
     def __len__(self) -> int:
         return len(self.vocab) + 2
@@ -32,6 +33,8 @@ class WordTokenizer:
         ids = torch.full((len(prompts), self.max_length), self.PAD, dtype=torch.long)
         for b, prompt in enumerate(prompts):
             words = tokenize_words(prompt)
+            if self.skip_unknown:
+                words = [w for w in words if w in self.index][: self.max_length - 1]
             unknown = [w for w in words if w not in self.index]
             if unknown:
                 raise UnknownWordError(

@@ -21,20 +21,46 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def eval_table(result: dict) -> str:
-    """The in-domain Soft-TIFA table and the ood preference score of one `bench eval` result."""
-    t = result["soft_tifa"]
-    head = (f"Soft-TIFA on the toy eval split ({t['n_prompts']} prompts, {t['n_images']} images; "
-            f"{result['steps']} ODE steps, guidance {result['guidance']}, seed {result['seed']})")
-    rows = [["Soft-TIFA GM (prompt level)", f"{t['gm']:.1f} ± {t['gm_stderr']:.1f}"],
-            ["Soft-TIFA AM (atom level)", f"{t['am']:.1f} ± {t['am_stderr']:.1f}"]]
+def _soft_tifa_rows(t: dict, name: str = "Soft-TIFA") -> list[list[str]]:
+    rows = [[f"{name} GM (prompt level)", f"{t['gm']:.1f} ± {t['gm_stderr']:.1f}"],
+            [f"{name} AM (atom level)", f"{t['am']:.1f} ± {t['am_stderr']:.1f}"]]
     rows += [[f"skill: {k}", f"{v:.1f}"] for k, v in t["per_skill"].items()]
-    rows += [[f"atoms = {k} (GM)", f"{v:.1f}"] for k, v in t["per_atom_count"].items()]
-    out = [head, "", markdown_table(["metric (0-100, higher is better)", "score"], rows)]
-    if "preference_ood" in result:
-        p = result["preference_ood"]
-        out += ["", f"Preference score (toy PickScore, raw) on the ood split ({p['n']} prompts): "
-                    f"{p['mean']:.2f} ± {p['stderr']:.2f}"]
+    return rows + [[f"atoms = {k} (GM)", f"{v:.1f}"] for k, v in t["per_atom_count"].items()]
+
+
+def eval_table(result: dict) -> str:
+    """The table of one `bench eval` result, whichever benchmark it ran."""
+    bench = result.get("benchmark", "toy")
+    setting = f"{result['steps']} ODE steps, guidance {result['guidance']}, seed {result['seed']}"
+    metric = ["metric (0-100, higher is better)", "score"]
+    if bench == "toy":
+        t = result["soft_tifa"]
+        out = [f"Soft-TIFA on the toy eval split ({t['n_prompts']} prompts, {t['n_images']} images; "
+               f"{setting})", "", markdown_table(metric, _soft_tifa_rows(t))]
+        if "preference_ood" in result:
+            p = result["preference_ood"]
+            out += ["", f"Preference score (toy PickScore, raw) on the ood split ({p['n']} prompts): "
+                        f"{p['mean']:.2f} ± {p['stderr']:.2f}"]
+    elif bench == "geneval2":
+        t, h, v = result["soft_tifa"], result["tifa"], result["vqascore"]
+        rows = _soft_tifa_rows(t) + [
+            ["TIFA (hard answers, atom level)", _pm(h["am"], h["am_stderr"])],
+            ["TIFA, every question right (prompt level)", _pm(h["gm"], h["gm_stderr"])],
+            ["VQAScore", _pm(v["mean"], v["stderr"])]]
+        judge = result.get("scorer", {}).get("judge", "the default judge")
+        out = [f"GenEval2 ({t['n_prompts']} prompts, {t['n_images']} images; judge {judge}; {setting})",
+               "", markdown_table(metric, rows)]
+    elif bench == "geneval":
+        g = result["geneval"]
+        rows = [["overall (mean over tags)", _pm(g["overall"], g["overall_stderr"])]]
+        rows += [[f"tag: {k}", f"{v:.1f}"] for k, v in g["per_tag"].items()]
+        out = [f"GenEval ({g['n_prompts']} prompts, {g['n_images']} images; {setting})", "",
+               markdown_table(["accuracy % (higher is better)", "score"], rows)]
+    else:
+        p = result["pickscore"]
+        out = [f"PickScore (raw) over {p['n']} prompts ({setting}): {p['mean']:.2f} ± {p['stderr']:.2f}"]
+    if result.get("note"):
+        out += ["", f"Note: {result['note']}."]
     out += ["", f"({result['seconds']:.0f} s)"]
     return "\n".join(out)
 

@@ -8,10 +8,12 @@ and sum the weighted advantages (GDPO / MixGRPO), `TrainConfig.reward_aggregatio
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
-from rewards.base import Reward, RewardError, RewardOutput, build_reward
+from rewards.base import _REGISTRY, Reward, RewardError, RewardOutput, build_reward, reward_names
 
 
 def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
@@ -50,11 +52,36 @@ class WeightedRewards(Reward):
         return RewardOutput(scores, {"components": components})
 
 
-def build_rewards(spec: str, **options) -> Reward:
-    """A reward from a spec; `options` go to a single reward (a weighted set uses defaults)."""
+def _accepted(name: str) -> set[str]:
+    """The keyword options reward `name`'s constructor takes."""
+    factory = _REGISTRY[name]
+    return set(inspect.signature(factory).parameters) - {"self"}
+
+
+def check_rewards(spec: str, options: dict | None = None) -> list[tuple[str, float]]:
+    """Validate a spec and its options without loading any model: names known, weights
+    positive, every option taken by at least one of the rewards."""
     parts = parse_reward_spec(spec)
-    if len(parts) == 1 and parts[0][1] == 1.0:
-        return build_reward(parts[0][0], **options)
-    if options:
-        raise RewardError("reward options apply to a single reward, not to a weighted set")
-    return WeightedRewards([(n, w, build_reward(n)) for n, w in parts])
+    for name, _ in parts:
+        if name not in _REGISTRY:
+            raise RewardError(f"unknown reward {name!r} (known: {', '.join(reward_names())})")
+    for key in options or {}:
+        if not any(key in _accepted(n) for n, _ in parts):
+            raise RewardError(f"reward option {key!r} applies to none of {', '.join(n for n, _ in parts)}")
+    return parts
+
+
+def build_rewards(spec: str, device: str = "cpu", **options) -> Reward:
+    """A reward from a spec. Each option goes to every reward that takes it (`judge` to
+    geneval2 and vqascore, `pickscore` to pickscore, ...); `device` to those that run models."""
+    parts = check_rewards(spec, options)
+    built = []
+    for name, w in parts:
+        accepted = _accepted(name)
+        kw = {k: v for k, v in options.items() if k in accepted}
+        if "device" in accepted:
+            kw["device"] = device
+        built.append((name, w, build_reward(name, **kw)))
+    if len(built) == 1 and built[0][1] == 1.0:
+        return built[0][2]
+    return WeightedRewards(built)

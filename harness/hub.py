@@ -1,0 +1,32 @@
+"""Weights the way users keep them: a hub id or a local directory, loaded through the
+library's own `from_pretrained`, offline under HF_HUB_OFFLINE; any failure is one line."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def load_pretrained(load: Callable, source: str, what: str, error: type[Exception], how: str = "", **kw):
+    """`load(source, local_files_only=…, **kw)`; a missing directory, a bad id or any loading
+    failure raises `error` with one line naming `what`, the source and `how` to give another."""
+    local = Path(source).expanduser()
+    hint = f" ({how})" if how else ""
+    if not local.exists() and not HUB_ID.match(source):
+        raise error(f"{what}: directory not found: {local}{hint}")
+    try:
+        return load(str(local) if local.exists() else source,
+                    local_files_only=offline() or local.exists(), **kw)
+    except Exception as e:  # noqa: BLE001 - any loading failure is the user's weights or path
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        if offline() and not local.exists():
+            hint = f" (HF_HUB_OFFLINE is set: only the local cache is searched{'; ' + how if how else ''})"
+        raise error(f"{what}: cannot load {source}{hint}: {type(e).__name__}: {first}") from None

@@ -1,0 +1,180 @@
+"""GenEval2's VQA judge through transformers (Qwen3-VL by default), and the rewards on it.
+
+benchmarks.md's protocol: each question is asked as `"{question} Answer in one word."`
+with the image, in the model's chat format; one forward pass gives the first answer
+token's distribution (greedy, one new token). The soft score of a question is the sum of
+the probabilities of the first token of each accepted answer form (yes/no: `Yes, yes,
+" yes", " Yes"`; counts: the word, capitalised, both with a leading space, and the digit
+with and without one). TIFA (hard): the argmax token, lower-cased, is an accepted form.
+VQAScore: `Does this image show "{prompt}"? Answer the question with Yes or No.`, scored
+like a yes/no question. The scores feed the same Soft-TIFA code as the toy judge
+(`harness/soft_tifa.py`).
+
+The inputs are built from the tokenizer's chat template and the image processor, as
+`Qwen3VLProcessor` builds them for images (its video half needs torchvision, which this
+project keeps out of the base install): the image placeholder is expanded to one token
+per merged patch and `mm_token_type_ids` marks those tokens for the M-RoPE positions.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from harness.hub import load_pretrained
+from harness.soft_tifa import geometric_mean
+from rewards.base import Reward, RewardError, RewardOutput, register_reward
+
+DEFAULT_JUDGE = "Qwen/Qwen3-VL-8B-Instruct"
+SUFFIX = " Answer in one word."
+VQASCORE_QUESTION = 'Does this image show "{prompt}"? Answer the question with Yes or No.'
+NUMBERS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty".split())}
+_HOW = "give a local copy with --judge DIR, or download it first with `hf download ID`"
+
+
+def answer_forms(answer: str) -> list[str]:
+    """The strings whose first token counts as `answer` (benchmarks.md's accepted forms)."""
+    a = answer.strip().lower()
+    if a in ("yes", "no"):
+        return [a.capitalize(), a, " " + a, " " + a.capitalize()]
+    if a in NUMBERS:
+        d = str(NUMBERS[a])
+        return [a, a.capitalize(), " " + a, " " + a.capitalize(), d, " " + d]
+    raise RewardError(f"VQA answer {answer!r} is neither yes/no nor a number word")
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """[3, H, W] in [0, 1] -> RGB PIL image."""
+    arr = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+class VQAJudge:
+    """A Qwen-VL chat model as GenEval2's judge: `score_batch(images, vqa_lists)` gives the
+    soft score of every question (the toy judge's interface), `answer` soft and hard both."""
+
+    def __init__(self, source: str = DEFAULT_JUDGE, device: str = "cpu", dtype: torch.dtype | None = None,
+                 batch_size: int = 16):
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        self.source, self.device, self.batch_size = source, torch.device(device), batch_size
+        dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        what = f"VQA judge {source}"
+        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, what, RewardError, _HOW)
+        self.image_processor = load_pretrained(AutoImageProcessor.from_pretrained, source, what,
+                                               RewardError, _HOW)
+        self.model = load_pretrained(AutoModelForImageTextToText.from_pretrained, source, what,
+                                     RewardError, _HOW, dtype=dtype).to(self.device).eval()
+        cfg = self.model.config
+        if getattr(cfg, "image_token_id", None) is None or not self.tokenizer.chat_template:
+            raise RewardError(f"{what}: a {cfg.model_type} model without an image token or chat template; "
+                              "the judge needs a Qwen-VL chat model (e.g. Qwen/Qwen3-VL-8B-Instruct)")
+        self.image_token = self.tokenizer.convert_ids_to_tokens(cfg.image_token_id)
+        self._mm_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
+        self._forms: dict[str, tuple[Tensor, set[str]]] = {}
+
+    def _accepted(self, answer: str) -> tuple[Tensor, set[str]]:
+        if answer not in self._forms:
+            forms = answer_forms(answer)
+            ids = {self.tokenizer.encode(f, add_special_tokens=False)[0] for f in forms}
+            self._forms[answer] = (torch.tensor(sorted(ids)), {f.lower() for f in forms})
+        return self._forms[answer]
+
+    def _text(self, question: str, n_image_tokens: int) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if text.count(self.image_token) != 1:
+            raise RewardError(f"VQA judge {self.source}: its chat template does not place one image")
+        return text.replace(self.image_token, self.image_token * n_image_tokens)
+
+    @torch.no_grad()
+    def _first_token_logits(self, images: list[Image.Image], questions: list[str]) -> Tensor:
+        """[N, vocab] logits of the first answer token, one (image, question) pair per row."""
+        pix = self.image_processor(images=images, return_tensors="pt")
+        merge = getattr(self.image_processor, "merge_size", 1) ** 2
+        texts = [self._text(q, int(thw.prod()) // merge) for q, thw in zip(questions, pix["image_grid_thw"])]
+        self.tokenizer.padding_side = "left"  # the last position is every row's next token
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True)
+        if self._mm_types:
+            enc["mm_token_type_ids"] = (enc["input_ids"] == self.model.config.image_token_id).long()
+        inputs = {k: v.to(self.device) for k, v in {**enc, **pix}.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return self.model(**inputs).logits[:, -1].float()
+
+    def answer(self, images: list[Image.Image], questions: list[str], answers: list[str],
+               suffix: str = SUFFIX) -> tuple[np.ndarray, np.ndarray]:
+        """Soft score and TIFA correctness of each (image, question, expected answer)."""
+        soft, hard = np.zeros(len(questions)), np.zeros(len(questions), dtype=bool)
+        for lo in range(0, len(questions), self.batch_size):
+            hi = min(lo + self.batch_size, len(questions))
+            asked = [q + suffix for q in questions[lo:hi]]
+            probs = self._first_token_logits(images[lo:hi], asked).softmax(-1)
+            for j, row in enumerate(probs.cpu(), start=lo):
+                ids, forms = self._accepted(answers[j])
+                soft[j] = float(row[ids].sum())
+                hard[j] = self.tokenizer.decode([int(row.argmax())]).lower() in forms
+        return soft, hard
+
+    def judge_batch(self, images: Tensor, vqa_lists: list[list]) -> tuple[list[list[float]], ...]:
+        """Every question of every image in one stream of batches: (soft, hard) per image."""
+        pils = [to_pil(im) for im in images]
+        flat = [(i, q, a) for i, vqa in enumerate(vqa_lists) for q, a in vqa]
+        soft, hard = self.answer([pils[i] for i, _, _ in flat], [q for _, q, _ in flat],
+                                 [a for *_, a in flat])
+        out_soft: list[list[float]] = [[] for _ in vqa_lists]
+        out_hard: list[list[float]] = [[] for _ in vqa_lists]
+        for (i, _, _), s, h in zip(flat, soft, hard):
+            out_soft[i].append(float(s))
+            out_hard[i].append(float(h))
+        return out_soft, out_hard
+
+    def score_batch(self, images: Tensor, vqa_lists: list[list]) -> list[list[float]]:
+        return self.judge_batch(images, vqa_lists)[0]
+
+    def vqascore(self, images: Tensor, prompts: list[str]) -> np.ndarray:
+        questions = [VQASCORE_QUESTION.format(prompt=p) for p in prompts]
+        return self.answer([to_pil(im) for im in images], questions, ["Yes"] * len(prompts), suffix="")[0]
+
+
+@register_reward("geneval2")
+class GenEval2Reward(Reward):
+    """Soft-TIFA of each image under the VQA judge (GM by default, AM with aggregate="am"), in
+    [0, 1]; the prompt records (GenEval2 format, toy splits included) carry the questions."""
+
+    name = "geneval2"
+
+    def __init__(self, judge: str = DEFAULT_JUDGE, aggregate: str = "gm", device: str = "cpu",
+                 batch_size: int = 16):
+        if aggregate not in ("gm", "am"):
+            raise RewardError(f"aggregate must be 'gm' or 'am', not {aggregate!r}")
+        self.aggregate = aggregate
+        self.judge = VQAJudge(judge, device, batch_size=batch_size)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
+        if metadata is None or len(metadata) != len(images) or not all("vqa_list" in m for m in metadata):
+            raise RewardError("geneval2 needs one prompt record (with 'vqa_list') per image")
+        per_q = self.judge.score_batch(images, [m["vqa_list"] for m in metadata])
+        agg = geometric_mean if self.aggregate == "gm" else (lambda s: float(np.mean(s)))
+        return RewardOutput(torch.tensor([agg(s) for s in per_q], dtype=torch.float32),
+                            {"question_scores": per_q})
+
+
+@register_reward("vqascore")
+class VQAScoreReward(Reward):
+    """P(yes) of `Does this image show "{prompt}"?` under the VQA judge, in [0, 1]."""
+
+    name = "vqascore"
+
+    def __init__(self, judge: str = DEFAULT_JUDGE, device: str = "cpu", batch_size: int = 16):
+        self.judge = VQAJudge(judge, device, batch_size=batch_size)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
+        return RewardOutput(torch.tensor(self.judge.vqascore(images, prompts), dtype=torch.float32))

@@ -1,0 +1,257 @@
+"""The real scorers (VQA judge, PickScore, GenEval's detector and colour model) on tiny
+random models built from configs, saved, and loaded through `from_pretrained`; the CLI on
+them; their failures as one line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.geneval import Detection
+from rewards import RewardError, WeightedRewards, build_rewards
+from rewards.vqa import VQAJudge, answer_forms
+from tests.tiny_scorers import save_clip, save_mask2former, save_qwen3_vl
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline_single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scorers")
+    return {"qwen": save_qwen3_vl(root / "qwen"), "clip": save_clip(root / "clip"),
+            "m2f": save_mask2former(root / "m2f")}
+
+
+@pytest.fixture(scope="module")
+def judge(saved):
+    return VQAJudge(str(saved["qwen"]), batch_size=3)
+
+
+def images(n, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+# --- the VQA judge ---------------------------------------------------------------------
+def test_answer_forms():
+    assert answer_forms("Yes") == ["Yes", "yes", " yes", " Yes"]
+    assert answer_forms("seven") == ["seven", "Seven", " seven", " Seven", "7", " 7"]
+    with pytest.raises(RewardError, match="neither yes/no nor a number"):
+        answer_forms("purple")
+
+
+def test_soft_and_hard_scores_from_first_token_logits(judge, monkeypatch):
+    """Soft = the summed probability of the accepted forms' first tokens; hard = argmax is one."""
+    tok = judge.tokenizer
+    first = {f: tok.encode(f, add_special_tokens=False)[0] for f in answer_forms("Yes") + answer_forms("two")}
+    assert first[" yes"] != first[" Yes"]  # the tiny tokenizer merges " yes" into one token
+    V = len(tok)
+    logits = torch.full((2, V), -1e4)
+    # row 0: P(" yes") = 0.5, P("Y") (first token of "Yes") = 0.25, the rest on "q"
+    logits[0, first[" yes"]], logits[0, first["Yes"]] = np.log(0.5), np.log(0.25)
+    logits[0, tok.encode("q", add_special_tokens=False)[0]] = np.log(0.25)
+    # row 1 (a count of two): P("2") = 0.3, argmax "q" at 0.7: soft 0.3, hard wrong
+    logits[1, first["2"]], logits[1, tok.encode("q", add_special_tokens=False)[0]] = np.log(0.3), np.log(0.7)
+    monkeypatch.setattr(judge, "_first_token_logits", lambda imgs, qs: logits[: len(qs)])
+    soft, hard = judge.answer([None, None], ["Is it?", "How many?"], ["Yes", "two"])
+    assert soft == pytest.approx([0.75, 0.3], abs=1e-6)
+    assert hard.tolist() == [True, False]
+
+
+def test_geneval2_reward_is_soft_tifa_of_the_judge(saved, monkeypatch):
+    reward = build_rewards("geneval2", judge=str(saved["qwen"]))
+    values = iter([[0.9, 0.4], [0.5]])
+    monkeypatch.setattr(reward.judge, "score_batch", lambda imgs, vqa: [next(values) for _ in vqa])
+    recs = [{"vqa_list": [["q1", "Yes"], ["q2", "two"]]}, {"vqa_list": [["q3", "Yes"]]}]
+    out = reward(images(2), ["a", "b"], recs)
+    assert out.scores.tolist() == pytest.approx([np.sqrt(0.9 * 0.4), 0.5])
+
+
+def test_judge_runs_the_tiny_qwen3_vl_batch_invariant(judge):
+    imgs = images(3)
+    vqa = [[["Is there a cat?", "Yes"], ["How many dogs are in the image?", "two"]],
+           [["Is the dog brown?", "Yes"]], [["How many?", "seven"]]]
+    soft, hard = judge.judge_batch(imgs, vqa)
+    assert [len(s) for s in soft] == [2, 1, 1]
+    flat = np.array([v for s in soft for v in s])
+    assert ((flat > 0) & (flat <= 1)).all() and all(h in (0.0, 1.0) for s in hard for h in s)
+    # each question alone (no left padding) scores as in the padded batch
+    alone = [judge.judge_batch(imgs[i:i + 1], [[qa]])[0][0][0] for i, v in enumerate(vqa) for qa in v]
+    assert alone == pytest.approx(flat.tolist(), rel=1e-4)
+    vs = judge.vqascore(imgs, ["a cat", "a brown dog", "seven red circles"])
+    assert vs.shape == (3,) and ((vs > 0) & (vs <= 1)).all()
+
+
+def test_judge_that_is_not_a_vlm_is_one_line(saved):
+    with pytest.raises(RewardError, match="VQA judge") as e:
+        VQAJudge(str(saved["clip"]))
+    assert "\n" not in str(e.value)
+
+
+# --- PickScore -------------------------------------------------------------------------
+def test_pickscore_is_clip_logit_scale_times_cosine(saved):
+    from transformers import CLIPModel
+
+    from rewards.vqa import to_pil
+
+    reward = build_rewards("pickscore", pickscore=str(saved["clip"]))
+    imgs, prompts = images(3), ["a red circle", "two blue squares", "x"]
+    scaled = reward(imgs, prompts, None).scores
+    clip = CLIPModel.from_pretrained(saved["clip"]).eval()
+    proc = reward.clip
+    with torch.no_grad():
+        pix = proc.image_processor(images=[to_pil(i) for i in imgs], return_tensors="pt")["pixel_values"]
+        tok = proc.tokenizer(prompts, padding=True, return_tensors="pt")
+        logits = clip(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                      pixel_values=pix).logits_per_image.diagonal()
+    assert (scaled * 26).tolist() == pytest.approx(logits.tolist(), rel=1e-4, abs=1e-5)
+
+
+# --- GenEval: detector and colour ------------------------------------------------------
+@pytest.fixture(scope="module")
+def scorer(saved):
+    from rewards.geneval import GenEvalScorer
+
+    s = GenEvalScorer(str(saved["m2f"]), str(saved["clip"]))
+    head = s.detector.model.class_predictor  # make every query a confident "person" (label 0)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-10.0)
+        head.bias[0] = 10.0
+    return s
+
+
+def test_detector_reads_instances_like_mmdet(scorer):
+    pil = Image.new("RGB", (48, 40), (120, 30, 30))
+    from harness.geneval import keep_detections
+
+    dets = scorer.detector.detect([pil])[0]  # the top 100 (query, class) pairs, thresholds later
+    assert len(dets["person"]) == 10  # every query is a person
+    assert max(d.score for name, ds in dets.items() if name != "person" for d in ds) < 1e-6
+    assert set(keep_detections(dets, "single_object")) == {"person"}
+    for d in dets["person"]:
+        assert d.mask.shape == (40, 48) and d.mask.any()
+        ys, xs = np.nonzero(d.mask)
+        assert d.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)  # the mask's extent
+        assert 0 < d.score <= 1 and d.score > 0.5  # class score ~1 times a mask score above 0.5
+
+
+def test_geneval_scorer_end_to_end(scorer):
+    recs = [{"tag": "single_object", "include": [{"class": "person", "count": 1}], "prompt": "a person"},
+            {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a cat"},
+            {"tag": "colors", "include": [{"class": "person", "count": 1, "color": "red"}], "prompt": "p"}]
+    correct, partial = scorer.score(images(3), recs)
+    assert correct[:2] == [True, False] and partial[:2] == [1.0, 0.0]
+    # ten persons for one asked: count credit 0; the colour is whatever tiny CLIP says (0 or 1)
+    assert partial[2] in (0.0, 0.5)
+
+
+def test_colour_crop_pastes_the_mask_on_grey(scorer):
+    image = Image.new("RGB", (20, 20), (255, 0, 0))
+    mask = np.zeros((20, 20), bool)
+    mask[5:10, 5:10] = True
+    crop = np.asarray(scorer.colours.crop(image, Detection((4, 4, 12, 12), 1.0, mask)))
+    assert crop.shape == (8, 8, 3)
+    assert (crop[1:6, 1:6] == [255, 0, 0]).all() and (crop[0] == [153, 153, 153]).all()
+    colours = scorer.colours(image, "person", [Detection((4, 4, 12, 12), 1.0, mask)])
+    clf = scorer.colours._classifier("person")
+    assert len(colours) == 1 and clf.shape[0] == 10
+    assert clf.norm(dim=1).tolist() == pytest.approx([1.0] * 10)
+
+
+def test_detector_needs_coco_labels(tmp_path):
+    from rewards.geneval import Detector
+
+    with pytest.raises(RewardError, match="has 3 labels, not COCO's 80"):
+        Detector(str(save_mask2former(tmp_path / "m", names=["cat", "dog", "cow"])))
+
+
+# --- several rewards from the CLI's spec -----------------------------------------------
+def test_weighted_real_rewards(saved):
+    r = build_rewards("geneval2=1.0,pickscore=0.5", judge=str(saved["qwen"]), pickscore=str(saved["clip"]))
+    assert isinstance(r, WeightedRewards)
+    recs = [{"vqa_list": [["Is there a cat?", "Yes"]]}, {"vqa_list": [["How many?", "two"]]}]
+    out = r(images(2), ["a cat", "two dogs"], recs)
+    comp = out.details["components"]
+    assert out.scores.tolist() == pytest.approx((comp["geneval2"] + 0.5 * comp["pickscore"]).tolist())
+    assert not out.scores.requires_grad
+    with pytest.raises(RewardError, match="'judge' applies to none of pickscore"):
+        build_rewards("pickscore", judge="x")
+
+
+# --- the CLI ---------------------------------------------------------------------------
+def test_bench_eval_geneval2_on_the_toy_model(saved, tmp_path):
+    res = runner.invoke(app, ["eval", "--model", "toy", "--benchmark", "geneval2",
+                              "--judge", str(saved["qwen"]), "--limit", "3", "--steps", "2",
+                              "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert "GenEval2 (3 prompts" in res.output and "VQAScore" in res.output and "plumbing" in res.output
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["benchmark"] == "geneval2" and len(r["soft_tifa"]["per_prompt_gm"]) == 3
+    assert 0 < r["soft_tifa"]["am"] <= 100 and 0 <= r["tifa"]["am"] <= 100
+
+
+def test_bench_eval_geneval_and_pickscore(saved, tmp_path):
+    res = runner.invoke(app, ["eval", "--benchmark", "geneval", "--detector", str(saved["m2f"]),
+                              "--clip", str(saved["clip"]), "--limit", "6", "--steps", "2",
+                              "--images-per-prompt", "2"])
+    assert res.exit_code == 0, res.output
+    assert "GenEval (6 prompts, 12 images" in res.output and "tag: counting" in res.output
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n\ntwo blue squares\n")
+    res = runner.invoke(app, ["eval", "--benchmark", "pickscore", "--pickscore", str(saved["clip"]),
+                              "--prompts", str(prompts), "--steps", "2"])
+    assert res.exit_code == 0, res.output
+    assert "PickScore (raw) over 2 prompts" in res.output
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--benchmark", "geneval2", "--judge", "/no/such/dir"], "VQA judge /no/such/dir: directory not found"),
+    (["--benchmark", "geneval2", "--judge", "nobody/no-such-judge"], "HF_HUB_OFFLINE is set"),
+    (["--benchmark", "geneval", "--detector", "/no/such/dir"], "GenEval detector /no/such/dir"),
+    (["--benchmark", "pickscore", "--pickscore", "/no/such/dir"], "PickScore model /no/such/dir"),
+    (["--benchmark", "imagenet"], "unknown benchmark 'imagenet'"),
+    (["--benchmark", "toy", "--prompts", "x.txt"], "--prompts is for"),
+])
+def test_eval_errors_are_one_line(args, msg):
+    res = runner.invoke(app, ["eval", "--limit", "2", *args])
+    assert res.exit_code == 1 and msg in res.output and res.output.count("\n") == 1, res.output
+
+
+def test_malformed_prompt_file_is_one_line(saved, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a cat", "atom_count": 1, "vqa_list": [["Is there a cat?"]],
+                               "skills": ["object"]}) + "\n")
+    res = runner.invoke(app, ["eval", "--benchmark", "geneval2", "--judge", str(saved["qwen"]),
+                              "--prompts", str(bad)])
+    assert res.exit_code == 1 and "bad.jsonl:1: 'vqa_list'" in res.output and res.output.count("\n") == 1
+
+
+def test_bench_run_with_two_real_rewards(saved, tmp_path):
+    """`--reward geneval2=1.0,pickscore=0.5` trains the toy model on the VQA judge and PickScore
+    (the tiny ones), with the model options recorded in the run's configuration."""
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", "--preset", "smoke", "--methods", "grpo", "--seeds", "1",
+                              "--epochs", "1", "--reward", "geneval2=1.0,pickscore=0.5",
+                              "--aggregation", "normalised", "--judge", str(saved["qwen"]),
+                              "--pickscore", str(saved["clip"]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    resolved = json.loads((out / "manifest.json").read_text())["config"]["resolved"]
+    assert resolved["reward"] == "geneval2=1.0,pickscore=0.5"
+    assert resolved["reward_options"] == {"judge": str(saved["qwen"]), "pickscore": str(saved["clip"])}
+    metrics = (out / "toy" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in metrics]
+    assert log and all(np.isfinite(e["reward_mean"]) for e in log)
