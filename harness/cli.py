@@ -100,9 +100,11 @@ JudgeOpt = typer.Option(None, "--judge", help="VQA judge of geneval2 / vqascore:
                                              "(default Qwen/Qwen3-VL-8B-Instruct).")
 DetectorOpt = typer.Option(None, "--detector",
                            help="GenEval's detector, a COCO-instance Mask2Former id or directory "
-                                "(default facebook/mask2former-swin-small-coco-instance).")
+                                "(default facebook/mask2former-swin-small-coco-instance), or GenEval's "
+                                "own through mmdet: mmdet:CONFIG:CHECKPOINT.")
 ClipOpt = typer.Option(None, "--clip", help="GenEval's colour model, a CLIP id or directory "
-                                            "(default openai/clip-vit-large-patch14).")
+                                            "(default openai/clip-vit-large-patch14), or through "
+                                            "open_clip: open_clip:ViT-L-14:openai.")
 PickOpt = typer.Option(None, "--pickscore", help="PickScore model id or directory (default "
                                                  "yuvalkirstain/PickScore_v1).")
 PickProcOpt = typer.Option(None, "--pickscore-processor",

@@ -39,7 +39,7 @@ from harness.io import (
 from harness.live import check_log_to, eval_scalars, open_live_log, scalars
 from harness.prompts import load_toy_split
 from methods import Method, build_method, get_method
-from methods.trainer import TrainConfig, Trainer
+from methods.trainer import TrainConfig, Trainer, TrainingFault
 from models import check_device, check_options, load_model
 from reports.grid import save_grid
 from rewards import build_rewards, check_rewards
@@ -238,6 +238,38 @@ def evaluate_policy(model, preset: Preset, records_eval: list[dict], method: Met
     return {**out, "kl_to_pretrained": kl_ref}
 
 
+def save_checkpoint(ckpt: Path, model, optimizer, state: dict) -> None:
+    """Weights and optimizer under names carrying the epoch, then state.json naming them: a
+    kill at any instant leaves state.json pointing at a complete, consistent pair (the
+    previous epoch's until the new state.json lands). Older pairs are removed afterwards."""
+    tag = f"{state['epoch']:05d}"
+    files = {"weights": f"weights_{tag}.safetensors", "optimizer": f"optimizer_{tag}.safetensors"}
+    opt_t, opt_meta = optimizer_tensors(optimizer)
+    save_tensors(ckpt / files["weights"], model.trainable_state_dict())
+    save_tensors(ckpt / files["optimizer"], opt_t)
+    write_json(ckpt / "state.json", {**state, "optimizer": opt_meta, "files": files})
+    for old in ckpt.glob("*.safetensors"):
+        if old.name not in files.values():
+            old.unlink(missing_ok=True)
+
+
+def read_checkpoint_state(ckpt: Path) -> dict:
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+        if not isinstance(state, dict) or not {"epoch", "config", "optimizer"} <= state.keys():
+            raise ValueError("missing keys")
+        return state
+    except (OSError, ValueError) as e:
+        raise RunError(f"checkpoint {ckpt / 'state.json'} is damaged ({e}); delete "
+                       f"{ckpt.parent.parent} to retrain this cell") from None
+
+
+def checkpoint_files(ckpt: Path, state: dict) -> dict[str, Path]:
+    """The weight files a state.json names (runs written before epoch-tagged names: the plain ones)."""
+    files = state.get("files", {"weights": "weights.safetensors", "optimizer": "optimizer.safetensors"})
+    return {k: ckpt / v for k, v in files.items()}
+
+
 class Cell:
     """One method × seed: train with the common trainer, evaluate, checkpoint, resume."""
 
@@ -265,13 +297,18 @@ class Cell:
         ckpt = self.dir / "checkpoints" / "latest"
         start, wall = 0, 0.0
         if (ckpt / "state.json").exists():
-            state = json.loads((ckpt / "state.json").read_text())
+            state = read_checkpoint_state(ckpt)
             if state["config"] != json.loads(json.dumps(config)):
                 raise RunError(f"{self.dir} holds a run with another configuration; "
                                "use a new --out or delete it")
-            model.load_trainable_state_dict(load_tensors(ckpt / "weights.safetensors"))
-            load_optimizer(trainer.optimizer, load_tensors(ckpt / "optimizer.safetensors"),
-                           state["optimizer"])
+            try:
+                files = checkpoint_files(ckpt, state)
+                model.load_trainable_state_dict(load_tensors(files["weights"]))
+                load_optimizer(trainer.optimizer, load_tensors(files["optimizer"]), state["optimizer"])
+            except Exception as e:  # noqa: BLE001 - a damaged checkpoint, whatever the library says
+                raise RunError(f"checkpoint {ckpt} is damaged ({type(e).__name__}: "
+                               f"{(str(e).splitlines() or [''])[0][:120]}); delete {self.dir} to "
+                               "retrain this cell") from None
             start, wall = state["epoch"], state["wall_seconds"]
         write_json(self.dir / "config.json", config)
         metrics = self._read_metrics(start)
@@ -282,6 +319,11 @@ class Cell:
         try:
             wall = self._train(model, method, train, trainer, config, records_eval, start, wall,
                                metrics, live, progress)
+        except TrainingFault as e:
+            last = read_checkpoint_state(self.dir / "checkpoints" / "latest")["epoch"] \
+                if (self.dir / "checkpoints" / "latest" / "state.json").exists() else 0
+            raise RunError(f"{self.method_name} seed {self.seed}: {e}. The last checkpoint (epoch {last}) "
+                           f"is intact in {self.dir / 'checkpoints' / 'latest'}") from None
         finally:
             if live is not None:
                 live.close()
@@ -313,11 +355,8 @@ class Cell:
                 if live is not None:
                     live.log(eval_scalars(ev), done)
             write_jsonl(self.dir / "metrics.jsonl", metrics)
-            opt_t, opt_meta = optimizer_tensors(trainer.optimizer)
-            save_tensors(ckpt / "weights.safetensors", model.trainable_state_dict())
-            save_tensors(ckpt / "optimizer.safetensors", opt_t)
-            write_json(ckpt / "state.json", {"epoch": done, "wall_seconds": wall,
-                                             "optimizer": opt_meta, "config": config})
+            save_checkpoint(ckpt, model, trainer.optimizer,
+                            {"epoch": done, "wall_seconds": wall, "config": config})
         return wall
 
     def _finish(self, model, metrics: list[dict], base_eval: dict, train: TrainConfig,
@@ -351,8 +390,8 @@ def load_cell_policy(cell_dir: str | Path, device: str = "cpu"):
     """The fine-tuned policy of a cell (`runs/<name>/<model>/<method>/seed<k>`) at its last
     checkpoint: the model of its run, the adapter of its config, the trained weights."""
     cell_dir = Path(cell_dir)
-    cfg_path, ckpt = cell_dir / "config.json", cell_dir / "checkpoints" / "latest" / "weights.safetensors"
-    if not cfg_path.is_file() or not ckpt.is_file():
+    cfg_path, ckpt = cell_dir / "config.json", cell_dir / "checkpoints" / "latest"
+    if not cfg_path.is_file() or not (ckpt / "state.json").is_file():
         raise RunError(f"{cell_dir} is not a trained cell of a run (no config.json or "
                        "checkpoints/latest); give a directory like runs/default/toy/grpo/seed0")
     config = json.loads(cfg_path.read_text())
@@ -365,7 +404,8 @@ def load_cell_policy(cell_dir: str | Path, device: str = "cpu"):
     t = config["train"]
     model.setup_training(t["lora_rank"], t["lora_alpha"],
                          tuple(t["lora_targets"]) if t.get("lora_targets") else None)
-    model.load_trainable_state_dict(load_tensors(ckpt))
+    weights = checkpoint_files(ckpt, read_checkpoint_state(ckpt))["weights"]
+    model.load_trainable_state_dict(load_tensors(weights))
     return model, config
 
 

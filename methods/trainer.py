@@ -18,6 +18,7 @@ only on (seed, e): two methods with one seed see exactly the same data.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ from rewards.base import Reward
 
 class TrainConfigError(ValueError):
     """Impossible training settings."""
+
+
+class TrainingFault(RuntimeError):
+    """Too many updates in a row with a non-finite loss or gradient: the run stops."""
 
 
 @dataclass
@@ -152,6 +157,11 @@ def _generator(*key: int) -> torch.Generator:
 class Trainer:
     """Trains one method on one model with one reward; the harness drives the epochs."""
 
+    max_skips_in_row = 8
+    """Updates in a row whose loss or gradient is not finite before the run stops (each one
+    is skipped, so the weights stay as the last finite update left them)."""
+    skips_in_row = 0
+
     def __init__(self, model: FlowModel, method: Method, reward: Reward, prompts: list[dict],
                  cfg: TrainConfig, seed: int = 0):
         cfg.validate()
@@ -260,10 +270,17 @@ class Trainer:
                     total += loss.item()
                     self._record(diag, samples, st, out, kl_ref, inner, delta)
                 norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-                if not torch.isfinite(norm):
-                    skipped += 1  # a non-finite gradient never reaches the weights
+                if not (math.isfinite(total) and torch.isfinite(norm)):
+                    # a non-finite loss, ratio, reward or gradient never reaches the weights
+                    skipped += 1
+                    self.skips_in_row += 1
                     self.optimizer.zero_grad(set_to_none=True)
+                    if self.skips_in_row >= self.max_skips_in_row:
+                        raise TrainingFault(f"{self.skips_in_row} updates in a row had a non-finite "
+                                            f"loss or gradient (epoch {epoch}); check the reward, or "
+                                            "lower the learning rate")
                     continue
+                self.skips_in_row = 0
                 self.optimizer.step()
                 losses.append(total)
                 grad_norms.append(norm.item())

@@ -10,8 +10,11 @@
   with GenEval's three templates (text embeddings averaged per colour), on the box crop
   with the object's mask pasted onto a #999 background.
 
-The rules themselves live in `harness/geneval.py`. mmdet and open_clip stay optional
-backends (the `openclip` extra); this path needs neither.
+The rules themselves live in `harness/geneval.py`. GenEval's original backends are
+optional: `--detector mmdet:CONFIG:CHECKPOINT` (mmdet and a compiled mmcv, which does not
+build against current torch on every machine) and `--clip open_clip:ViT-L-14:openai`
+(the `openclip` extra, which pulls torchvision). Both load the pickled checkpoints
+GenEval's own code loads; the default transformers path loads safetensors.
 """
 
 from __future__ import annotations
@@ -91,12 +94,87 @@ class Detector:
         return detected
 
 
+def _backend_spec(source: str, usage: str) -> list[str]:
+    """"mmdet:a.py:b.pth" -> ["a.py", "b.pth"], checked against `usage` ("mmdet:CONFIG:CHECKPOINT")."""
+    spec = source.split(":")[1:]
+    if len(spec) != usage.count(":") or not all(spec):
+        raise RewardError(f"{source!r}: write the backend as {usage}")
+    return spec
+
+
+class MMDetDetector:
+    """GenEval's own detector through mmdet 2.x or 3.x: `mmdet:CONFIG:CHECKPOINT`."""
+
+    def __init__(self, source: str, device: str = "cpu"):
+        config, checkpoint = _backend_spec(source, "mmdet:CONFIG:CHECKPOINT")
+        try:
+            from mmdet.apis import inference_detector, init_detector
+        except ImportError:
+            raise RewardError("the mmdet detector backend needs mmdet with a compiled mmcv; the default "
+                              "detector (transformers' Mask2Former) needs neither") from None
+        self.model, self.infer = init_detector(config, checkpoint, device=device), inference_detector
+        self.names = class_names()
+
+    def detect(self, images: list[Image.Image]) -> list[dict[str, list[Detection]]]:
+        # mmdet reads images as mmcv does, BGR arrays
+        return [mmdet_instances(self.infer(self.model, np.asarray(im)[:, :, ::-1].copy()), self.names)
+                for im in images]
+
+
+def mmdet_instances(result, names: list[str]) -> dict[str, list[Detection]]:
+    """mmdet's output as detections: 3.x's `DetDataSample` (`pred_instances`: bboxes, scores,
+    labels, masks) or 2.x's `(bbox, segm)`, per class an [N, 5] array and N masks (GenEval's)."""
+    out: dict[str, list[Detection]] = {}
+    if hasattr(result, "pred_instances"):
+        inst = result.pred_instances
+        masks = inst.masks.cpu().numpy() if "masks" in inst else None
+        for k, (b, sc, lab) in enumerate(zip(inst.bboxes.cpu().numpy(), inst.scores.cpu().numpy(),
+                                             inst.labels.cpu().numpy())):
+            out.setdefault(names[int(lab)], []).append(
+                Detection(tuple(float(v) for v in b[:4]), float(sc), None if masks is None else masks[k]))
+        return out
+    bbox, segm = result if isinstance(result, tuple) else (result, None)
+    for index, name in enumerate(names):
+        for j, row in enumerate(bbox[index]):
+            mask = None if segm is None else np.asarray(segm[index][j], dtype=bool)
+            out.setdefault(name, []).append(Detection(tuple(float(v) for v in row[:4]), float(row[4]), mask))
+    return out
+
+
+class OpenClipScorer:
+    """GenEval's own CLIP through open_clip: `open_clip:ARCH:PRETRAINED` (e.g. ViT-L-14:openai)."""
+
+    def __init__(self, source: str, device: str = "cpu"):
+        arch, pretrained = _backend_spec(source, "open_clip:ARCH:PRETRAINED")
+        try:
+            import open_clip
+        except ImportError:
+            raise RewardError("the open_clip colour backend needs the openclip extra "
+                              "(pip install -e '.[openclip]', which pulls torchvision)") from None
+        self.device = torch.device(device)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained,
+                                                                               device=self.device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(arch)
+
+    @torch.no_grad()
+    def embed_images(self, images) -> Tensor:
+        pix = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        return torch.nn.functional.normalize(self.model.encode_image(pix).float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> Tensor:
+        tok = self.tokenizer(texts).to(self.device)
+        return torch.nn.functional.normalize(self.model.encode_text(tok).float(), dim=-1)
+
+
 class ColourClassifier:
     """GenEval's colour protocol: CLIP zero-shot on the crop with the mask on a #999 ground."""
 
     def __init__(self, source: str = DEFAULT_CLIP, device: str = "cpu"):
-        self.clip = ClipScorer(source, source, "GenEval colour model", "give a local copy with --clip DIR",
-                               device)
+        self.clip = (OpenClipScorer(source, device) if source.startswith("open_clip:") else
+                     ClipScorer(source, source, "GenEval colour model", "give a local copy with --clip DIR",
+                                device))
         self._classifiers: dict[str, Tensor] = {}
 
     def _classifier(self, cls: str) -> Tensor:
@@ -124,7 +202,8 @@ class GenEvalScorer:
     """Detector + colour classifier + the rules: `score(images, records)` -> (correct, partial)."""
 
     def __init__(self, detector: str = DEFAULT_DETECTOR, clip: str = DEFAULT_CLIP, device: str = "cpu"):
-        self.detector = Detector(detector, device)
+        self.detector = (MMDetDetector(detector, device) if detector.startswith("mmdet:") else
+                         Detector(detector, device))
         self.colours = ColourClassifier(clip, device)
 
     def score(self, images, records: list[dict]) -> tuple[list[bool], list[float]]:

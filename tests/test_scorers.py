@@ -3,6 +3,7 @@ random models built from configs, saved, and loaded through `from_pretrained`; t
 them; their failures as one line."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -255,3 +256,46 @@ def test_bench_run_with_two_real_rewards(saved, tmp_path):
     metrics = (out / "toy" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()
     log = [json.loads(line) for line in metrics]
     assert log and all(np.isfinite(e["reward_mean"]) for e in log)
+
+
+# --- GenEval's original backends (optional; not installed here) -----------------------
+def test_mmdet_outputs_read_in_both_formats():
+    from types import SimpleNamespace
+
+    from rewards.geneval import mmdet_instances
+
+    names = ["person", "bicycle", "car"]
+    mask = np.zeros((8, 8), bool)
+    mask[1:3, 2:5] = True
+    # mmdet 2.x (GenEval's pin): per class an [N, 5] array of x1, y1, x2, y2, score, and masks
+    bbox = [np.array([[2, 1, 5, 3, 0.9]]), np.zeros((0, 5)), np.array([[0, 0, 4, 4, 0.2], [1, 1, 2, 2, 0.5]])]
+    segm = [[mask], [], [mask, mask]]
+    two = mmdet_instances((bbox, segm), names)
+    assert set(two) == {"person", "car"} and [d.score for d in two["car"]] == [0.2, 0.5]
+    assert two["person"][0].box == (2.0, 1.0, 5.0, 3.0) and two["person"][0].mask.sum() == 6
+
+    class Instances(SimpleNamespace):  # mmengine's InstanceData answers `in`
+        def __contains__(self, key):
+            return hasattr(self, key)
+    three = SimpleNamespace(pred_instances=Instances(
+        bboxes=torch.tensor([[2.0, 1, 5, 3], [0, 0, 4, 4]]), scores=torch.tensor([0.9, 0.2]),
+        labels=torch.tensor([0, 2]), masks=torch.from_numpy(np.stack([mask, mask]))))
+    got = mmdet_instances(three, names)
+    assert {k: [(d.box, round(d.score, 3)) for d in v] for k, v in got.items()} == {
+        "person": [((2.0, 1.0, 5.0, 3.0), 0.9)], "car": [((0.0, 0.0, 4.0, 4.0), 0.2)]}
+
+
+@pytest.mark.parametrize("option, module, msg", [
+    ({"detector": "mmdet:cfg.py:ckpt.pth"}, "mmdet", "needs mmdet with a compiled mmcv"),
+    ({"clip": "open_clip:ViT-L-14:openai"}, "open_clip", "needs the openclip extra"),
+    ({"detector": "mmdet:cfg.py"}, None, "write the backend as mmdet:CONFIG:CHECKPOINT"),
+])
+def test_optional_backends_fail_in_one_line(saved, monkeypatch, option, module, msg):
+    from rewards.geneval import GenEvalScorer
+
+    if module:
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+        monkeypatch.setitem(sys.modules, module + ".apis", None)
+    kw = {"detector": str(saved["m2f"]), "clip": str(saved["clip"]), **option}
+    with pytest.raises(RewardError, match=msg):
+        GenEvalScorer(**kw)
