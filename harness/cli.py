@@ -8,6 +8,7 @@ exit code 1, never a traceback.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import typer
@@ -267,6 +268,10 @@ def run(
     clip: str = ClipOpt,
     pickscore: str = PickOpt,
     pickscore_processor: str = PickProcOpt,
+    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (one per GPU with --device "
+                                                 "cuda): relaunches this command under torchrun. "
+                                                 "Or launch it yourself with torchrun / accelerate "
+                                                 "launch."),
     log_to: str = typer.Option(None, "--log-to", help="Also stream the metrics live to "
                                                       "'tensorboard' (<out>/tensorboard) or 'wandb' "
                                                       "(offline without an account); optional extras."),
@@ -289,6 +294,10 @@ def run(
         names = [m.strip() for m in methods.split(",") if m.strip()]
         if not names:
             raise BadInput("--methods is empty")
+    if nproc < 1:
+        raise BadInput("--nproc must be at least 1")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_relaunch(nproc))
     out = out or Path("runs") / preset
     try:
         run_benchmark(out, names, model, preset, seeds, model_path,
@@ -299,8 +308,27 @@ def run(
                           pickscore_processor=pickscore_processor))
     except (RunError, MethodError, TrainConfigError, RewardError, LiveLogError) as e:
         raise BadInput(str(e)) from None
-    typer.echo(run_table(out)[0])
-    typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(run_table(out)[0])
+        typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")
+
+
+def _relaunch(nproc: int) -> int:
+    """This `bench run` again, without --nproc, as `torchrun --standalone --nproc_per_node N`."""
+    import subprocess
+    import sys
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "harness.cli", *args]
+    return subprocess.run(cmd).returncode
 
 
 def _reward_options(**given) -> dict:

@@ -38,7 +38,7 @@ from harness.io import (
 )
 from harness.live import check_log_to, eval_scalars, open_live_log, scalars
 from harness.prompts import load_toy_split
-from methods import Method, build_method, get_method
+from methods import Method, build_method, dist, get_method
 from methods.trainer import TrainConfig, Trainer, TrainingFault
 from models import check_device, check_options, load_model
 from reports.grid import save_grid
@@ -310,12 +310,14 @@ class Cell:
                                f"{(str(e).splitlines() or [''])[0][:120]}); delete {self.dir} to "
                                "retrain this cell") from None
             start, wall = state["epoch"], state["wall_seconds"]
-        write_json(self.dir / "config.json", config)
+        main = dist.is_main()  # only rank 0 writes; every rank trains
+        if main:
+            write_json(self.dir / "config.json", config)
+            write_json(self.dir / "eval" / "0.json", {**base_eval, "epoch": 0})
         metrics = self._read_metrics(start)
-        write_json(self.dir / "eval" / "0.json", {**base_eval, "epoch": 0})
         records_eval = load_toy_split("eval")
         live = open_live_log(self.log_to, self.run_dir, self.model_name, self.method_name,
-                             self.seed, config)
+                             self.seed, config) if main else None
         try:
             wall = self._train(model, method, train, trainer, config, records_eval, start, wall,
                                metrics, live, progress)
@@ -327,7 +329,9 @@ class Cell:
         finally:
             if live is not None:
                 live.close()
-        return self._finish(model, metrics, base_eval, train, wall)
+        result = self._finish(model, metrics, base_eval, train, wall) if main else None
+        dist.barrier()
+        return result
 
     def _train(self, model, method, train, trainer, config, records_eval, start: int, wall: float,
                metrics: list[dict], live, progress: bool) -> float:
@@ -337,13 +341,16 @@ class Cell:
         if live is not None and start == 0:
             live.log(eval_scalars(json.loads((self.dir / "eval" / "0.json").read_text())), 0)
         bar = tqdm(range(start, p.epochs), desc=f"{self.method_name} seed{self.seed}",
-                   disable=not progress, initial=start, total=p.epochs)
+                   disable=not progress or not dist.is_main(), initial=start, total=p.epochs)
         for epoch in bar:
             t0 = time.perf_counter()
             m, samples = trainer.train_epoch(epoch)
             wall += time.perf_counter() - t0
             m["wall_seconds"] = round(wall, 2)
             metrics.append(m)
+            if not dist.is_main():
+                dist.barrier()  # rank 0 evaluates and checkpoints meanwhile
+                continue
             save_tensors(self.dir / "diagnostics" / f"epoch_{epoch + 1:04d}.safetensors", samples)
             bar.set_postfix(reward=f"{m['reward_mean']:.3f}")
             done = epoch + 1
@@ -357,6 +364,7 @@ class Cell:
             write_jsonl(self.dir / "metrics.jsonl", metrics)
             save_checkpoint(ckpt, model, trainer.optimizer,
                             {"epoch": done, "wall_seconds": wall, "config": config})
+            dist.barrier()
         return wall
 
     def _finish(self, model, metrics: list[dict], base_eval: dict, train: TrainConfig,
@@ -412,8 +420,21 @@ def load_cell_policy(cell_dir: str | Path, device: str = "cpu"):
 def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, preset: Preset,
               device: str = "cpu", model_options: dict | None = None) -> dict:
     """The pretrained model's evaluation, one file per seed so tables pair it with that
-    seed's cells. Evaluation noise does not depend on the seed, so later seeds copy seed 0."""
+    seed's cells. Evaluation noise does not depend on the seed, so later seeds copy seed 0.
+    Distributed: rank 0 evaluates and writes, the others read its file."""
     path = run / model_name / "base" / f"seed{seed}" / "eval.json"
+    if not dist.is_main():
+        dist.barrier()
+        return json.loads(path.read_text())
+    try:
+        return _base_eval(path, run, model_name, model_path, preset, device, model_options)
+    finally:
+        dist.barrier()
+
+
+def _base_eval(path: Path, run: Path, model_name: str, model_path: str | None, preset: Preset,
+               device: str, model_options: dict | None) -> dict:
+    seed = int(path.parent.name.removeprefix("seed"))
     if path.exists():
         return json.loads(path.read_text())
     first = run / model_name / "base" / "seed0"
@@ -454,6 +475,8 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
     from reports.report import build_report  # now, not after hours of training: the code of the start
 
     check_device(device)
+    dist.init(device)  # under torchrun / accelerate launch: join the process group
+    device = dist.local_device(device)
     check_log_to(log_to)
     p = get_preset(preset) if isinstance(preset, str) else preset
     if epochs is not None:
@@ -497,7 +520,11 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
                 "status": "running", "started": now}
     if old is not None:  # a resumed run keeps its first start; "seconds" is the last session's
         manifest.update(started=old.get("started", now), resumed=[*old.get("resumed", []), now])
-    write_json(manifest_path, manifest)
+    if dist.world() > 1:
+        manifest["processes"] = dist.world()
+    dist.barrier()  # every rank has read the old manifest before rank 0 replaces it
+    if dist.is_main():
+        write_json(manifest_path, manifest)
     t0 = time.perf_counter()
     for seed in range(seeds):
         base = base_eval(out, model_name, model_path, seed, p, device, model_options)
@@ -505,8 +532,10 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
             cell = Cell(out, model_name, model_path, m, seed, p, device, log_to, model_options)
             if not cell.done:
                 cell.run(base, progress)
-    build_report(out)
-    manifest.update(status="done", seconds=round(time.perf_counter() - t0, 1))
-    write_json(manifest_path, manifest)
+    if dist.is_main():
+        build_report(out)
+        manifest.update(status="done", seconds=round(time.perf_counter() - t0, 1))
+        write_json(manifest_path, manifest)
+    dist.barrier()
     return out
 

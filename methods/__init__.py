@@ -16,7 +16,7 @@ from methods.base import (
     register_method,
 )
 
-_INFRASTRUCTURE = {"base", "sde", "trainer"}
+_INFRASTRUCTURE = {"base", "dist", "sde", "trainer"}
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _INFRASTRUCTURE and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")

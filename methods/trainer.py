@@ -13,7 +13,9 @@ Per epoch:
      policy: the adapter disabled), averaged over steps, one AdamW step with gradient
      clipping.
 The prompts, initial noise, SDE noise, window and mini-batch order of epoch e depend
-only on (seed, e): two methods with one seed see exactly the same data.
+only on (seed, e): two methods with one seed see exactly the same data. Under `torchrun`
+each process rolls out whole groups and trains on an equal share of every mini-batch,
+with the same data and advantages as one process (`methods/dist.py`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from methods import dist
 from methods.base import Method, StepTensors
 from methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
 from models.base import FlowModel, PromptEmbeds
@@ -170,8 +174,16 @@ class Trainer:
         if cfg.prompts_per_epoch > len(prompts):
             raise TrainConfigError(f"{cfg.prompts_per_epoch} prompts per epoch, but the prompt set "
                                    f"has only {len(prompts)}")
+        n = dist.world()
+        B = cfg.prompts_per_epoch * cfg.group_size
+        if n > 1 and (cfg.prompts_per_epoch % n or cfg.minibatch_size % n or B % cfg.minibatch_size):
+            raise TrainConfigError(f"on {n} processes the prompts per epoch ({cfg.prompts_per_epoch}) and "
+                                   f"the mini-batch ({cfg.minibatch_size}) must divide by {n}, and the "
+                                   f"mini-batch must divide the batch ({B}): every rank takes whole "
+                                   "groups and an equal share of every mini-batch")
         torch.manual_seed(seed)  # peft draws the LoRA initialisation from the global RNG
         self.params = model.setup_training(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        self.ddp = dist.wrap(model, model.device)  # None in one process
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
         mc = method.config
@@ -201,17 +213,21 @@ class Trainer:
         prompts = [r["prompt"] for r in records]
         gen = _generator(self.seed, epoch, 1)
         if cfg.group_noise == "shared":
-            x = x_init = self.model.initial_noise(cfg.prompts_per_epoch, gen).repeat_interleave(G, 0)
+            x_init = self.model.initial_noise(cfg.prompts_per_epoch, gen).repeat_interleave(G, 0)
         else:
-            x = x_init = self.model.initial_noise(len(prompts), gen)
+            x_init = self.model.initial_noise(len(prompts), gen)
         embeds = self.model.encode_prompts([self.prompts[i]["prompt"] for i in picks],
                                            cfg.guidance).repeat_interleave(G)
+        # this process's whole groups; all noise is drawn for the whole batch, then sliced
+        B, n, rank = len(prompts), dist.world(), dist.rank()
+        own = torch.arange(rank * B // n, (rank + 1) * B // n)
+        x, own_embeds = x_init[own], embeds.select(own)
         sig = self.model.sigmas(cfg.steps)
         xs, nxt, means, stds, lps = [], [], [], [], []
         for k in range(cfg.steps):
-            v = self._velocity(x, k, sig, embeds)
+            v = self._velocity(x, k, sig, own_embeds)
             if k in window:
-                noise = torch.randn(x.shape, generator=gen).to(x.device)
+                noise = torch.randn(x_init.shape, generator=gen)[own].to(x.device)
                 r = self._step(x, v, k, sig, noise=noise)
                 xs.append(x)
                 nxt.append(r.next_sample)
@@ -222,16 +238,21 @@ class Trainer:
             else:
                 x = ode_step(x, v, float(sig[k]), float(sig[k + 1]))
         images = self.model.decode(x).float().cpu()
-        out = self.reward(images, prompts, records)
-        components = out.details.get("components")
+        out = self.reward(images, [prompts[i] for i in own], [records[i] for i in own])
+        # complete groups everywhere: the rewards and trajectories of every rank
+        scores = dist.gather(out.scores.float())
+        components = {name: dist.gather(c.float()) for name, c in out.details.get("components", {}).items()}
         if components and cfg.reward_aggregation == "normalised":
             adv, flat = multi_reward_advantages(components, self.reward.weights, G, std=cfg.adv_std,
                                                 clip=cfg.adv_clip)
         else:
-            adv, flat = group_advantages(out.scores, G, std=cfg.adv_std, clip=cfg.adv_clip)
+            adv, flat = group_advantages(scores, G, std=cfg.adv_std, clip=cfg.adv_clip)
+        details = {**out.details, "zero_spread_groups": int(flat.sum())}
+        if components:
+            details["components"] = components
+        xs, nxt, means, stds, lps = ([dist.gather(t) for t in ts] for ts in (xs, nxt, means, stds, lps))
         return Rollout(prompts, records, embeds, window, sig, xs, nxt, means, stds, lps, x_init, images,
-                       out.scores.float(), adv.to(x.device),
-                       {**out.details, "zero_spread_groups": int(flat.sum())})
+                       scores, adv.to(x.device), details)
 
     def update(self, ro: Rollout, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         """I inner loops of mini-batch steps; returns (metrics, per-step samples)."""
@@ -241,36 +262,44 @@ class Trainer:
         samples: dict[str, list[Tensor]] = defaultdict(list)
         losses, grad_norms, skipped = [], [], 0
         delta = self.method.trust_threshold
+        n, rank = dist.world(), dist.rank()
         for inner in range(cfg.inner_loops):
             order = torch.randperm(B, generator=gen)
-            for mb in order.split(cfg.minibatch_size):
+            for batch in order.split(cfg.minibatch_size):
+                mb = batch[rank::n]  # this process's equal share of the global mini-batch
                 self.optimizer.zero_grad(set_to_none=True)
                 emb = ro.embeds.select(mb)
                 total = 0.0
                 for j, k in enumerate(ro.window):
-                    x, std, old_mean = ro.x[j][mb], ro.std[j][mb], ro.old_mean[j][mb]
-                    r = self._step(x, self._velocity(x, k, ro.sigmas, emb), k, ro.sigmas,
-                                   next_sample=ro.x_next[j][mb])
-                    kl = gaussian_kl(old_mean, r.mean, std)
-                    st = StepTensors(self._log_prob(r), ro.old_log_prob[j][mb], kl,
-                                     ro.advantages[mb], r.mean, old_mean, std,
-                                     float(ro.sigmas[k + 1] - ro.sigmas[k]),
-                                     (ro.x_next[j][mb] - old_mean) / std.clamp(min=1e-12), k)
-                    out = self.method.step_loss(st)
-                    loss = out.loss
-                    kl_ref = None
-                    if cfg.beta > 0:
-                        with torch.no_grad(), self.model.reference():
-                            ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, emb), k,
-                                                  ro.sigmas, next_sample=ro.x_next[j][mb]).mean
-                        kl_ref = gaussian_kl(r.mean, ref_mean, std)
-                        loss = loss + cfg.beta * kl_ref
-                    loss = loss.mean() / len(ro.window)
-                    loss.backward()
+                    # DDP averages the gradients once, at the last backward of the mini-batch
+                    last = j == len(ro.window) - 1
+                    with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
+                        x, std, old_mean = ro.x[j][mb], ro.std[j][mb], ro.old_mean[j][mb]
+                        r = self._step(x, self._train_velocity(x, k, ro.sigmas, emb), k, ro.sigmas,
+                                       next_sample=ro.x_next[j][mb])
+                        kl = gaussian_kl(old_mean, r.mean, std)
+                        st = StepTensors(self._log_prob(r), ro.old_log_prob[j][mb], kl,
+                                         ro.advantages[mb], r.mean, old_mean, std,
+                                         float(ro.sigmas[k + 1] - ro.sigmas[k]),
+                                         (ro.x_next[j][mb] - old_mean) / std.clamp(min=1e-12), k)
+                        out = self.method.step_loss(st)
+                        loss = out.loss
+                        kl_ref = None
+                        if cfg.beta > 0:
+                            with torch.no_grad(), self.model.reference():
+                                ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, emb), k,
+                                                      ro.sigmas, next_sample=ro.x_next[j][mb]).mean
+                            kl_ref = gaussian_kl(r.mean, ref_mean, std)
+                            loss = loss + cfg.beta * kl_ref
+                        loss = loss.mean() / len(ro.window)
+                        loss.backward()
                     total += loss.item()
-                    self._record(diag, samples, st, out, kl_ref, inner, delta)
+                    values = self._per_sample(st, out, kl_ref)
+                    self._record(diag, samples, {name: dist.gather(t) for name, t in values.items()},
+                                 k, inner, delta)
+                total = dist.mean(total)
                 norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-                if not (math.isfinite(total) and torch.isfinite(norm)):
+                if dist.any_true(not (math.isfinite(total) and torch.isfinite(norm))):
                     # a non-finite loss, ratio, reward or gradient never reaches the weights
                     skipped += 1
                     self.skips_in_row += 1
@@ -291,18 +320,35 @@ class Trainer:
             metrics[key] = float(np.mean(vals))
         return metrics, {k: torch.cat(v) for k, v in samples.items()}
 
+    def _train_velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
+        """The velocity whose gradient trains the policy: through DDP when distributed."""
+        if self.ddp is None:
+            return self._velocity(x, k, sigmas, embeds)
+        s = torch.full((x.shape[0],), float(sigmas[k]), device=x.device)
+        return self.ddp(x, s, embeds, self.cfg.guidance)
+
     @staticmethod
     @torch.no_grad()
-    def _record(diag, samples, st: StepTensors, out, kl_ref, inner: int, delta) -> None:
-        """methods.md §8: the same diagnostics for every method, per timestep index k
-        (keys `k<k>/...` on the first pass, `k<k>/i<pass>/...` on later ones)."""
-        k, A = st.step_index, st.advantages
-        # ρ stays float64 (as the log-probs are): ρ − 1 is often below float32's resolution
-        ratio, kl = out.ratio.double(), st.kl.detach().float()
+    def _per_sample(st: StepTensors, out, kl_ref) -> dict[str, Tensor]:
+        """The per-sample quantities the diagnostics summarise (gathered across processes)."""
         # log ρ = −KL + mean(ε·Δμ/s) per element: deterministic signal plus zero-mean noise
         safe = torch.where(st.std > 0, st.std, torch.ones_like(st.std))
-        noise = (st.noise * (st.mean.detach() - st.old_mean) / safe).flatten(1).mean(1).float()
-        pos, neg, trust = A > 0, A < 0, out.trust
+        values = {
+            # ρ stays float64 (as the log-probs are): ρ − 1 is often below float32's resolution
+            "ratio": out.ratio.detach().double(), "kl": st.kl.detach().float(),
+            "adv": st.advantages.float(), "trust": out.trust.float(),
+            "noise": (st.noise * (st.mean.detach() - st.old_mean) / safe).flatten(1).mean(1).float()}
+        if kl_ref is not None:
+            values["kl_ref"] = kl_ref.detach().float()
+        return values
+
+    @staticmethod
+    @torch.no_grad()
+    def _record(diag, samples, v: dict[str, Tensor], k: int, inner: int, delta) -> None:
+        """methods.md §8: the same diagnostics for every method, per timestep index k
+        (keys `k<k>/...` on the first pass, `k<k>/i<pass>/...` on later ones)."""
+        A, ratio, kl, noise = v["adv"], v["ratio"], v["kl"], v["noise"]
+        pos, neg, trust = A > 0, A < 0, v["trust"] > 0.5
         tag = f"k{k}/" if inner == 0 else f"k{k}/i{inner}/"
         values = {
             "ratio_mean": ratio.mean(), "ratio_std": ratio.std(correction=0),
@@ -315,11 +361,11 @@ class Trainer:
         }
         if delta is not None:
             values["kl_above_delta"] = (kl >= delta).float().mean()
-        if kl_ref is not None:
-            values["kl_ref"] = kl_ref.detach().mean()
+        if "kl_ref" in v:
+            values["kl_ref"] = v["kl_ref"].mean()
         for name, val in values.items():
             diag[tag + name].append(val.item())
-        for name, val in (("ratio", ratio), ("kl", kl), ("adv", A.float()), ("noise", noise),
+        for name, val in (("ratio", ratio), ("kl", kl), ("adv", A), ("noise", noise),
                           ("step", torch.full_like(ratio, k)), ("inner", torch.full_like(ratio, inner))):
             samples[name].append(val.cpu())
 
