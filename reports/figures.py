@@ -600,7 +600,10 @@ def kl_per_step(run: Run, model: str) -> Figure | None:
         ax.set_ylabel("KL(π_old ‖ π_θ) (nats per element)")
         ax.set_title(group)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+        else:  # one mini-batch per epoch and one pass: every step was on-policy
+            ax.text(0.5, 0.5, "no off-policy steps", transform=ax.transAxes, ha="center", color="grey")
     fig.suptitle("KL between the sampling and the updated policy per trained step, against δ\n"
                  "(line: mean, band: 10-90 % of steps; off-policy steps, all epochs and seeds pooled)")
     return fig
