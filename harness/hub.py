@@ -15,13 +15,23 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def load_pretrained(load: Callable, source: str, what: str, error: type[Exception], how: str = "", **kw):
+def load_pretrained(load: Callable, source: str, what: str, error: type[Exception], how: str = "",
+                    weights: bool = False, **kw):
     """`load(source, local_files_only=…, **kw)`; a missing directory, a bad id or any loading
-    failure raises `error` with one line naming `what`, the source and `how` to give another."""
+    failure raises `error` with one line naming `what`, the source and `how` to give another.
+    `weights=True` (models, not tokenizers): safetensors only, never a pickle."""
     local = Path(source).expanduser()
     hint = f" ({how})" if how else ""
     if not local.exists() and not HUB_ID.match(source):
         raise error(f"{what}: directory not found: {local}{hint}")
+    if weights:
+        kw["use_safetensors"] = True
+        pickles = [p for ext in ("bin", "pt", "pth", "ckpt") for p in local.rglob(f"*.{ext}")] \
+            if local.is_dir() else []
+        if pickles and not any(local.rglob("*.safetensors")):
+            raise error(f"{what}: {local} holds pickled weights only ({pickles[0].name}); FlowArena loads "
+                        "safetensors only: convert them (load and save_pretrained once, where you trust "
+                        "the file)")
     try:
         return load(str(local) if local.exists() else source,
                     local_files_only=offline() or local.exists(), **kw)

@@ -89,7 +89,7 @@ class DiffusersFlowModel(FlowModel):
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         pipe = load_pretrained(getattr(diffusers, cls.pipeline_class).from_pretrained, source,
-                               cls.name, ModelError, dtype=dtype)
+                               cls.name, ModelError, weights=True, dtype=dtype)
         return cls(pipe, device, **options)
 
     @classmethod

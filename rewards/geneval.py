@@ -47,7 +47,7 @@ class Detector:
         self.device, self.batch_size = torch.device(device), batch_size
         self.processor = load_pretrained(AutoImageProcessor.from_pretrained, source, what, RewardError, how)
         self.model = load_pretrained(Mask2FormerForUniversalSegmentation.from_pretrained, source, what,
-                                     RewardError, how).to(self.device).eval()
+                                     RewardError, how, weights=True).to(self.device).eval()
         if self.model.config.num_labels != 80:
             raise RewardError(f"{what} has {self.model.config.num_labels} labels, not COCO's 80")
         self.names = class_names()

@@ -32,7 +32,7 @@ class ClipScorer:
         self.device, self.batch_size = torch.device(device), batch_size
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.model = load_pretrained(CLIPModel.from_pretrained, model, f"{what} {model}", RewardError, how,
-                                     dtype=dtype).to(self.device).eval()
+                                     weights=True, dtype=dtype).to(self.device).eval()
         self.image_processor = load_pretrained(CLIPImageProcessor.from_pretrained, processor,
                                                f"{what} processor {processor}", RewardError, how)
         self.tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, processor,

@@ -70,7 +70,7 @@ class VQAJudge:
         self.image_processor = load_pretrained(AutoImageProcessor.from_pretrained, source, what,
                                                RewardError, _HOW)
         self.model = load_pretrained(AutoModelForImageTextToText.from_pretrained, source, what,
-                                     RewardError, _HOW, dtype=dtype).to(self.device).eval()
+                                     RewardError, _HOW, weights=True, dtype=dtype).to(self.device).eval()
         cfg = self.model.config
         if getattr(cfg, "image_token_id", None) is None or not self.tokenizer.chat_template:
             raise RewardError(f"{what}: a {cfg.model_type} model without an image token or chat template; "

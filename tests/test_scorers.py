@@ -299,3 +299,17 @@ def test_optional_backends_fail_in_one_line(saved, monkeypatch, option, module, 
     kw = {"detector": str(saved["m2f"]), "clip": str(saved["clip"]), **option}
     with pytest.raises(RewardError, match=msg):
         GenEvalScorer(**kw)
+
+
+def test_pickled_weights_are_refused(saved, tmp_path):
+    """Safetensors only: a model directory holding a pickle (.bin) is never unpickled."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    d = tmp_path / "clip-bin"
+    shutil.copytree(saved["clip"], d)
+    torch.save(load_file(str(d / "model.safetensors")), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(RewardError, match=r"pickled weights only \(pytorch_model.bin\); FlowArena loads"):
+        build_rewards("pickscore", pickscore=str(d))

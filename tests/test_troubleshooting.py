@@ -35,6 +35,8 @@ def test_the_table_is_there():
 def scratch(tmp_path_factory):
     d = tmp_path_factory.mktemp("scratch")
     (d / "corrupt.safetensors").write_bytes(b"not a checkpoint")
+    (d / "pickled").mkdir()
+    (d / "pickled" / "pytorch_model.bin").write_bytes(b"never unpickled")
     good = {"prompt": "a red circle", "atom_count": 2, "skills": ["object"],
             "vqa_list": [["Is there a circle?", "Yes"]]}
     (d / "bad.jsonl").write_text(json.dumps(good) + '\n{"prompt": "x"\n')
