@@ -3,12 +3,25 @@ library's own `from_pretrained`, offline under HF_HUB_OFFLINE; any failure is on
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """Without torchvision, transformers notes on stderr that an image processor falls back to
+    PIL, which is harmless (and what this project installs); it would precede the one line a
+    user's mistake gets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
 
 
 def offline() -> bool:
