@@ -66,8 +66,14 @@ def keep_detections(per_class: dict[str, list[Detection]], tag: str) -> dict[str
 
 
 def relative_position(a: Detection, b: Detection) -> set[str]:
-    """The relations of A to B, factoring in the objects' sizes (none if they overlap much)."""
-    boxes = np.array([a.box, b.box], dtype=float).reshape(2, 2, 2)  # [object, corner, xy]
+    """The relations of detection A to detection B."""
+    return box_relations(a.box, b.box)
+
+
+def box_relations(box_a, box_b) -> set[str]:
+    """The relations of box A to box B (x1, y1, x2, y2; y downwards), factoring in the
+    objects' sizes (none if they overlap much). The toy world lays out its scenes by it."""
+    boxes = np.array([box_a, box_b], dtype=float).reshape(2, 2, 2)  # [object, corner, xy]
     centre_a, centre_b = boxes.mean(axis=1)
     dim_a, dim_b = np.abs(boxes[:, 1] - boxes[:, 0])
     offset = centre_a - centre_b

@@ -11,19 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.toy import ToyNet, save_toy
 from tests.dist_worker import main as worker
-from tests.test_run import TINY
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "toy.safetensors"
-    save_toy(ToyNet(TINY), path, dtype=torch.float32)
-    return str(path)
 
 
 def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:

@@ -18,10 +18,9 @@ import torch
 import harness.run as run_module
 from harness.run import EvalSettings, Preset, RunError, load_cell_policy, run_benchmark
 from methods.trainer import TrainConfig, Trainer
-from models.toy import ToyNet, save_toy
 from rewards.base import _REGISTRY, Reward, RewardOutput, register_reward
 from tests.test_run import PRESET as RUN_PRESET
-from tests.test_run import TINY, _trainer
+from tests.test_run import _trainer
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = Preset(
@@ -30,14 +29,6 @@ PRESET = Preset(
                       lr=1e-2, lora_rank=4, lora_alpha=8),
     eval=EvalSettings(every=2, limit=4, ood_limit=4, steps=3, kl_prompts=2, samples=2),
     reward="toy-colour")
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "toy.safetensors"
-    save_toy(ToyNet(TINY), path, dtype=torch.float32)
-    return str(path)
 
 
 def _results(run: Path) -> tuple[pd.DataFrame, list[dict], dict]:

@@ -6,7 +6,7 @@ import pytest
 
 from harness.live import LiveLogError, check_log_to, scalars
 from harness.run import run_benchmark
-from tests.test_run import PRESET, tiny_path  # noqa: F401  (the tiny toy model fixture)
+from tests.test_run import PRESET
 
 EVAL_TAGS = {"eval/gm", "eval/am", "eval/kl_to_pretrained", "eval/preference_ood"}
 

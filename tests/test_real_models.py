@@ -23,16 +23,7 @@ GUIDANCE = {"sd35": 4.5, "flux1-dev": 3.5, "flux2-klein": 4.0}  # CFG, guidance 
 TOKENS = 32  # text sequence length (the pipelines pad to 256 / 512): keeps the file fast
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _offline_single_thread():
-    """No hub access; one thread, since these networks are too small to gain from more, and
-    two spinning threads on busy cores made the file ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("offline_single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,15 @@ from harness.prompts import load_toy_split
 from harness.run import Cell, EvalSettings, Preset, RunError, base_eval, run_benchmark
 from methods import build_method, method_names
 from methods.trainer import TrainConfig, Trainer
-from models.toy import ToyConfig, ToyNet, load_toy, save_toy
+from models.toy import load_toy
 from rewards import build_reward
 
-TINY = ToyConfig(channels=(8, 16, 16), text_dim=16, heads=2)
 PRESET = Preset(
     "test", "tiny", epochs=2,
     train=TrainConfig(prompts_per_epoch=2, group_size=4, minibatch_size=4, steps=4, sde_window=2,
                       inner_loops=2, lr=1e-2, lora_rank=4, lora_alpha=8),
     eval=EvalSettings(every=1, limit=4, ood_limit=4, steps=3, kl_prompts=2, samples=2),
     reward="toy-colour")
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "toy.safetensors"
-    save_toy(ToyNet(TINY), path, dtype=torch.float32)
-    return str(path)
 
 
 def _trainer(path, method, seed=0):

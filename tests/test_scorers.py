@@ -20,14 +20,7 @@ from tests.tiny_scorers import save_clip, save_mask2former, save_qwen3_vl
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _offline_single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("offline_single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from harness.geneval import box_relations as relation_of  # GenEval's position rule, as evaluated
+
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {
     "red": (220, 40, 40),
@@ -84,28 +86,6 @@ def render(objects: list[Obj], size: int = 32) -> np.ndarray:
         draw_shape(draw, o.shape, (x0 * s, y0 * s, x1 * s - 1, y1 * s - 1), COLOURS[o.colour])
     img = img.resize((size, size), Image.BOX)
     return np.asarray(img, dtype=np.uint8)
-
-
-def relation_of(box_a, box_b) -> set[str]:
-    """GenEval's position rule on two boxes: the relations A stands in to B (image y downwards)."""
-    a = np.asarray(box_a, dtype=float).reshape(2, 2)
-    b = np.asarray(box_b, dtype=float).reshape(2, 2)
-    offset = a.mean(0) - b.mean(0)
-    dims = np.abs(a[1] - a[0]) + np.abs(b[1] - b[0])
-    revised = np.maximum(np.abs(offset) - 0.1 * dims, 0) * np.sign(offset)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(offset)
-    rel = set()
-    if dx < -0.5:
-        rel.add("left of")
-    if dx > 0.5:
-        rel.add("right of")
-    if dy < -0.5:
-        rel.add("above")
-    if dy > 0.5:
-        rel.add("below")
-    return rel
 
 
 def _separated(o: Obj, others: list[Obj], gap: float = 2.0) -> bool:

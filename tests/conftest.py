@@ -1,0 +1,30 @@
+"""Fixtures several test files share."""
+
+import pytest
+import torch
+
+from models.toy import ToyConfig, ToyNet, save_toy
+
+TINY = ToyConfig(channels=(8, 16, 16), text_dim=16, heads=2)
+"""A toy model small enough that a training epoch takes a fraction of a second."""
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    """The tiny toy model, random weights (seed 0), as a weights file."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "toy.safetensors"
+    save_toy(ToyNet(TINY), path, dtype=torch.float32)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def offline_single_thread():
+    """No hub access; one thread, since the tiny real networks are too small to gain from
+    more, and two spinning threads on busy cores made such files ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+    torch.set_num_threads(threads)
