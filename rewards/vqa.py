@@ -19,6 +19,7 @@ per merged patch and `mm_token_type_ids` marks those tokens for the M-RoPE posit
 from __future__ import annotations
 
 import inspect
+import json
 
 import numpy as np
 import torch
@@ -49,6 +50,27 @@ def answer_forms(answer: str) -> list[str]:
     raise RewardError(f"VQA answer {answer!r} is neither yes/no nor a number word")
 
 
+def _processor_template(source: str) -> str | None:
+    """The chat template a checkpoint keeps beside its processor (chat_template.jinja or
+    chat_template.json) when its tokenizer has none."""
+    from pathlib import Path
+
+    from transformers.utils import cached_file
+
+    from harness.hub import offline
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        try:
+            path = cached_file(source, name, local_files_only=offline() or Path(source).exists(),
+                               _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            path = None
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
+
+
 def to_pil(image: Tensor) -> Image.Image:
     """[3, H, W] in [0, 1] -> RGB PIL image."""
     arr = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
@@ -72,6 +94,7 @@ class VQAJudge:
         self.model = load_pretrained(AutoModelForImageTextToText.from_pretrained, source, what,
                                      RewardError, _HOW, weights=True, dtype=dtype).to(self.device).eval()
         cfg = self.model.config
+        self.tokenizer.chat_template = self.tokenizer.chat_template or _processor_template(source)
         if getattr(cfg, "image_token_id", None) is None or not self.tokenizer.chat_template:
             raise RewardError(f"{what}: a {cfg.model_type} model without an image token or chat template; "
                               "the judge needs a Qwen-VL chat model (e.g. Qwen/Qwen3-VL-8B-Instruct)")

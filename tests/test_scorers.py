@@ -306,3 +306,22 @@ def test_pickled_weights_are_refused(saved, tmp_path):
     (d / "model.safetensors").unlink()
     with pytest.raises(RewardError, match=r"pickled weights only \(pytorch_model.bin\); FlowArena loads"):
         build_rewards("pickscore", pickscore=str(d))
+
+
+def test_judge_takes_the_processor_chat_template(saved, tmp_path):
+    """Checkpoints that keep the chat template beside the processor (chat_template.json),
+    not in the tokenizer, still get their own template."""
+    import shutil
+
+    from tests.tiny_scorers import QWEN_VL_TEMPLATE
+
+    d = tmp_path / "qwen"
+    shutil.copytree(saved["qwen"], d)
+    (d / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_VL_TEMPLATE}))
+    judge = VQAJudge(str(d))
+    assert judge.tokenizer.chat_template == QWEN_VL_TEMPLATE
+    assert len(judge.judge_batch(images(1), [[["Is there a cat?", "Yes"]]])[0][0]) == 1
