@@ -124,7 +124,7 @@ class Rollout:
     std: list[Tensor]
     old_log_prob: list[Tensor]
     noise: Tensor  # the initial noise x_0 [B, ...]
-    images: Tensor
+    images: Tensor  # decoded images of this process's samples (all of them in one process)
     rewards: Tensor  # [B]
     advantages: Tensor  # [B]
     reward_details: dict = field(default_factory=dict)
