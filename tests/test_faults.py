@@ -61,6 +61,11 @@ def _child(out: Path, tiny: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _epoch(state: Path) -> int:
+    """The epoch of a cell's checkpoint (0: none yet); state.json is replaced atomically."""
+    return json.loads(state.read_text())["epoch"] if state.exists() else 0
+
+
 def test_sigkill_at_random_instants_resumes_to_identical_results(tiny_path, tmp_path):
     ref = tmp_path / "ref"
     t0 = time.perf_counter()
@@ -68,17 +73,26 @@ def test_sigkill_at_random_instants_resumes_to_identical_results(tiny_path, tmp_
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
     duration = time.perf_counter() - t0
     expected = _results(ref)
-    rng = random.Random(0)  # random instants, early, middle and late in the run
+    rng = random.Random(0)  # random instants, the test itself reproducible
     resumed_from = []
-    for trial, at in enumerate((0.45, 0.7, 0.9)):
+    # after the checkpoint of epoch 1, of epoch 3, and at a random share of the whole run
+    # (start-up, training, evaluation or the report)
+    for trial, after in enumerate((1, 3, None)):
         out = tmp_path / f"killed{trial}"
+        state = out / "toy" / "grpo" / "seed0" / "checkpoints" / "latest" / "state.json"
         p = _child(out, tiny_path)
-        time.sleep((at + rng.uniform(-0.05, 0.05)) * duration)
+        if after is None:
+            time.sleep(rng.uniform(0.2, 0.9) * duration)
+        else:
+            while p.poll() is None and _epoch(state) < after:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.2))  # somewhere in the next epoch
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
-        state = out / "toy" / "grpo" / "seed0" / "checkpoints" / "latest" / "state.json"
-        resumed_from.append(json.loads(state.read_text())["epoch"] if state.exists() else 0)
-        run_benchmark(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)  # the same command again
+        resumed_from.append(_epoch(state))
+        # the same command again, in the same environment (another thread count changes float sums)
+        p = _child(out, tiny_path)
+        assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
         df, metrics, evals = _results(out)
         pd.testing.assert_frame_equal(df, expected[0])
         assert metrics == expected[1] and evals == expected[2], f"trial {trial}"
