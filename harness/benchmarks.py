@@ -30,6 +30,7 @@ from harness.evaluate import full_eval, subset
 from harness.prompts import DATA, PromptFileError, load_prompt_file, toy_split_path
 from harness.soft_tifa import soft_tifa, stderr
 from models.base import FlowModel
+from models.text import UnknownWordError
 
 BENCHMARKS = {
     "toy": "Soft-TIFA under the toy judge (eval split) + toy preference score (ood split)",
@@ -110,9 +111,12 @@ def evaluate_benchmark(model: FlowModel, name: str = "toy", *, prompts: str | Pa
     scorer = _scorer(name, device=device, judge=judge, detector=detector, clip=clip, pickscore=pickscore,
                      pickscore_processor=pickscore_processor)
     note = None
-    if hasattr(model, "skip_unknown_words"):
-        model.skip_unknown_words()
-        note = "the toy model reads only the words it knows: this checks the plumbing, not a score"
+    if hasattr(model, "skip_unknown_words"):  # the toy model: does it know every word of the set?
+        try:
+            model.encode_prompts([r["prompt"] for r in records])
+        except UnknownWordError:
+            model.skip_unknown_words()
+            note = "the toy model reads only the words it knows: this checks the plumbing, not a score"
     model.encode_prompts([r["prompt"] for r in records[:1]])  # vocabulary check before sampling
     per_prompt: list = []
     for lo in tqdm(range(0, len(records), CHUNK), desc=name, disable=not progress):

@@ -210,6 +210,7 @@ def test_bench_eval_geneval_and_pickscore(saved, tmp_path):
                               "--prompts", str(prompts), "--steps", "2"])
     assert res.exit_code == 0, res.output
     assert "PickScore (raw) over 2 prompts" in res.output
+    assert "plumbing" not in res.output  # the toy model knows every word of these prompts
 
 
 @pytest.mark.parametrize("args, msg", [
