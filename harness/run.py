@@ -518,24 +518,37 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
     now = time.strftime("%Y-%m-%d %H:%M:%S")
     manifest = {"command": command or " ".join(sys.argv), "config": config, "versions": _versions(),
                 "status": "running", "started": now}
-    if old is not None:  # a resumed run keeps its first start; "seconds" is the last session's
+    earlier = []  # the sessions of a resumed run, so that "seconds" is the whole run's wall time
+    if old is not None:
         manifest.update(started=old.get("started", now), resumed=[*old.get("resumed", []), now])
+        earlier = old.get("sessions", [])
     if dist.world() > 1:
         manifest["processes"] = dist.world()
     dist.barrier()  # every rank has read the old manifest before rank 0 replaces it
-    if dist.is_main():
-        write_json(manifest_path, manifest)
     t0 = time.perf_counter()
-    for seed in range(seeds):
-        base = base_eval(out, model_name, model_path, seed, p, device, model_options)
-        for m in methods:
-            cell = Cell(out, model_name, model_path, m, seed, p, device, log_to, model_options)
-            if not cell.done:
-                cell.run(base, progress)
-    if dist.is_main():
-        build_report(out)
-        manifest.update(status="done", seconds=round(time.perf_counter() - t0, 1))
-        write_json(manifest_path, manifest)
+
+    def save_manifest(status: str) -> None:
+        if dist.is_main():
+            sessions = [*earlier, {"started": now, "seconds": round(time.perf_counter() - t0, 1)}]
+            manifest.update(status=status, sessions=sessions,
+                            seconds=round(sum(s["seconds"] for s in sessions), 1))
+            write_json(manifest_path, manifest)
+
+    save_manifest("running")
+    try:
+        for seed in range(seeds):
+            base = base_eval(out, model_name, model_path, seed, p, device, model_options)
+            for m in methods:
+                cell = Cell(out, model_name, model_path, m, seed, p, device, log_to, model_options)
+                if not cell.done:
+                    cell.run(base, progress)
+                    save_manifest("running")  # a killed session still counts up to its last cell
+        if dist.is_main():
+            build_report(out)
+        save_manifest("done")
+    except BaseException:  # an interrupted or failed session still counts towards the wall time
+        save_manifest("stopped")
+        raise
     dist.barrier()
     return out
 

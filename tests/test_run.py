@@ -114,6 +114,10 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
     last = json.loads((c / "manifest.json").read_text())
     assert last["started"] == first["started"] and len(last["resumed"]) == len(first["resumed"]) + 1 == 2
     assert last["status"] == "done"
+    # the wall time adds up the sessions, the interrupted one included
+    assert len(last["sessions"]) == 3 and last["sessions"][0]["started"] == first["sessions"][0]["started"]
+    assert last["seconds"] == pytest.approx(sum(s["seconds"] for s in last["sessions"]), abs=0.11)
+    assert last["seconds"] >= first["seconds"] > 0
 
 
 def test_mismatched_resume_is_refused(tiny_path, tmp_path):
