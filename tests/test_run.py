@@ -260,3 +260,28 @@ def test_the_manifest_names_the_code_commit():
                           capture_output=True, text=True).stdout.strip()
     commit = _versions()["flowarena"]
     assert commit == (head or None) or commit.startswith(head + "+dirty")
+
+
+def test_replay_reproduces_the_logged_rollouts(tiny_path, tmp_path):
+    """benchmarks/replay_rollouts.py rebuilds a cell's trainer from its config.json and
+    replays its epochs: with the base model the first epoch's reward is the logged one (the
+    policy had not moved), with the final weights it is not; both reward components come back."""
+    import importlib.util
+    from dataclasses import replace
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "replay_rollouts", Path(__file__).parents[1] / "benchmarks" / "replay_rollouts.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    preset = replace(PRESET, reward="toy-colour=1,toy-pick=0.1", reward_options={},
+                     train=replace(PRESET.train, inner_loops=1, reward_aggregation="normalised"))
+    run = run_benchmark(tmp_path / "r", ["dppo@delta=1e-9"], "toy", preset, 1, tiny_path, progress=False)
+    r = replay.replay(run / "toy" / "dppo@delta=1e-9" / "seed0", echo=lambda _: None)
+    assert r["epoch"] == [0, 1]
+    assert r["base"][0] == pytest.approx(r["logged"][0], rel=1e-6)
+    assert r["final"][0] != pytest.approx(r["base"][0], rel=1e-6)  # training moved the policy
+    assert r["base"][1] != pytest.approx(r["base"][0], rel=1e-3)  # another epoch, other prompts
+    assert set(r["components"]) == {"toy-colour", "toy-pick"}
+    colour, pick = (torch.tensor(r["components"][k])[:, 0] for k in ("toy-colour", "toy-pick"))
+    assert torch.allclose(colour + 0.1 * pick, torch.tensor(r["base"]), rtol=1e-5)
