@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from harness.io import load_tensors
 from harness.prompts import load_toy_split
-from harness.run import checkpoint_files, read_checkpoint_state
+from harness.run import RunError, read_cell
 from methods import build_method
 from methods.trainer import TrainConfig, Trainer
 from models import load_model
@@ -38,7 +39,7 @@ def _trainer(cfg: dict, run_config: dict, weights: Path | None) -> Trainer:
     train = TrainConfig(**{**t, "adam_betas": tuple(t["adam_betas"]),
                            "lora_targets": tuple(t["lora_targets"]) if t.get("lora_targets") else None})
     method = build_method(cfg["method"].split("@")[0], **cfg["method_config"])
-    reward = build_rewards(cfg["reward"], **run_config["resolved"].get("reward_options", {}))
+    reward = build_rewards(cfg["reward"], **run_config.get("resolved", {}).get("reward_options", {}))
     model = load_model(cfg["model"], run_config.get("model_path"), **run_config.get("model_options", {}))
     trainer = Trainer(model, method, reward, load_toy_split("train"), train, seed=cfg["seed"])
     if weights is not None:  # the trainer added the LoRA at zero: without weights, the base model
@@ -49,11 +50,8 @@ def _trainer(cfg: dict, run_config: dict, weights: Path | None) -> Trainer:
 def replay(cell: Path, every: int = 1, echo=print) -> dict:
     """Per replayed epoch: the base model's, the logged and the final policy's mean reward,
     and each reward component's base and final means."""
-    cfg = json.loads((cell / "config.json").read_text())
-    run_config = json.loads((cell.parents[2] / "manifest.json").read_text())["config"]
-    ckpt = cell / "checkpoints" / "latest"
-    base = _trainer(cfg, run_config, None)
-    final = _trainer(cfg, run_config, checkpoint_files(ckpt, read_checkpoint_state(ckpt))["weights"])
+    cfg, run_config, weights = read_cell(cell)
+    base, final = _trainer(cfg, run_config, None), _trainer(cfg, run_config, weights)
     logged = {m["epoch"]: m["reward_mean"]
               for m in map(json.loads, (cell / "metrics.jsonl").read_text().splitlines())}
     out = {"epoch": [], "base": [], "logged": [], "final": [], "components": {}}
@@ -79,7 +77,10 @@ def main() -> None:
     ap.add_argument("cell", type=Path, help="a finished toy cell: runs/<name>/toy/<method>/seed<k>")
     ap.add_argument("--every", type=int, default=1, help="replay every n-th epoch")
     args = ap.parse_args()
-    r = replay(args.cell, args.every, echo=lambda line: print(line, flush=True))
+    try:
+        r = replay(args.cell, args.every, echo=lambda line: print(line, flush=True))
+    except RunError as e:
+        sys.exit(f"error: {e}")
     a = np.array([r["base"], r["logged"], r["final"]]).T
     half = len(a) // 2
     for name, sl in (("first half", slice(0, half)), ("second half", slice(half, None))):

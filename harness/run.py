@@ -15,6 +15,7 @@ from `checkpoints/latest`. Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -394,25 +395,31 @@ class Cell:
         return [r for r in rows if r["epoch"] < upto]
 
 
-def load_cell_policy(cell_dir: str | Path, device: str = "cpu"):
-    """The fine-tuned policy of a cell (`runs/<name>/<model>/<method>/seed<k>`) at its last
-    checkpoint: the model of its run, the adapter of its config, the trained weights."""
+def read_cell(cell_dir: str | Path) -> tuple[dict, dict, Path]:
+    """A trained cell (`runs/<name>/<model>/<method>/seed<k>`): its config, its run's config
+    (model path and options; empty without a manifest) and its last checkpoint's weights."""
     cell_dir = Path(cell_dir)
     cfg_path, ckpt = cell_dir / "config.json", cell_dir / "checkpoints" / "latest"
     if not cfg_path.is_file() or not (ckpt / "state.json").is_file():
         raise RunError(f"{cell_dir} is not a trained cell of a run (no config.json or "
                        "checkpoints/latest); give a directory like runs/default/toy/grpo/seed0")
-    config = json.loads(cfg_path.read_text())
     manifest = cell_dir.parents[2] / "manifest.json" if len(cell_dir.parents) > 2 else None
     run_config = {}
     if manifest is not None and manifest.is_file():
         run_config = json.loads(manifest.read_text()).get("config", {})
+    weights = checkpoint_files(ckpt, read_checkpoint_state(ckpt))["weights"]
+    return json.loads(cfg_path.read_text()), run_config, weights
+
+
+def load_cell_policy(cell_dir: str | Path, device: str = "cpu"):
+    """The fine-tuned policy of a cell at its last checkpoint: the model of its run, the
+    adapter of its config, the trained weights."""
+    config, run_config, weights = read_cell(cell_dir)
     model = load_model(config["model"], run_config.get("model_path"), device,
                        **run_config.get("model_options", {}))
     t = config["train"]
     model.setup_training(t["lora_rank"], t["lora_alpha"],
                          tuple(t["lora_targets"]) if t.get("lora_targets") else None)
-    weights = checkpoint_files(ckpt, read_checkpoint_state(ckpt))["weights"]
     model.load_trainable_state_dict(load_tensors(weights))
     return model, config
 
@@ -547,7 +554,8 @@ def run_benchmark(out: Path, methods: list[str] | None = None, model_name: str =
             build_report(out)
         save_manifest("done")
     except BaseException:  # an interrupted or failed session still counts towards the wall time
-        save_manifest("stopped")
+        with contextlib.suppress(OSError):  # but a failed write must not hide why the run stopped
+            save_manifest("stopped")
         raise
     dist.barrier()
     return out
