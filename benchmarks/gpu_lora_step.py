@@ -64,7 +64,7 @@ def main() -> None:
 
     from diffusers import SD3Transformer2DModel
 
-    from harness.prompts import load_toy_split
+    from harness.core.prompts import load_toy_split
     from methods import build_method
     from methods.sde import flow_sde_step
     from methods.trainer import Rollout, TrainConfig, Trainer

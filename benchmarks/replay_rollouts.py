@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.io import load_tensors
-from harness.prompts import load_toy_split
+from harness.core.io import load_tensors
+from harness.core.prompts import load_toy_split
 from harness.run import RunError, read_cell
 from methods import build_method
 from methods.trainer import TrainConfig, Trainer

@@ -59,7 +59,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from harness.prompts import load_toy_split
+    from harness.core.prompts import load_toy_split
     from methods import build_method
     from methods.trainer import TrainConfig, Trainer
     from models import load_model

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from harness.prompts import load_toy_split
+from harness.core.prompts import load_toy_split
 from methods import build_method
 from methods.trainer import TrainConfig, Trainer
 from models import load_model

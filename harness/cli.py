@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from harness.core.errors import FlowArenaError
+
 app = typer.Typer(
     help="FlowArena: benchmark RL fine-tuners for flow-matching text-to-image models.\n\n"
          "Start with `bench eval` (the shipped toy model on the toy benchmark) and "
@@ -24,7 +26,7 @@ app = typer.Typer(
 )
 
 
-class BadInput(ValueError):
+class BadInput(FlowArenaError, ValueError):
     """A user error detected by the CLI itself."""
 
 
@@ -32,16 +34,9 @@ def friendly(fn):
     """Turn the project's user-facing errors into one line and exit code 1."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from harness.prompts import PromptFileError
-        from harness.toyworld.judge import QuestionError
-        from models.base import ModelError
-        from models.text import UnknownWordError
-        from rewards.base import RewardError
-
         try:
             return fn(*args, **kwargs)
-        except (BadInput, ModelError, PromptFileError, UnknownWordError, RewardError,
-                QuestionError) as e:
+        except FlowArenaError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
         except OSError as e:  # unwritable output directory, disk full
@@ -144,47 +139,48 @@ def eval_(
     """Evaluate a model on a benchmark. toy: Soft-TIFA (GM, AM, per skill, per atom count) on
     the held-out eval split and the preference score on the ood split; geneval2: Soft-TIFA,
     TIFA and VQAScore under a VQA judge; geneval: accuracy per tag; pickscore: mean score."""
-    from harness.benchmarks import check_benchmark, evaluate_benchmark
-    from harness.io import write_json
+    from dataclasses import asdict
+
+    from harness.benchmarks import build_benchmark
+    from harness.core.io import write_json
     from models import check_device
     from reports.tables import eval_table
 
-    check_benchmark(benchmark)
+    bench = build_benchmark(benchmark, device, judge=judge, detector=detector, clip=clip,
+                            pickscore=pickscore, pickscore_processor=pickscore_processor)
     check_device(device)
     if images_per_prompt is not None and images_per_prompt < 1:
         raise BadInput("--images-per-prompt must be at least 1")
     if limit is not None and limit < 2:
         raise BadInput("--limit must be at least 2 (a standard error needs two prompts)")
     m = _load(model, model_path, device, resolution)
-    result = evaluate_benchmark(m, benchmark, prompts=prompts, limit=limit,
-                                images_per_prompt=images_per_prompt, steps=steps, guidance=guidance,
-                                seed=seed, ood=ood, device=device, judge=judge, detector=detector,
-                                clip=clip, pickscore=pickscore, pickscore_processor=pickscore_processor,
-                                progress=True)
-    typer.echo(eval_table(result))
+    result = bench.evaluate(m, prompts=prompts, limit=limit, images_per_prompt=images_per_prompt,
+                            steps=steps, guidance=guidance, seed=seed, ood=ood, progress=True)
+    metrics = bench.metrics(result)
+    typer.echo(eval_table(result, metrics))
     if json_out:
-        write_json(json_out, result)
+        write_json(json_out, {**result, "metrics": [asdict(x) for x in metrics]})
         typer.echo(f"wrote {json_out}")
 
 
 @app.command()
 def benchmarks():
-    """List the benchmarks `bench eval --benchmark` runs."""
+    """List the benchmarks `bench eval --benchmark` runs and a preset's `eval.benchmarks` names."""
     from harness.benchmarks import BENCHMARKS
+    from harness.core.registry import describe
 
-    for name, desc in BENCHMARKS.items():
-        typer.echo(f"{name:10s} {desc}")
+    for name, cls in BENCHMARKS.items():
+        typer.echo(f"{name:10s} {describe(cls)}")
 
 
 @app.command()
 def rewards():
     """List the training rewards `bench run --reward` takes (several: name=weight,...)."""
-    from rewards import reward_names
-    from rewards.base import _REGISTRY
+    from harness.core.registry import describe
+    from rewards import REWARDS, reward_names
 
     for name in reward_names():
-        doc = (_REGISTRY[name].__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        typer.echo(f"{name:10s} {' '.join(doc.split())}")
+        typer.echo(f"{name:10s} {describe(REWARDS.get(name))}")
 
 
 @app.command()
@@ -229,7 +225,7 @@ def judge_check(
 ):
     """Measure the toy judge on clean renders: per skill, how often it gives the
     expected answer (> 0.5) and rejects a falsified one (< 0.5)."""
-    from harness.prompts import load_toy_split
+    from harness.core.prompts import load_toy_split
     from harness.toyworld.grammar import parse_prompt
     from harness.toyworld.judge_check import judge_accuracy
     from reports.tables import judge_table
@@ -247,11 +243,17 @@ def run(
                                      "Default: the preset's (grpo,dppo for default)."),
     model: str = ModelOpt,
     model_path: str = PathOpt,
-    preset: str = typer.Option("default", help="smoke (a first look), sanity (an easy reward), "
-                                                "default (the toy comparison); the paper's "
-                                                "experiments, 3 seeds each: main, main-multi, "
-                                                "stability, ablation, sweep; paper (hours). "
-                                                "`bench presets` lists them."),
+    preset: str = typer.Option(None, help="smoke (a first look), sanity (an easy reward), "
+                                           "default (the toy comparison, the default); the paper's "
+                                           "experiments, 3 seeds each: main, main-multi, "
+                                           "stability, ablation, sweep; paper (hours). "
+                                           "`bench presets` lists them."),
+    config: Path = typer.Option(None, "--config", help="Your own recipe: a preset TOML file (may "
+                                                       "name a shipped preset as `base`; "
+                                                       "`--dump-config` writes one to start from)."),
+    dump_config: bool = typer.Option(False, "--dump-config", help="Print the fully resolved recipe "
+                                                                   "as TOML (what would run) and "
+                                                                   "exit without running."),
     seeds: int = typer.Option(None, help="Seeds per method (default: the preset's; tables show "
                                          "mean ± stderr over seeds)."),
     reward: str = typer.Option(None, help="Training reward instead of the preset's: a name "
@@ -279,16 +281,14 @@ def run(
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
 ):
     """Train every method on the same model, prompts, noise and budget; evaluate each on
-    Soft-TIFA (in-domain), the ood preference score and KL to the pretrained model; print
-    the comparison table. Rerunning the same command resumes where it stopped."""
+    the preset's benchmarks (toy: Soft-TIFA in-domain, the ood preference score) and the KL
+    to the pretrained model; print the comparison table. Rerunning the same command resumes
+    where it stopped."""
     import sys
+    from dataclasses import replace
 
-    from harness.live import LiveLogError
-    from harness.run import RunError, run_benchmark
-    from methods.base import MethodError
-    from methods.trainer import TrainConfigError
+    from harness.run import resolve, run_experiment, to_toml
     from reports.tables import run_table
-    from rewards import RewardError
 
     names = None
     if methods is not None:
@@ -299,16 +299,21 @@ def run(
         raise BadInput("--nproc must be at least 1")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_relaunch(nproc))
-    out = out or Path("runs") / preset
-    try:
-        run_benchmark(out, names, model, preset, seeds, model_path,
-                      command="bench " + " ".join(sys.argv[1:]), reward=reward, aggregation=aggregation,
-                      epochs=epochs, device=device, log_to=log_to,
-                      resolution=resolution, reward_options=_reward_options(
-                          judge=judge, detector=detector, clip=clip, pickscore=pickscore,
-                          pickscore_processor=pickscore_processor))
-    except (RunError, MethodError, TrainConfigError, RewardError, LiveLogError) as e:
-        raise BadInput(str(e)) from None
+    if config is not None and preset is not None:
+        raise BadInput("give --preset or --config, not both (a config file can name a preset as its base)")
+    recipe = config or preset or "default"
+    options = _reward_options(judge=judge, detector=detector, clip=clip, pickscore=pickscore,
+                              pickscore_processor=pickscore_processor)
+    overrides = dict(epochs=epochs, reward=reward, reward_options=options,
+                     train={"reward_aggregation": aggregation} if aggregation else None)
+    if dump_config:
+        p = resolve(recipe, **overrides)
+        p = replace(p, methods=tuple(names or p.methods), seeds=p.seeds if seeds is None else seeds)
+        typer.echo(to_toml(p), nl=False)
+        return
+    out = out or Path("runs") / (config.stem if config is not None else recipe)
+    run_experiment(out, names, model, recipe, seeds, model_path, command="bench " + " ".join(sys.argv[1:]),
+                   device=device, log_to=log_to, resolution=resolution, **overrides)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(run_table(out)[0])
         typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")
@@ -365,12 +370,9 @@ def export(
     flux2-klein: the LoRA as OUT/pytorch_lora_weights.safetensors, which a plain diffusers
     pipeline takes with `pipe.load_lora_weights(OUT)`. toy: the weights with the LoRA merged,
     for `bench sample --model toy --model-path OUT/toy.safetensors`."""
-    from harness.run import RunError, load_cell_policy
+    from harness.run import load_cell_policy
 
-    try:
-        model, config = load_cell_policy(cell)
-    except RunError as e:
-        raise BadInput(str(e)) from None
+    model, config = load_cell_policy(cell)
     path = model.export(out)
     typer.echo(f"wrote {path} ({config['model']}, {config['method']}, seed {config['seed']})")
 
@@ -387,23 +389,26 @@ def methods_():
 
 @app.command()
 def presets():
-    """List the `bench run --preset` settings: size, methods and seeds of each."""
+    """List the `bench run --preset` recipes (TOML files in harness/run/presets/): size,
+    methods and seeds of each. `bench run --preset NAME --dump-config` shows one in full."""
     from harness.run import PRESETS
 
     for name, p in PRESETS.items():
         t = p.train
         typer.echo(f"{name:11s} {p.description}\n{'':11s} {p.epochs} epochs of {t.prompts_per_epoch} "
-                   f"prompts x {t.group_size}, I = {t.inner_loops}, reward {p.reward}; "
+                   f"prompts x {t.group_size}, I = {t.inner_loops}, reward {p.reward}, "
+                   f"eval {','.join(p.eval.benchmarks)}; "
                    f"methods {','.join(p.methods)}; {p.seeds} seed(s)")
 
 
 @app.command()
 def models():
     """List the models `--model` accepts."""
+    from harness.core.registry import describe
     from models import MODELS
 
-    for name, desc in MODELS.items():
-        typer.echo(f"{name:12s} {desc}")
+    for name, cls in MODELS.items():
+        typer.echo(f"{name:12s} {describe(cls)}")
 
 
 def main():  # pragma: no cover

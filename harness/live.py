@@ -20,10 +20,13 @@ import math
 import os
 from pathlib import Path
 
+from harness.core.errors import FlowArenaError
+from harness.core.results import EvalRecord
+
 LOG_TO = ("tensorboard", "wandb")
 
 
-class LiveLogError(ValueError):
+class LiveLogError(FlowArenaError, ValueError):
     """--log-to names an unknown backend, or its package is not installed."""
 
 
@@ -33,12 +36,11 @@ def scalars(row: dict) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def eval_scalars(ev: dict) -> dict[str, float]:
-    t = ev["soft_tifa"]
-    out = {"eval/gm": t["gm"], "eval/am": t["am"],
-           "eval/kl_to_pretrained": ev["kl_to_pretrained"]["mean"]}
-    if "preference_ood" in ev:
-        out["eval/preference_ood"] = ev["preference_ood"]["mean"]
+def eval_scalars(ev: EvalRecord) -> dict[str, float]:
+    """An evaluation's headline metrics (not the breakdown) and the KL, as `eval/<name>`."""
+    out = {f"eval/{m.log_name or m.key}": m.value for m in ev.metrics if m.role != "detail"}
+    if ev.kl is not None:
+        out["eval/kl_to_pretrained"] = ev.kl
     return out
 
 

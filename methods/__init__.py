@@ -1,10 +1,9 @@
 """RL fine-tuning methods. Every module in this package that registers a method with
 `@register_method` is imported here, so a new method is one new file."""
 
-import importlib
-import pkgutil
-
+from harness.core.registry import discover
 from methods.base import (
+    METHODS,
     Method,
     MethodConfig,
     MethodError,
@@ -16,10 +15,7 @@ from methods.base import (
     register_method,
 )
 
-_INFRASTRUCTURE = {"base", "dist", "sde", "trainer"}
-for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in _INFRASTRUCTURE and not _mod.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_mod.name}")
+discover(__name__, skip={"base", "dist", "sde", "trainer"})
 
-__all__ = ["Method", "MethodConfig", "MethodError", "StepLoss", "StepTensors", "build_method",
+__all__ = ["METHODS", "Method", "MethodConfig", "MethodError", "StepLoss", "StepTensors", "build_method",
            "get_method", "method_names", "register_method"]

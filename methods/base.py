@@ -21,8 +21,11 @@ from dataclasses import dataclass, field, fields
 
 from torch import Tensor
 
+from harness.core.errors import FlowArenaError
+from harness.core.registry import Registry
 
-class MethodError(ValueError):
+
+class MethodError(FlowArenaError, ValueError):
     """Unknown method or invalid method settings."""
 
 
@@ -94,30 +97,26 @@ class Method:
         return None
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method", MethodError)
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def deco(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY:
-            raise MethodError(f"method {name!r} registered twice")
         if not cls.description or not cls.paper:
             raise MethodError(f"method {name!r} needs a one-line description and its paper")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return METHODS.add(name, cls)
     return deco
 
 
 def method_names() -> list[str]:
     """Published methods first, then ablations, each group in registration order."""
-    return sorted(_REGISTRY, key=lambda n: _REGISTRY[n].ablation)
+    return sorted(METHODS.names(), key=lambda n: METHODS.get(n).ablation)
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in _REGISTRY:
+    if name not in METHODS:  # the published-first order in the message
         raise MethodError(f"unknown method {name!r} (known: {', '.join(method_names())})")
-    return _REGISTRY[name]
+    return METHODS.get(name)
 
 
 def build_method(name: str, **overrides) -> Method:

@@ -1,6 +1,6 @@
-"""The Gaussian step policies every method shares (methods.md §1–3).
+"""The Gaussian step policies every method shares (docs/methods.md §1–3).
 
-Notation follows methods.md: `x_σ = (1 − σ)·x0 + σ·ε`, the network predicts
+Notation follows docs/methods.md: `x_σ = (1 − σ)·x0 + σ·ε`, the network predicts
 `v ≈ ε − x0`, `dt = σ_next − σ < 0`. A stochastic step is a Gaussian policy
 `N(μ_θ, s²·I)` whose std `s` does not depend on θ, so the log-probability of a stored
 action and the KL between two policies are exact and cheap.
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from models.schedule import ode_step, per_sample, sd3_sigmas, shift_sigmas
 
 __all__ = [
     "StepResult",
@@ -41,14 +43,6 @@ class StepResult:
     surrogate_log_prob: Tensor | None = None  # [B] float64, Flow-CPS: −mean((next − μ)²)
 
 
-def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
-    """A float or [B] tensor of sigmas, shaped [B, 1, ..., 1] to broadcast against `like`."""
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if t.ndim == 0:
-        t = t.expand(like.shape[0])
-    return t.reshape(-1, *([1] * (like.ndim - 1)))
-
-
 def _mean_over_sample_dims(t: Tensor) -> Tensor:
     return t.flatten(1).mean(1)
 
@@ -66,7 +60,7 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 def gaussian_kl(mean_a: Tensor, mean_b: Tensor, std: Tensor | float) -> Tensor:
     """Exact KL(N(mean_a, s²I) ‖ N(mean_b, s²I)) = ‖mean_a − mean_b‖²/(2s²), per element -> [B]."""
-    s = _per_sample(std, mean_a)
+    s = per_sample(std, mean_a)
     return _mean_over_sample_dims((mean_a - mean_b) ** 2 / (2 * s**2))
 
 
@@ -97,8 +91,8 @@ def flow_sde_step(
     `s = g·sqrt(−dt)`, `μ = x·(1 + g²/(2σ)·dt) + v·(1 + g²(1 − σ)/(2σ))·dt`.
     Pass `next_sample` to score a stored action instead of sampling one.
     """
-    sigma = _per_sample(sigma, sample)
-    sigma_next = _per_sample(sigma_next, sample)
+    sigma = per_sample(sigma, sample)
+    sigma_next = per_sample(sigma_next, sample)
     dt = sigma_next - sigma
     sigma_bar = torch.where(sigma >= 1, sigma_next, sigma)
     g = eta * torch.sqrt(sigma / (1 - sigma_bar))
@@ -126,8 +120,8 @@ def cps_step(
     interpolation's coefficients exactly. At σ_next = 0 the step is deterministic
     (s = 0, log-prob 0) and is never trained.
     """
-    sigma = _per_sample(sigma, sample)
-    sigma_next = _per_sample(sigma_next, sample)
+    sigma = per_sample(sigma, sample)
+    sigma_next = per_sample(sigma_next, sample)
     x0_hat = sample - sigma * velocity
     x1_hat = sample + (1 - sigma) * velocity
     std = sigma_next * math.sin(eta * math.pi / 2)
@@ -147,28 +141,3 @@ def kl_per_unit_velocity(step, sigma: float, sigma_next: float, *, eta: float) -
     return float(gaussian_kl(a.mean, b.mean, a.std))
 
 
-def ode_step(sample: Tensor, velocity: Tensor, sigma: float | Tensor,
-             sigma_next: float | Tensor) -> Tensor:
-    """Deterministic Euler step of the probability-flow ODE: `x + v·dt`."""
-    dt = _per_sample(sigma_next, sample) - _per_sample(sigma, sample)
-    return sample + velocity * dt
-
-
-def shift_sigmas(sigmas: Tensor, shift: float) -> Tensor:
-    """SD3's resolution shift `σ' = s·σ / (1 + (s − 1)·σ)`."""
-    return shift * sigmas / (1 + (shift - 1) * sigmas)
-
-
-def sd3_sigmas(steps: int, shift: float = 3.0, sigma_min: float | None = None) -> Tensor:
-    """The shifted schedule `σ_0 = 1 > … > σ_K = 0` (K = steps + 1 values, float64).
-
-    With `sigma_min` (diffusers uses 1/1000), the `steps` values are spaced from 1 to
-    `sigma_min` before the shift and a final 0 is appended, as diffusers' SD3 pipeline does.
-    """
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
-    if sigma_min is None:
-        base = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-        return shift_sigmas(base, shift)
-    base = torch.linspace(1.0, sigma_min, steps, dtype=torch.float64)
-    return torch.cat([shift_sigmas(base, shift), torch.zeros(1, dtype=torch.float64)])

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from harness.core.errors import FlowArenaError
+from harness.core.results import diag_key
 from methods import dist
 from methods.base import Method, StepTensors
 from methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
@@ -37,7 +39,7 @@ from models.base import FlowModel, PromptEmbeds
 from rewards.base import Reward
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(FlowArenaError, ValueError):
     """Impossible training settings."""
 
 
@@ -345,11 +347,10 @@ class Trainer:
     @staticmethod
     @torch.no_grad()
     def _record(diag, samples, v: dict[str, Tensor], k: int, inner: int, delta) -> None:
-        """methods.md §8: the same diagnostics for every method, per timestep index k
-        (keys `k<k>/...` on the first pass, `k<k>/i<pass>/...` on later ones)."""
+        """docs/methods.md §8: the same diagnostics for every method, per timestep index k
+        (keys `k<k>/...` on the first pass, `k<k>/i<pass>/...` on later ones: results.diag_key)."""
         A, ratio, kl, noise = v["adv"], v["ratio"], v["kl"], v["noise"]
         pos, neg, trust = A > 0, A < 0, v["trust"] > 0.5
-        tag = f"k{k}/" if inner == 0 else f"k{k}/i{inner}/"
         values = {
             "ratio_mean": ratio.mean(), "ratio_std": ratio.std(correction=0),
             "ratio_min": ratio.min(), "ratio_max": ratio.max(),
@@ -364,7 +365,7 @@ class Trainer:
         if "kl_ref" in v:
             values["kl_ref"] = v["kl_ref"].mean()
         for name, val in values.items():
-            diag[tag + name].append(val.item())
+            diag[diag_key(k, inner, name)].append(val.item())
         for name, val in (("ratio", ratio), ("kl", kl), ("adv", A), ("noise", noise),
                           ("step", torch.full_like(ratio, k)), ("inner", torch.full_like(ratio, inner))):
             samples[name].append(val.cpu())

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from models.base import FlowModel, ModelError
+from harness.core.registry import discover
+from models.base import MODELS, FlowModel, ModelError, register_model
 
-MODELS = {
-    "toy": "the embedded 32x32 toy generator (default, CPU-friendly)",
-    "sd35": "Stable Diffusion 3.5 (medium / large) through diffusers; hub id or local directory",
-    "flux1-dev": "FLUX.1-dev through diffusers (guidance embedding, no CFG); hub id or local directory",
-    "flux2-klein": "FLUX.2 [klein] through diffusers (CFG); hub id or local directory",
-}
+discover(__name__, skip={"base", "schedule", "text", "toy_pretrain"})  # each adapter registers itself
 
 
 def check_device(device: str) -> None:
@@ -44,15 +40,8 @@ def load_model(name: str, path: str | None = None, device: str = "cpu", **option
     `gradient_checkpointing`; see models.diffusers_flow)."""
     check_device(device)
     check_options(name, options)
-    if name == "toy":
-        from models.toy import load_toy
-
-        return load_toy(path, device)
-    if name in MODELS:
-        from models.diffusers_flow import DIFFUSERS_MODELS
-
-        return DIFFUSERS_MODELS[name].load(path, device, **options)
-    raise ModelError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+    return MODELS.get(name).load(path, device, **options)
 
 
-__all__ = ["FlowModel", "ModelError", "MODELS", "check_device", "check_options", "load_model"]
+__all__ = ["FlowModel", "ModelError", "MODELS", "register_model", "check_device", "check_options",
+           "load_model"]

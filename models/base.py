@@ -18,11 +18,19 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from methods.sde import ode_step, sd3_sigmas
+from harness.core.errors import FlowArenaError
+from harness.core.registry import Registry
+from models.schedule import ode_step, sd3_sigmas
 
 
-class ModelError(RuntimeError):
+class ModelError(FlowArenaError, RuntimeError):
     """A model cannot be built or loaded (missing or corrupt weights, unknown name)."""
+
+
+# Model classes by `--model` name; each has a one-line `description` and a classmethod
+# `load(path, device, **options)`.
+MODELS: Registry[type] = Registry("model", ModelError)
+register_model = MODELS.register
 
 
 @dataclass
@@ -54,7 +62,7 @@ class FlowModel(ABC):
     shift: float = 3.0  # SD3 schedule shift
     default_steps: int = 20  # evaluation steps (ODE)
     default_guidance: float = 4.5
-    sigma_min: float | None = None  # see methods.sde.sd3_sigmas
+    sigma_min: float | None = None  # see models.schedule.sd3_sigmas
     device: torch.device = torch.device("cpu")
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     _frozen_reference: nn.Module | None = None

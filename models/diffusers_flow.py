@@ -7,7 +7,7 @@ the scheduler for the σ schedule, the VAE for decoding. Conventions, checked ag
 the pipelines by tests/test_real_models.py:
 
 - latents: `x_σ = (1 − σ)·x0 + σ·ε`; the transformer output is the velocity `ε − x0`
-  as it is (diffusers' Euler step is `x + (σ_next − σ)·v`, the same as `methods.sde.ode_step`).
+  as it is (diffusers' Euler step is `x + (σ_next − σ)·v`, the same as `models.schedule.ode_step`).
 - timesteps: what each pipeline passes, `σ·1000` for SD3, `(σ·1000)/1000` for FLUX
   (whose transformers multiply by 1000 again).
 - `sigmas(steps)`: the pipeline's scheduler, set up with the same arguments the
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from harness.hub import load_pretrained
-from models.base import FlowModel, ModelError, PromptEmbeds
+from harness.core.hub import load_pretrained
+from models.base import MODELS, FlowModel, ModelError, PromptEmbeds, register_model
 
 ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
@@ -104,7 +104,7 @@ class DiffusersFlowModel(FlowModel):
         except (OSError, ValueError, AttributeError):
             raise ModelError(f"{cls.name}: {index} is unreadable or not JSON") from None
         if found != cls.pipeline_class:
-            other = [n for n, c in DIFFUSERS_MODELS.items() if c.pipeline_class == found]
+            other = [n for n, c in MODELS.items() if getattr(c, "pipeline_class", None) == found]
             hint = f" (that is model {other[0]!r})" if other else ""
             raise ModelError(f"{cls.name}: {local} holds a {found} pipeline, not {cls.pipeline_class}{hint}")
 
@@ -238,13 +238,14 @@ class DiffusersFlowModel(FlowModel):
         return out / name
 
 
+@register_model("sd35")
 class SD3Model(DiffusersFlowModel):
     """Stable Diffusion 3 / 3.5 (medium, large): MMDiT, CLIP-L + CLIP-G + T5-XXL, 16-channel VAE."""
 
-    name = "sd35"
+    description = "Stable Diffusion 3.5 (medium / large) through diffusers; hub id or local directory"
     pipeline_class = "StableDiffusion3Pipeline"
     default_path = "stabilityai/stable-diffusion-3.5-medium"
-    default_steps = 40  # methods.md §9: evaluation at 40 steps, CFG 4.5
+    default_steps = 40  # docs/methods.md §9: evaluation at 40 steps, CFG 4.5
     default_guidance = 4.5
     default_lora_rank = 32
     max_sequence_length = 256
@@ -282,16 +283,17 @@ class SD3Model(DiffusersFlowModel):
         return self._vae_decode(x)
 
 
+@register_model("flux1-dev")
 class FluxModel(DiffusersFlowModel):
     """FLUX.1-dev: guidance-distilled, so `guidance` feeds the transformer's guidance embedding
     and there is no unconditional branch (FLUX.1-schnell, without the embedding, ignores it)."""
 
-    name = "flux1-dev"
+    description = "FLUX.1-dev through diffusers (guidance embedding, no CFG); hub id or local directory"
     pipeline_class = "FluxPipeline"
     default_path = "black-forest-labs/FLUX.1-dev"
     default_steps = 28  # the pipeline's defaults
     default_guidance = 3.5
-    default_lora_rank = 64  # methods.md §9: r 64, α 128, attention and feed-forward layers
+    default_lora_rank = 64  # docs/methods.md §9: r 64, α 128, attention and feed-forward layers
     # diffusers' FLUX LoRA training list (train_dreambooth_lora_flux); matched as suffixes, so the
     # single-stream blocks' to_q / to_k / to_v are adapted too
     lora_targets = ATTN_TARGETS + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
@@ -338,11 +340,12 @@ class FluxModel(DiffusersFlowModel):
         return self._vae_decode(x)
 
 
+@register_model("flux2-klein")
 class Flux2KleinModel(DiffusersFlowModel):
     """FLUX.2 [klein]: Qwen3 text encoder, latents 2x2-patchified and batch-normalised by the
     VAE's running statistics; real CFG (guidance > 1) unless the checkpoint is step-distilled."""
 
-    name = "flux2-klein"
+    description = "FLUX.2 [klein] through diffusers (CFG); hub id or local directory"
     pipeline_class = "Flux2KleinPipeline"
     default_path = "black-forest-labs/FLUX.2-klein-base-9B"
     default_steps = 50  # the pipeline's defaults
@@ -396,6 +399,3 @@ class Flux2KleinModel(DiffusersFlowModel):
         std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(x)
         return vae.decode(self.pipe._unpatchify_latents(x * std + mean), return_dict=False)[0]
 
-
-DIFFUSERS_MODELS: dict[str, type[DiffusersFlowModel]] = {
-    "sd35": SD3Model, "flux1-dev": FluxModel, "flux2-klein": Flux2KleinModel}

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.core.errors import FlowArenaError
 from harness.toyworld.grammar import tokenize_words
 
 
-class UnknownWordError(ValueError):
+class UnknownWordError(FlowArenaError, ValueError):
     """A prompt uses a word the toy model has never seen."""
 
 

@@ -21,9 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
-from harness.io import _atomic
+from harness.core.io import _atomic
 from harness.toyworld.grammar import vocabulary
-from models.base import FlowModel, ModelError, PromptEmbeds
+from models.base import FlowModel, ModelError, PromptEmbeds, register_model
 from models.text import TextEncoder, WordTokenizer
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
@@ -69,8 +69,13 @@ class ToyNet(nn.Module):
         return self.unet(x, sigma * 1000, encoder_hidden_states=tokens, class_labels=pooled).sample
 
 
+@register_model("toy")
 class ToyModel(FlowModel):
-    name = "toy"
+    description = "the embedded 32x32 toy generator (default, CPU-friendly)"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu", **options) -> ToyModel:
+        return load_toy(path, device)
 
     def __init__(self, net: ToyNet, device: str | torch.device = "cpu"):
         self.net = net.to(device)

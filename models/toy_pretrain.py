@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.io import load_optimizer, load_tensors, optimizer_tensors, save_tensors, write_json
+from harness.core.io import load_optimizer, load_tensors, optimizer_tensors, save_tensors, write_json
 from harness.toyworld.grammar import held_out_keys, sample_caption_spec
 from harness.toyworld.scene import render, sample_layout
 from models.toy import ToyConfig, ToyNet, save_toy

@@ -8,9 +8,10 @@ import html
 import logging
 from pathlib import Path
 
-from harness.io import _atomic
+from harness.core.io import _atomic
+from harness.core.results import Manifest
 from reports.figures import Run, load_run
-from reports.tables import NOTE, best_methods, format_cell, headline_keys, run_table, table_columns
+from reports.tables import NOTE, Comparison, comparison, format_cell, headline_keys, markdown_comparison
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +31,32 @@ figcaption { font-size: 0.9rem; color: #444; margin-top: 0.3rem; }
 pre { background: #f7f7f7; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
 """
 
-def tables_html(records: list[dict]) -> str:
-    """The comparison records of reports.tables.run_records as two HTML tables, so that each fits
-    a laptop screen: the headline scores, then the per-skill and per-atom-count detail. The best
-    method per score column (among trained methods, within a model) is in bold."""
-    if not records:
+def tables_html(c: Comparison) -> str:
+    """The comparison as two HTML tables, so that each fits a laptop screen: the headline
+    scores, then the breakdown (per skill, per atom count). The best method per score column
+    (among trained methods, within a model) is in bold."""
+    if not c.records or all(r["method"].startswith("base") for r in c.records):
         return "<p>No finished method × seed cell yet.</p>"
-    cols = table_columns(records)
-    best = best_methods(records, cols)
-    head = [c for c in cols if c[0] in headline_keys()]
-    detail = [c for c in cols if c[0] not in headline_keys()]
-    out = table_html(records, head, best)
-    if detail:
-        out += "<h3>By skill and by number of atoms</h3>" + table_html(records, detail, best)
+    headline = headline_keys(c.columns)
+    out = table_html(c.records, [col for col in c.columns if col.key in headline], c.best)
+    if detail := [col for col in c.columns if col.key not in headline]:
+        out += "<h3>Breakdown (by skill and by number of atoms)</h3>" + table_html(c.records, detail, c.best)
     return out
 
 
 def table_html(records: list[dict], cols: list[tuple], best: dict) -> str:
     """One HTML table of these columns of the records."""
-    head = "".join(f"<th>{html.escape(t)}</th>" for t in ["model", "method", "seeds"] + [c[1] for c in cols])
+    titles = ["model", "method", "seeds"] + [c.title for c in cols]
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in titles)
     rows = []
     for r in records:
         is_base = r["method"].startswith("base")
         cells = [f'<td class="name">{html.escape(str(r["model"]))}</td>',
                  f'<td class="name">{html.escape(str(r["method"]))}</td>', f"<td>{r.get('seeds', '')}</td>"]
-        for key, _, digits, _ in cols:
-            text = "—" if is_base and key == "delta_gm" else html.escape(format_cell(r, key, digits))
-            cls = ' class="best"' if best.get((r["model"], key)) == r["method"] else ""
+        for col in cols:
+            is_delta = col.key.startswith("delta_")
+            text = "—" if is_base and is_delta else html.escape(format_cell(r, col.key, col.digits))
+            cls = ' class="best"' if best.get((r["model"], col.key)) == r["method"] else ""
             cells.append(f"<td{cls}>{text}</td>")
         rows.append(f'<tr{" class=base" if is_base else ""}>' + "".join(cells) + "</tr>")
     return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>'
@@ -67,19 +67,19 @@ def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _manifest_html(manifest: dict) -> str:
-    cfg = manifest.get("config", {}) if isinstance(manifest.get("config"), dict) else {}
+def _manifest_html(manifest: Manifest | None) -> str:
+    if manifest is None:
+        return '<p class="warn">No readable manifest.json: the run\'s settings are unknown.</p>'
+    cfg = manifest.config
     parts = [("methods", ", ".join(map(str, cfg.get("methods", [])))), ("model", cfg.get("model")),
-             ("preset", cfg.get("preset")), ("seeds", cfg.get("seeds")), ("status", manifest.get("status")),
-             ("started", manifest.get("started")),
-             ("seconds", manifest.get("seconds")), ("command", manifest.get("command"))]
+             ("preset", cfg.get("preset")), ("seeds", cfg.get("seeds")), ("status", manifest.status),
+             ("started", manifest.started), ("seconds", manifest.seconds), ("command", manifest.command)]
     text = " · ".join(f"{k}: {html.escape(str(v))}" for k, v in parts if v not in (None, ""))
-    versions = manifest.get("versions")
-    if isinstance(versions, dict):
-        text += "<br>versions: " + html.escape(", ".join(f"{k} {v}" for k, v in versions.items()))
+    if manifest.versions:
+        text += "<br>versions: " + html.escape(", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
     out = f'<p class="meta">{text}</p>'
-    if manifest.get("status") not in (None, "done"):
-        out += (f'<p class="warn">The run\'s status is <b>{html.escape(str(manifest["status"]))}</b>: '
+    if manifest.status != "done":
+        out += (f'<p class="warn">The run\'s status is <b>{html.escape(manifest.status)}</b>: '
                 "this page shows what had been written when it was built.</p>")
     return out
 
@@ -95,15 +95,16 @@ def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run
     if figures is None:
         figures = [{"path": p, "caption": p.stem} for p in sorted((report / "figures").glob("*.png"))]
     try:
-        markdown, records = run_table(run_dir)
+        comp = comparison(run_dir)
+        markdown = markdown_comparison(comp)
     except Exception as e:  # a malformed result.json must not cost the figures
         log.exception("comparison table failed")
-        markdown, records = "", []
+        comp, markdown = Comparison([], [], {}), ""
         missing.append(f"comparison table: failed ({type(e).__name__}: {e})")
 
     title = f"FlowArena report: {html.escape(run_dir.resolve().name)}"
     body = [f"<h1>{title}</h1>", _manifest_html(run.manifest),
-            "<h2>Comparison</h2>", tables_html(records),
+            "<h2>Comparison</h2>", tables_html(comp),
             f"<p class=meta>{html.escape(NOTE)} Also in report/: tables.md, tables.csv, tables.tex.</p>"]
     if markdown:
         body.append("<details><summary>The table as Markdown</summary>"

@@ -1,13 +1,20 @@
-"""Plain-text / Markdown tables from result dicts (reports read results, never models)."""
+"""Plain-text / Markdown tables from result files (reports read results, never models).
+
+Columns come from the metrics the result files describe (harness.core.results.Metric), so
+a new benchmark's numbers appear without an edit here: the training reward, the primary
+metrics, Δ of the paired one against the base model, the breakdown (detail), the
+out-of-domain scores (secondary), the KL to the pretrained model and the training time.
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from harness.soft_tifa import stderr
+from harness.core.results import CellResult, EvalRecord, Metric, ResultSchemaError, read_json
+from harness.core.soft_tifa import stderr
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
@@ -21,44 +28,28 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _soft_tifa_rows(t: dict, name: str = "Soft-TIFA") -> list[list[str]]:
-    rows = [[f"{name} GM (prompt level)", f"{t['gm']:.1f} ± {t['gm_stderr']:.1f}"],
-            [f"{name} AM (atom level)", f"{t['am']:.1f} ± {t['am_stderr']:.1f}"]]
-    rows += [[f"skill: {k}", f"{v:.1f}"] for k, v in t["per_skill"].items()]
-    return rows + [[f"atoms = {k} (GM)", f"{v:.1f}"] for k, v in t["per_atom_count"].items()]
+def _label(m: Metric) -> str:
+    """A metric's row name in `bench eval`: a breakdown's group before its name (skill: count)."""
+    group, _, name = m.key.rpartition(":")
+    return f"{group}: {m.title}" if group and name == m.title else m.title
 
 
-def eval_table(result: dict) -> str:
-    """The table of one `bench eval` result, whichever benchmark it ran."""
-    bench = result.get("benchmark", "toy")
+def _value(m: Metric) -> str:
+    digits = 2 if m.digits is None else m.digits
+    text = f"{m.value:.{digits}f}"
+    return text if m.stderr is None else f"{text} ± {m.stderr:.{digits}f}"
+
+
+def eval_table(result: dict, metrics: list[Metric]) -> str:
+    """The table of one `bench eval` result, whichever benchmark it ran, from its metrics."""
     setting = f"{result['steps']} ODE steps, guidance {result['guidance']}, seed {result['seed']}"
-    metric = ["metric (0-100, higher is better)", "score"]
-    if bench == "toy":
-        t = result["soft_tifa"]
-        out = [f"Soft-TIFA on the toy eval split ({t['n_prompts']} prompts, {t['n_images']} images; "
-               f"{setting})", "", markdown_table(metric, _soft_tifa_rows(t))]
-        if "preference_ood" in result:
-            p = result["preference_ood"]
-            out += ["", f"Preference score (toy PickScore, raw) on the ood split ({p['n']} prompts): "
-                        f"{p['mean']:.2f} ± {p['stderr']:.2f}"]
-    elif bench == "geneval2":
-        t, h, v = result["soft_tifa"], result["tifa"], result["vqascore"]
-        rows = _soft_tifa_rows(t) + [
-            ["TIFA (hard answers, atom level)", _pm(h["am"], h["am_stderr"])],
-            ["TIFA, every question right (prompt level)", _pm(h["gm"], h["gm_stderr"])],
-            ["VQAScore", _pm(v["mean"], v["stderr"])]]
-        judge = result.get("scorer", {}).get("judge", "the default judge")
-        out = [f"GenEval2 ({t['n_prompts']} prompts, {t['n_images']} images; judge {judge}; {setting})",
-               "", markdown_table(metric, rows)]
-    elif bench == "geneval":
-        g = result["geneval"]
-        rows = [["overall (mean over tags)", _pm(g["overall"], g["overall_stderr"])]]
-        rows += [[f"tag: {k}", f"{v:.1f}"] for k, v in g["per_tag"].items()]
-        out = [f"GenEval ({g['n_prompts']} prompts, {g['n_images']} images; {setting})", "",
-               markdown_table(["accuracy % (higher is better)", "score"], rows)]
-    else:
-        p = result["pickscore"]
-        out = [f"PickScore (raw) over {p['n']} prompts ({setting}): {p['mean']:.2f} ± {p['stderr']:.2f}"]
+    head = metrics[0]
+    n_img = result.get("images_per_prompt", 1) * (head.n or 0)
+    scorer = ", ".join(f"{k} {v}" for k, v in result.get("scorer", {}).items())
+    out = [f"{result.get('benchmark', 'toy')}: {head.n} prompts, {n_img} images ({setting}"
+           + (f"; {scorer})" if scorer else ")"), "",
+           markdown_table(["metric (higher is better)", "score", "prompts"],
+                          [[_label(m), _value(m), "" if m.n is None else str(m.n)] for m in metrics])]
     if result.get("note"):
         out += ["", f"Note: {result['note']}."]
     out += ["", f"({result['seconds']:.0f} s)"]
@@ -77,42 +68,46 @@ def _pm(mean: float, se: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
-def _read(path: Path) -> dict | None:
-    """A result file, or None when it is half-written or unreadable (the report lists it)."""
+def _read(path: Path, kind):
+    """A typed result file, or None when it is half-written or unreadable (the report lists it)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return kind.from_json(read_json(path), str(path))
+    except ResultSchemaError:
         return None
 
 
 def _collect(run_dir: Path) -> tuple[dict, dict]:
-    """{(model, method): [result per seed]}, {(model, seed): base eval}; unreadable files skipped."""
+    """{(model, method): [CellResult per seed]}, {(model, seed): base EvalRecord}; unreadable
+    files skipped."""
     results: dict[tuple, list] = {}
-    bases: dict[tuple, dict] = {}
+    bases: dict[tuple, EvalRecord] = {}
     for path in sorted(run_dir.glob("*/*/seed*/result.json")):
-        if (r := _read(path)) is not None:
-            results.setdefault((r["model"], r["method"]), []).append(r)
+        if (r := _read(path, CellResult)) is not None:
+            results.setdefault((r.model, r.method), []).append(r)
     for path in sorted(run_dir.glob("*/base/seed*/eval.json")):
-        if (b := _read(path)) is not None:
+        if (b := _read(path, EvalRecord)) is not None:
             bases[(path.parts[-4], int(path.parent.name[4:]))] = b
     return results, bases
 
 
-def _summary(evals: list[dict], bases: list[dict]) -> dict[str, tuple[float, float]]:
+def _metric_values(e: EvalRecord) -> dict[str, tuple[float, float]]:
+    """key -> (value, stderr): the primary and secondary metrics, the KL, then the breakdown."""
+    def pick(role):
+        return {m.key: (m.value, 0.0 if m.stderr is None else m.stderr) for m in e.metrics if m.role == role}
+    kl = e.kl_to_pretrained or {}
+    return {**pick("primary"), **pick("secondary"), "kl": (kl.get("mean"), kl.get("stderr")),
+            **pick("detail")}
+
+
+def _summary(evals: list[EvalRecord], bases: list[EvalRecord]) -> dict[str, tuple[float, float]]:
     """Metric -> (mean, stderr): over seeds when there are several, else over prompts (skills
     and atom counts have no per-prompt stderr in the result files: 0 for one seed)."""
-    def metric(e):
-        t = e["soft_tifa"]
-        return {"gm": (t["gm"], t["gm_stderr"]), "am": (t["am"], t["am_stderr"]),
-                "pref": (e["preference_ood"]["mean"], e["preference_ood"]["stderr"]),
-                "kl": (e["kl_to_pretrained"]["mean"], e["kl_to_pretrained"]["stderr"]),
-                **{f"skill:{k}": (v, 0.0) for k, v in t["per_skill"].items()},
-                **{f"atoms:{k}": (v, 0.0) for k, v in t.get("per_atom_count", {}).items()}}
-    per = [metric(e) for e in evals]
+    per = [_metric_values(e) for e in evals]
     deltas = []
     for e, b in zip(evals, bases):
-        d = np.array(e["soft_tifa"]["per_prompt_gm"]) - np.array(b["soft_tifa"]["per_prompt_gm"])
-        deltas.append((100 * d.mean(), 100 * stderr(d)))
+        if e.paired is not None and b.paired is not None:
+            d = np.array(e.paired.per_prompt) - np.array(b.paired.per_prompt)
+            deltas.append((100 * d.mean(), 100 * stderr(d)))
     out = {}
     for k in per[0]:
         if len(per) == 1:
@@ -120,53 +115,78 @@ def _summary(evals: list[dict], bases: list[dict]) -> dict[str, tuple[float, flo
         else:
             vals = [p[k][0] for p in per if k in p]
             out[k] = (float(np.mean(vals)), stderr(vals))
-    out["delta_gm"] = deltas[0] if len(deltas) == 1 else (
-        float(np.mean([d[0] for d in deltas])), stderr([d[0] for d in deltas]))
+    if deltas:
+        key = f"delta_{evals[0].paired.key}"
+        out[key] = deltas[0] if len(deltas) == 1 else (
+            float(np.mean([d[0] for d in deltas])), stderr([d[0] for d in deltas]))
     return out
 
 
-# Columns of the comparison table: (record key, title, digits (None: scientific), better).
-# `better` is "max", "min" or None; the best trained method per column is marked.
-_HEAD = [("train_reward", "train reward (epoch 1 → last 3)", None, None),
-         ("gm", "Soft-TIFA GM", 1, "max"), ("am", "Soft-TIFA AM", 1, "max"),
-         ("delta_gm", "ΔGM vs base", 1, "max"), ("beats_base", "beats base", None, None)]
-_TAIL = [("pref", "ood preference", 2, "max"), ("kl", "KL to pretrained", None, "min"),
-         ("wall_min", "train min", 1, "min")]
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    digits: int | None  # None: scientific
+    better: str | None  # "max", "min" or None; the best trained method per column is marked
+    headline: bool = True  # in the headline table (the rest: the breakdown)
 
 
-def table_columns(records: list[dict]) -> list[tuple]:
-    """The columns of the comparison table for these records: the fixed ones, each skill
-    and each atom count present, then any other numeric key (the table may gain some)."""
+def table_columns(records: list[dict], metrics: list[Metric] | None = None) -> list[Column]:
+    """The comparison's columns: training reward, primary metrics, Δ of the paired one and
+    whether it beats the base, the breakdown, secondary metrics, KL, training time; then any
+    other numeric key of the records (the table may gain some)."""
+    metrics = metrics or []
+
+    def of(role):
+        return [Column(m.key, m.title, m.digits, None if m.higher_is_better is None else
+                       ("max" if m.higher_is_better else "min"), role != "detail")
+                for m in metrics if m.role == role]
+    paired = next((m for m in metrics if m.paired and m.role == "primary"), None)
+    delta = [Column(f"delta_{paired.key}", f"Δ{paired.title.split()[-1]} vs base", paired.digits, "max"),
+             Column("beats_base", "beats base", None, None)] if paired is not None else []
+    groups = list(dict.fromkeys(c.key.rpartition(":")[0] for c in of("detail")))
+
+    def order(c):
+        name = c.key.rpartition(":")[2]
+        return groups.index(c.key.rpartition(":")[0]), (0, int(name), "") if name.isdigit() else (1, 0, name)
+    cost = [Column("kl", "KL to pretrained", None, "min"), Column("wall_min", "train min", 1, "min")]
+    cols = ([Column("train_reward", "train reward (epoch 1 → last 3)", None, None)] + of("primary") + delta
+            + sorted(of("detail"), key=order) + of("secondary") + cost)
     keys = {k for r in records for k in r}
-    skills = sorted(k for k in keys if k.startswith("skill:") and not k.endswith("_stderr"))
-    atoms = sorted((k for k in keys if k.startswith("atoms:") and not k.endswith("_stderr")),
-                   key=lambda k: int(k[6:]))
-    cols = (_HEAD + [(k, k[6:], 1, "max") for k in skills]
-            + [(k, f"GM @{k[6:]} atoms", 1, "max") for k in atoms] + _TAIL)
-    known = {"model", "method", "seeds"} | {c[0] for c in cols}
-    cols += [(k, k, 3, None) for k in sorted(keys) if k not in known and not k.endswith("_stderr")
+    known = {"model", "method", "seeds"} | {c.key for c in cols}
+    cols += [Column(k, k, 3, None) for k in sorted(keys) if k not in known and not k.endswith("_stderr")
              and any(isinstance(r.get(k), (int, float)) for r in records)]
-    return cols
+    return [c for c in cols if any(c.key in r for r in records)]
 
 
-def headline_keys() -> set[str]:
+def run_metrics(collected: tuple[dict, dict]) -> list[Metric]:
+    """The metrics the run's evaluations describe, in the order of the first one that has each."""
+    results, bases = collected
+    seen: dict[str, Metric] = {}
+    for e in [*bases.values(), *(r.final for rs in results.values() for r in rs)]:
+        for m in e.metrics:
+            seen.setdefault(m.key, m)
+    return list(seen.values())
+
+
+def headline_keys(cols: list[Column]) -> set[str]:
     """The columns a reader compares first; the rest (skills, atom counts) are detail."""
-    return {c[0] for c in _HEAD + _TAIL}
+    return {c.key for c in cols if c.headline}
 
 
-def best_methods(records: list[dict], cols: list[tuple]) -> dict[tuple[str, str], str]:
+def best_methods(records: list[dict], cols: list[Column]) -> dict[tuple[str, str], str]:
     """{(model, column key): method} for the best trained method (not the base model), where
     a model has at least two trained methods with a value in that column."""
     best = {}
-    for key, _, _, better in cols:
-        if better is None:
+    for c in cols:
+        if c.better is None:
             continue
         for model in {r["model"] for r in records}:
             trained = [r for r in records if r["model"] == model and not r["method"].startswith("base")
-                       and isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
+                       and isinstance(r.get(c.key), (int, float)) and np.isfinite(r[c.key])]
             if len(trained) > 1:
-                pick = max if better == "max" else min
-                best[(model, key)] = pick(trained, key=lambda r: r[key])["method"]
+                pick = max if c.better == "max" else min
+                best[(model, c.key)] = pick(trained, key=lambda r: r[c.key])["method"]
     return best
 
 
@@ -184,10 +204,10 @@ def format_cell(record: dict, key: str, digits: int | None) -> str:
     return text if not se else f"{text} ± {se:.{digits}f}"
 
 
-def _reward_change(rs: list[dict]) -> str:
-    first = np.mean([r["train_reward"]["first"] for r in rs])
-    se = np.mean([r["train_reward"]["first_stderr"] for r in rs])
-    last = np.mean([r["train_reward"]["last"] for r in rs])
+def _reward_change(rs: list[CellResult]) -> str:
+    first = np.mean([r.train_reward["first"] for r in rs])
+    se = np.mean([r.train_reward["first_stderr"] for r in rs])
+    last = np.mean([r.train_reward["last"] for r in rs])
     return f"{first:.3f} ± {se:.3f} → {last:.3f}"
 
 
@@ -199,7 +219,7 @@ def run_records(run_dir: Path, collected: tuple[dict, dict] | None = None) -> li
     for model in sorted({m for m, _ in results}):
         base_list = [b for (m, _), b in sorted(bases.items()) if m == model]
         entries = [("base (pretrained)", base_list, base_list, None)]
-        entries += [(method, [r["final"] for r in rs], [r["base"] for r in rs], rs)
+        entries += [(method, [r.final for r in rs], [r.base for r in rs], rs)
                     for (m, method), rs in sorted(results.items()) if m == model]
         for name, evals, bs, rs in entries:
             if not evals:
@@ -207,13 +227,15 @@ def run_records(run_dir: Path, collected: tuple[dict, dict] | None = None) -> li
             s = _summary(evals, bs)
             rec = {"model": model, "method": name, "seeds": len(evals),
                    **{k: v[0] for k, v in s.items()}, **{k + "_stderr": v[1] for k, v in s.items()}}
-            if rs is None:  # the base model: no training, ΔGM 0 by definition
-                for k in ("delta_gm", "delta_gm_stderr"):
-                    rec.pop(k)
+            delta = next((k for k in s if k.startswith("delta_")), None)
+            if rs is None:  # the base model: no training, Δ 0 by definition
+                for k in (delta, f"{delta}_stderr"):
+                    rec.pop(k, None)
             else:
-                rec["beats_base"] = "yes" if s["delta_gm"][0] > s["delta_gm"][1] else "no"
-                rec["wall_min"] = float(np.mean([r["wall_seconds"] for r in rs])) / 60
-                if "train_reward" in rs[0]:
+                if delta is not None:
+                    rec["beats_base"] = "yes" if s[delta][0] > s[delta][1] else "no"
+                rec["wall_min"] = float(np.mean([r.wall_seconds for r in rs])) / 60
+                if rs[0].train_reward:
                     rec["train_reward"] = _reward_change(rs)
             records.append(rec)
     return records
@@ -227,26 +249,44 @@ NOTE = ("Train reward: the mean over the first epoch's rollouts (± its stderr) 
         "per seed. The best trained method per column is in bold.")
 
 
+@dataclass
+class Comparison:
+    """A run's comparison: one record per model × method, its columns, the best per column."""
+    records: list[dict]
+    columns: list[Column]
+    best: dict[tuple[str, str], str]
+    reward: str = ""
+
+
+def comparison(run_dir: Path) -> Comparison:
+    """The comparison of a run directory, its result files read once."""
+    collected = _collect(run_dir)
+    records = run_records(run_dir, collected)
+    cols = table_columns(records, run_metrics(collected))
+    reward = next((r.reward for rs in collected[0].values() for r in rs), "")
+    return Comparison(records, cols, best_methods(records, cols), reward)
+
+
 def run_table(run_dir: Path) -> tuple[str, list[dict]]:
     """The comparison table in Markdown (best per column in bold) and its records."""
-    results, bases = _collect(run_dir)  # read once, for the records and the reward's name
-    records = run_records(run_dir, (results, bases))
-    if not records or all(r["method"].startswith("base") for r in records):
-        return "no finished method x seed cells yet", []
-    cols = table_columns(records)
-    best = best_methods(records, cols)
-    reward = next((r.get("reward", "") for rs in results.values() for r in rs), "")
+    c = comparison(run_dir)
+    return markdown_comparison(c), c.records
+
+
+def markdown_comparison(c: Comparison) -> str:
+    if not c.records or all(r["method"].startswith("base") for r in c.records):
+        return "no finished method x seed cells yet"
     header = ["model", "method", "seeds"] + [
-        t.replace("train reward", f"train reward {reward}") if k == "train_reward" else t
-        for k, t, _, _ in cols]
+        col.title.replace("train reward", f"train reward {c.reward}") if col.key == "train_reward"
+        else col.title for col in c.columns]
     rows = []
-    for r in records:
+    for r in c.records:
         cells = [r["model"], r["method"], str(r["seeds"])]
-        for key, _, digits, _ in cols:
-            text = format_cell(r, key, digits)
-            cells.append(f"**{text}**" if best.get((r["model"], key)) == r["method"] else text)
+        for col in c.columns:
+            text = format_cell(r, col.key, col.digits)
+            cells.append(f"**{text}**" if c.best.get((r["model"], col.key)) == r["method"] else text)
         rows.append(cells)
-    return markdown_table(header, rows) + "\n\n" + NOTE, records
+    return markdown_table(header, rows) + "\n\n" + NOTE
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -261,19 +301,18 @@ def _tex(text: str) -> str:
     return out
 
 
-def latex_table(records: list[dict], caption: str = "") -> str:
+def latex_table(c: Comparison, caption: str = "") -> str:
     """The comparison as a booktabs `table` (best trained method per column in bold)."""
-    cols = table_columns(records)
-    best = best_methods(records, cols)
+    records, cols, best = c.records, c.columns, c.best
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              r"\begin{tabular}{ll" + "r" * (1 + len(cols)) + "}", r"\toprule",
-             " & ".join(_tex(t) for t in ["model", "method", "seeds"] + [c[1] for c in cols]) + r" \\",
+             " & ".join(_tex(t) for t in ["model", "method", "seeds"] + [col.title for col in cols]) + r" \\",
              r"\midrule"]
     for r in records:
         cells = [_tex(r["model"]), _tex(r["method"]), str(r["seeds"])]
-        for key, _, digits, _ in cols:
-            text = _tex(format_cell(r, key, digits))
-            cells.append(rf"\textbf{{{text}}}" if best.get((r["model"], key)) == r["method"] else text)
+        for col in cols:
+            text = _tex(format_cell(r, col.key, col.digits))
+            cells.append(rf"\textbf{{{text}}}" if best.get((r["model"], col.key)) == r["method"] else text)
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if caption:
@@ -286,14 +325,15 @@ def write_run_tables(run_dir: str | Path) -> str:
     """report/tables.md, tables.csv (raw numbers) and tables.tex (booktabs) of a run directory."""
     import pandas as pd
 
-    from harness.io import _atomic
+    from harness.core.io import _atomic
 
     run_dir = Path(run_dir)
-    md, records = run_table(run_dir)
+    c = comparison(run_dir)
+    md = markdown_comparison(c)
     report = run_dir / "report"
     _atomic(report / "tables.md", lambda tmp: Path(tmp).write_text(md + "\n"))
-    if records:
-        _atomic(report / "tables.csv", lambda tmp: pd.DataFrame(records).to_csv(tmp, index=False))
-        tex = latex_table(records, caption=NOTE)
+    if c.records and not all(r["method"].startswith("base") for r in c.records):
+        _atomic(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))
+        tex = latex_table(c, caption=NOTE)
         _atomic(report / "tables.tex", lambda tmp: Path(tmp).write_text(tex + "\n"))
     return md

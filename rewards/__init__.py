@@ -1,9 +1,19 @@
 """Rewards registered by short name: `build_reward("toy-tifa")`, `build_reward("toy-pick")`;
 several at once with weights: `build_rewards("toy-tifa=1.0,toy-pick=0.5")`."""
 
-from rewards import colour, geneval, pickscore, soft_tifa, toy_pick, vqa  # noqa: F401  (registration)
-from rewards.base import Reward, RewardError, RewardOutput, build_reward, register_reward, reward_names
+from harness.core.registry import discover
+from rewards.base import (
+           REWARDS,
+           Reward,
+           RewardError,
+           RewardOutput,
+           build_reward,
+           register_reward,
+           reward_names,
+)
 from rewards.multi import WeightedRewards, build_rewards, check_rewards, parse_reward_spec
 
-__all__ = ["Reward", "RewardError", "RewardOutput", "WeightedRewards", "build_reward", "build_rewards",
-           "check_rewards", "parse_reward_spec", "register_reward", "reward_names"]
+discover(__name__, skip={"base", "multi"})  # each reward file registers itself
+
+__all__ = ["REWARDS", "Reward", "RewardError", "RewardOutput", "WeightedRewards", "build_reward",
+           "build_rewards", "check_rewards", "parse_reward_spec", "register_reward", "reward_names"]

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from harness.core.errors import FlowArenaError
+from harness.core.registry import Registry
 
-class RewardError(ValueError):
+
+class RewardError(FlowArenaError, ValueError):
     """Unknown reward name or unusable reward input."""
 
 
@@ -35,25 +38,16 @@ class Reward(ABC):
         ...
 
 
-_REGISTRY: dict[str, Callable[..., Reward]] = {}
-
-
-def register_reward(name: str):
-    def deco(factory):
-        if name in _REGISTRY:
-            raise ValueError(f"reward {name!r} registered twice")
-        _REGISTRY[name] = factory
-        factory.reward_name = name
-        return factory
-    return deco
+REWARDS: Registry[Callable[..., Reward]] = Registry("reward", RewardError)
+register_reward = REWARDS.register
 
 
 def reward_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(REWARDS.names())
 
 
 def build_reward(name: str, **kwargs) -> Reward:
-    if name not in _REGISTRY:
+    if name not in REWARDS:  # sorted names in the message
         raise RewardError(f"unknown reward {name!r} (known: {', '.join(reward_names())})")
     with torch.no_grad():
-        return _REGISTRY[name](**kwargs)
+        return REWARDS.get(name)(**kwargs)

@@ -21,7 +21,6 @@ _PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255
 class ColourShareReward(Reward):
     """Fraction of pixels within `radius` (RGB, 0-1 scale) of a colour named in the prompt."""
 
-    name = "toy-colour"
 
     def __init__(self, radius: float = 0.25):
         self.radius = radius

@@ -10,7 +10,7 @@
   with GenEval's three templates (text embeddings averaged per colour), on the box crop
   with the object's mask pasted onto a #999 background.
 
-The rules themselves live in `harness/geneval.py`. GenEval's original backends are
+The rules themselves live in `harness/core/geneval_rules.py`. GenEval's original backends are
 optional: `--detector mmdet:CONFIG:CHECKPOINT` (mmdet and a compiled mmcv, which does not
 build against current torch on every machine) and `--clip open_clip:ViT-L-14:openai`
 (the `openclip` extra, which pulls torchvision). Both load the pickled checkpoints
@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from harness.geneval import COLORS, Detection, class_names, evaluate, keep_detections
-from harness.hub import load_pretrained
+from harness.core.geneval_rules import COLORS, Detection, class_names, evaluate, keep_detections
+from harness.core.hub import load_pretrained
 from rewards.base import Reward, RewardError, RewardOutput, register_reward
 from rewards.pickscore import ClipScorer
 from rewards.vqa import to_pil
@@ -222,7 +222,6 @@ class GenEvalReward(Reward):
     """GenEval with partial credit (flow_grpo's training reward), in [0, 1]; the prompt records
     must be GenEval metadata (`tag`, `include`, `exclude`); `strict=True` gives pass / fail."""
 
-    name = "geneval"
 
     def __init__(self, detector: str = DEFAULT_DETECTOR, clip: str = DEFAULT_CLIP, strict: bool = False,
                  device: str = "cpu"):

@@ -1,4 +1,4 @@
-"""Several rewards at once: `toy-tifa=1.0,toy-pick=0.5` (methods.md §4).
+"""Several rewards at once: `toy-tifa=1.0,toy-pick=0.5` (docs/methods.md §4).
 
 `build_rewards(spec)` returns the single reward for a bare name, else a `WeightedRewards`
 whose score is the weighted sum (flow_grpo's aggregation) and whose details carry each
@@ -13,7 +13,7 @@ import inspect
 import torch
 from torch import Tensor
 
-from rewards.base import _REGISTRY, Reward, RewardError, RewardOutput, build_reward, reward_names
+from rewards.base import REWARDS, Reward, RewardError, RewardOutput, build_reward, reward_names
 
 
 def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
@@ -54,7 +54,7 @@ class WeightedRewards(Reward):
 
 def _accepted(name: str) -> set[str]:
     """The keyword options reward `name`'s constructor takes."""
-    factory = _REGISTRY[name]
+    factory = REWARDS.get(name)
     return set(inspect.signature(factory).parameters) - {"self"}
 
 
@@ -63,7 +63,7 @@ def check_rewards(spec: str, options: dict | None = None) -> list[tuple[str, flo
     positive, every option taken by at least one of the rewards."""
     parts = parse_reward_spec(spec)
     for name, _ in parts:
-        if name not in _REGISTRY:
+        if name not in REWARDS:
             raise RewardError(f"unknown reward {name!r} (known: {', '.join(reward_names())})")
     for key in options or {}:
         if not any(key in _accepted(n) for n, _ in parts):

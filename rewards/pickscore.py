@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from harness.hub import load_pretrained
+from harness.core.hub import load_pretrained
 from rewards.base import Reward, RewardError, RewardOutput, register_reward
 from rewards.vqa import to_pil
 
@@ -69,7 +69,6 @@ class PickScoreReward(Reward):
     """PickScore of each image for its prompt, /26 as flow_grpo trains on it (scale=False: raw,
     ≈ 21–24, as tables report it)."""
 
-    name = "pickscore"
 
     def __init__(self, pickscore: str = DEFAULT_MODEL, pickscore_processor: str | None = None,
                  scale: bool = True, device: str = "cpu", batch_size: int = 32):

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, safe_open
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.io import save_tensors, write_json
+from harness.core.io import save_tensors, write_json
 from harness.toyworld.grammar import (
     MAX_OBJECTS,
     OPPOSITE,
@@ -218,7 +218,6 @@ def load_toy_pick(path: str | Path | None = None, device: str = "cpu") -> ToyPic
 class ToyPickReward(Reward):
     """The toy preference score (PickScore analogue); `scale` divides it, as flow_grpo's /26."""
 
-    name = "toy-pick"
 
     def __init__(self, path: str | None = None, scale: float = 1.0, device: str = "cpu"):
         self.model = load_toy_pick(path, device)

@@ -1,6 +1,6 @@
 """GenEval2's VQA judge through transformers (Qwen3-VL by default), and the rewards on it.
 
-benchmarks.md's protocol: each question is asked as `"{question} Answer in one word."`
+docs/benchmarks.md §1's protocol: each question is asked as `"{question} Answer in one word."`
 with the image, in the model's chat format; one forward pass gives the first answer
 token's distribution (greedy, one new token). The soft score of a question is the sum of
 the probabilities of the first token of each accepted answer form (yes/no: `Yes, yes,
@@ -8,7 +8,7 @@ the probabilities of the first token of each accepted answer form (yes/no: `Yes,
 with and without one). TIFA (hard): the argmax token, lower-cased, is an accepted form.
 VQAScore: `Does this image show "{prompt}"? Answer the question with Yes or No.`, scored
 like a yes/no question. The scores feed the same Soft-TIFA code as the toy judge
-(`harness/soft_tifa.py`).
+(`harness/core/soft_tifa.py`).
 
 The inputs are built from the tokenizer's chat template and the image processor, as
 `Qwen3VLProcessor` builds them for images (its video half needs torchvision, which this
@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from harness.hub import load_pretrained
-from harness.soft_tifa import geometric_mean
+from harness.core.hub import load_pretrained
+from harness.core.soft_tifa import geometric_mean
 from rewards.base import Reward, RewardError, RewardOutput, register_reward
 
 DEFAULT_JUDGE = "Qwen/Qwen3-VL-8B-Instruct"
@@ -40,7 +40,7 @@ _HOW = "give a local copy with --judge DIR, or download it first with `hf downlo
 
 
 def answer_forms(answer: str) -> list[str]:
-    """The strings whose first token counts as `answer` (benchmarks.md's accepted forms)."""
+    """The strings whose first token counts as `answer` (docs/benchmarks.md's accepted forms)."""
     a = answer.strip().lower()
     if a in ("yes", "no"):
         return [a.capitalize(), a, " " + a, " " + a.capitalize()]
@@ -57,7 +57,7 @@ def _processor_template(source: str) -> str | None:
 
     from transformers.utils import cached_file
 
-    from harness.hub import offline
+    from harness.core.hub import offline
 
     for name in ("chat_template.jinja", "chat_template.json"):
         try:
@@ -170,7 +170,6 @@ class GenEval2Reward(Reward):
     """Soft-TIFA of each image under the VQA judge (GM by default, AM with aggregate="am"), in
     [0, 1]; the prompt records (GenEval2 format, toy splits included) carry the questions."""
 
-    name = "geneval2"
 
     def __init__(self, judge: str = DEFAULT_JUDGE, aggregate: str = "gm", device: str = "cpu",
                  batch_size: int = 16):
@@ -193,7 +192,6 @@ class GenEval2Reward(Reward):
 class VQAScoreReward(Reward):
     """P(yes) of `Does this image show "{prompt}"?` under the VQA judge, in [0, 1]."""
 
-    name = "vqascore"
 
     def __init__(self, judge: str = DEFAULT_JUDGE, device: str = "cpu", batch_size: int = 16):
         self.judge = VQAJudge(judge, device, batch_size=batch_size)

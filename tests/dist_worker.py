@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from harness.io import save_tensors
-from harness.prompts import load_toy_split
+from harness.core.io import save_tensors
+from harness.core.prompts import load_toy_split
 from methods import build_method, dist
 from methods.trainer import TrainConfig, Trainer
 from models.toy import load_toy

@@ -27,7 +27,7 @@ def test_eval_prints_the_tables(tmp_path):
     r = run("eval", "--limit", 4, "--steps", 2, "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
     assert "Soft-TIFA GM" in r.output and "skill: attribute" in r.output
-    assert "Preference score" in r.output and (tmp_path / "r.json").exists()
+    assert "ood preference" in r.output and (tmp_path / "r.json").exists()
 
 
 def test_judge_check_prints_accuracy():

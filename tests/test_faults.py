@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-import harness.run as run_module
-from harness.run import EvalSettings, Preset, RunError, load_cell_policy, run_benchmark
+import harness.run.cell as run_module
+from harness.run import EvalSettings, Preset, RunError, load_cell_policy, run_experiment
 from methods.trainer import TrainConfig, Trainer
-from rewards.base import _REGISTRY, Reward, RewardOutput, register_reward
+from rewards.base import REWARDS, Reward, RewardOutput, register_reward
 from tests.test_run import PRESET as RUN_PRESET
 from tests.test_run import _trainer
 
@@ -41,8 +41,9 @@ def _results(run: Path) -> tuple[pd.DataFrame, list[dict], dict]:
             r.pop(k)
     evals = {p.name: json.loads(p.read_text()) for p in sorted((cell / "eval").glob("*.json"))}
     for e in evals.values():
-        e.pop("seconds", None)
         e.pop("wall_seconds", None)
+        for result in e["benchmarks"].values():
+            result.pop("seconds")
     return df, metrics, evals
 
 
@@ -50,8 +51,8 @@ _CHILD = """
 import sys
 from pathlib import Path
 from tests.test_faults import PRESET
-from harness.run import run_benchmark
-run_benchmark(Path(sys.argv[1]), ["grpo"], "toy", PRESET, 1, sys.argv[2], progress=False)
+from harness.run import run_experiment
+run_experiment(Path(sys.argv[1]), ["grpo"], "toy", PRESET, 1, sys.argv[2], progress=False)
 """
 
 
@@ -102,7 +103,7 @@ def test_sigkill_at_random_instants_resumes_to_identical_results(tiny_path, tmp_
 def test_a_kill_between_checkpoint_files_resumes_from_the_consistent_pair(tiny_path, tmp_path, monkeypatch):
     """The window SIGKILL rarely hits: the new weights are written, state.json is not yet."""
     ref = tmp_path / "ref"
-    run_benchmark(ref, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(ref, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
     original = run_module.save_tensors
 
     def dies_on_the_optimizer_of_epoch_2(path, tensors, metadata=None):
@@ -112,12 +113,12 @@ def test_a_kill_between_checkpoint_files_resumes_from_the_consistent_pair(tiny_p
     monkeypatch.setattr(run_module, "save_tensors", dies_on_the_optimizer_of_epoch_2)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        run_benchmark(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+        run_experiment(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
     ckpt = out / "toy" / "grpo" / "seed0" / "checkpoints" / "latest"
     state = json.loads((ckpt / "state.json").read_text())
     assert state["epoch"] == 1 and (ckpt / "weights_00002.safetensors").exists()
     monkeypatch.setattr(run_module, "save_tensors", original)
-    run_benchmark(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
     got, want = _results(out), _results(ref)
     pd.testing.assert_frame_equal(got[0], want[0])
     assert got[1:] == want[1:]
@@ -142,7 +143,7 @@ class NaNAfter(Reward):
         return RewardOutput(scores * float("nan") if self.n > self.calls else scores)
 
 
-if NaNAfter.name not in _REGISTRY:
+if NaNAfter.name not in REWARDS:
     register_reward(NaNAfter.name)(NaNAfter)
 
 
@@ -170,7 +171,7 @@ def test_too_many_non_finite_updates_stop_the_run_with_a_usable_checkpoint(tiny_
     out = tmp_path / "run"
     stop = r"updates in a row had a non-finite loss.*last checkpoint \(epoch 2\)"
     with pytest.raises(RunError, match=stop):
-        run_benchmark(out, ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+        run_experiment(out, ["grpo"], "toy", preset, 1, tiny_path, progress=False)
     model, config = load_cell_policy(out / "toy" / "grpo" / "seed0")
     assert config["method"] == "grpo"
     assert all(torch.isfinite(v).all() for v in model.trainable_state_dict().values())
@@ -179,13 +180,13 @@ def test_too_many_non_finite_updates_stop_the_run_with_a_usable_checkpoint(tiny_
 def test_a_damaged_checkpoint_is_one_line(tiny_path, tmp_path, monkeypatch):
     out = tmp_path / "run"
     short = Preset("short", "", epochs=1, train=PRESET.train, eval=PRESET.eval, reward="toy-colour")
-    run_benchmark(out, ["grpo"], "toy", short, 1, tiny_path, progress=False)
+    run_experiment(out, ["grpo"], "toy", short, 1, tiny_path, progress=False)
     cell = out / "toy" / "grpo" / "seed0"
     (cell / "result.json").unlink()  # unfinished again: the next run resumes from the checkpoint
     (cell / "checkpoints" / "latest" / "weights_00001.safetensors").write_bytes(b"garbage")
     with pytest.raises(RunError, match="checkpoint .* is damaged") as e:
-        run_benchmark(out, ["grpo"], "toy", short, 1, tiny_path, progress=False)
+        run_experiment(out, ["grpo"], "toy", short, 1, tiny_path, progress=False)
     assert "\n" not in str(e.value)
     (cell / "checkpoints" / "latest" / "state.json").write_text("{not json")
     with pytest.raises(RunError, match="state.json is damaged"):
-        run_benchmark(out, ["grpo"], "toy", short, 1, tiny_path, progress=False)
+        run_experiment(out, ["grpo"], "toy", short, 1, tiny_path, progress=False)

@@ -82,7 +82,7 @@ def test_pretraining_resumes_exactly(tmp_path):
 
 def test_shipped_model_draws_single_objects_well(toy):
     """A guard against shipping a broken model: single coloured objects on eval prompts."""
-    from harness.evaluate import soft_tifa_eval
+    from harness.benchmarks.toy import soft_tifa_eval
 
     r = soft_tifa_eval(toy, "eval", steps=10, seed=0, limit=32)
     assert r.per_skill["object"] > 60 and r.per_skill["attribute"] > 60
@@ -100,7 +100,7 @@ def test_default_pretraining_recipe_is_deterministic_across_processes(tmp_path):
     for name in ("a", "b"):
         r = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-    from harness.io import load_tensors
+    from harness.core.io import load_tensors
 
     a = load_tensors(tmp_path / "a" / "state.safetensors")
     b = load_tensors(tmp_path / "b" / "state.safetensors")

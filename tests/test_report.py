@@ -1,5 +1,6 @@
-"""bench report: tables, figures and index.html from a hand-written run directory (the file
-formats of harness/run.py, copied from a real `bench run`), complete and damaged."""
+"""bench report: tables, figures and index.html from a hand-written run directory, complete
+and damaged. It is written in result schema 1 (copied from a real `bench run` before the
+schema existed), so it also checks that old run directories still read."""
 
 import re
 
@@ -8,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.io import save_tensors, write_json, write_jsonl
-from reports.figures import BASE_COLOUR, FIGURES, method_colours
+from harness.core.io import save_tensors, write_json, write_jsonl
+from reports.figures import FIGURES
 from reports.report import build_report
+from reports.style import BASE_COLOUR, method_colours
 
 SKILLS = ["object", "count", "attribute", "position"]
 N_PROMPTS, EPOCHS, WINDOW, B, MB, INNER = 8, 8, [1, 2], 8, 4, 2
@@ -187,13 +189,13 @@ def test_method_colours_are_stable_and_distinct():
 def test_tables_mark_the_best_trained_method_in_markdown_latex_and_html(report):
     import pandas as pd
 
-    from reports.tables import best_methods, format_cell, run_records, table_columns
+    from reports.tables import best_methods, comparison, format_cell
 
     run, _ = report
-    records = run_records(run)
+    c = comparison(run)
+    records, cols = c.records, c.columns
     assert [r["method"] for r in records] == ["base (pretrained)", "dppo", "grpo"]
-    cols = table_columns(records)
-    keys = [c[0] for c in cols]
+    keys = [col.key for col in cols]
     assert [f"atoms:{a}" for a in range(2, 8)] == [k for k in keys if k.startswith("atoms:")]
     assert "wall_min" in keys and "kl" in keys
     best = best_methods(records, cols)
@@ -234,7 +236,7 @@ def test_identical_seeds_get_no_error_bar_but_small_real_ones_do():
 
 
 def test_training_reward_running_mean_and_its_stderr():
-    from reports.figures import _running_mean
+    from reports.figures.curves import _running_mean
 
     mean, se = _running_mean(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 2.0, 2.0]), 3)
     np.testing.assert_allclose(mean, [1.0, 1.5, 2.0, 3.0])

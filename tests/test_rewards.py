@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.prompts import load_toy_split
+from harness.core.prompts import load_toy_split
 from harness.toyworld.grammar import parse_prompt
 from harness.toyworld.scene import render, sample_layout
 from models import ModelError

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.prompts import load_toy_split
-from harness.run import Cell, EvalSettings, Preset, RunError, base_eval, run_benchmark
+from harness.core.prompts import load_toy_split
+from harness.run import CellRun, EvalSettings, Evaluation, Preset, RunError, base_eval, run_experiment
 from methods import build_method, method_names
 from methods.trainer import TrainConfig, Trainer
 from models.toy import load_toy
@@ -36,7 +36,7 @@ def test_same_seed_same_prompts_and_noise_across_methods(tiny_path):
 
 @pytest.mark.parametrize("method", method_names())
 def test_first_minibatch_is_on_policy(tiny_path, method):
-    """Before any update, ρ = 1 and KL(old ‖ new) = 0 exactly (methods.md §6)."""
+    """Before any update, ρ = 1 and KL(old ‖ new) = 0 exactly (docs/methods.md §6)."""
     tr = _trainer(tiny_path, method)
     ro = tr.rollout(0)
     _, samples = tr.update(ro, 0)
@@ -78,8 +78,8 @@ def _numbers(run):
 
 def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    run_benchmark(a, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
-    run_benchmark(b, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(a, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(b, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
     da, ma = _numbers(a)
     db, mb = _numbers(b)
     pd.testing.assert_frame_equal(da, db)
@@ -99,18 +99,18 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_epoch", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_benchmark(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+        run_experiment(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
     monkeypatch.setattr(Trainer, "train_epoch", original)
     assert json.loads((c / "toy/grpo/seed0/checkpoints/latest/state.json").read_text())["epoch"] == 1
-    run_benchmark(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
     dc, mc = _numbers(c)
     pd.testing.assert_frame_equal(da, dc)
     assert ma == mc
 
     # finished cells are not recomputed; the manifest keeps the first start and lists the resumptions
     first = json.loads((c / "manifest.json").read_text())
-    monkeypatch.setattr(Cell, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
-    run_benchmark(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    monkeypatch.setattr(CellRun, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
+    run_experiment(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
     last = json.loads((c / "manifest.json").read_text())
     assert last["started"] == first["started"] and len(last["resumed"]) == len(first["resumed"]) + 1 == 2
     assert last["status"] == "done"
@@ -122,11 +122,11 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
 
 def test_mismatched_resume_is_refused(tiny_path, tmp_path):
     run = tmp_path / "r"
-    base_eval(run, "toy", tiny_path, 0, PRESET)
+    base_eval(run, "toy", tiny_path, 0, Evaluation(PRESET.eval), PRESET.train)
     (run / "manifest.json").write_text(json.dumps({"config": {"resolved": {"x": 1}, "model": "toy",
                                                               "methods": ["grpo"], "seeds": 1}}))
     with pytest.raises(RunError, match="another configuration"):
-        run_benchmark(run, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+        run_experiment(run, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
 
 
 def test_method_variants_change_one_setting():
@@ -165,7 +165,7 @@ def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_pat
     """The trainer and harness need no edit for a new method: register one here and run it."""
     from dataclasses import dataclass
 
-    from methods.base import _REGISTRY, Method, MethodConfig, StepLoss, register_method
+    from methods.base import METHODS, Method, MethodConfig, StepLoss, register_method
 
     @dataclass
     class HalfConfig(MethodConfig):
@@ -183,7 +183,7 @@ def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_pat
             return StepLoss(-self.config.scale * s.advantages * ratio, ratio.detach(), ratio < 0)
 
     try:
-        run = run_benchmark(tmp_path / "run", ["half-pg", "half-pg@scale=2.0"], "toy", PRESET,
+        run = run_experiment(tmp_path / "run", ["half-pg", "half-pg@scale=2.0"], "toy", PRESET,
                             model_path=tiny_path, progress=False)
         for name in ("half-pg", "half-pg@scale=2.0"):
             result = json.loads((run / "toy" / name / "seed0" / "result.json").read_text())
@@ -191,7 +191,7 @@ def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_pat
         table = (run / "report" / "tables.md").read_text()
         assert "half-pg@scale=2.0" in table and (run / "report" / "index.html").exists()
     finally:
-        _REGISTRY.pop("half-pg")
+        METHODS.remove("half-pg")
 
 
 def test_experiment_presets_name_valid_methods_rewards_and_seeds():
@@ -231,7 +231,7 @@ def test_export_writes_the_fine_tuned_toy_policy(tiny_path, tmp_path):
     from harness.cli import app
     from harness.run import load_cell_policy
 
-    run = run_benchmark(tmp_path / "r", ["grpo"], "toy", replace(PRESET, epochs=1), 1, tiny_path,
+    run = run_experiment(tmp_path / "r", ["grpo"], "toy", replace(PRESET, epochs=1), 1, tiny_path,
                         progress=False)
     cell = run / "toy" / "grpo" / "seed0"
     r = CliRunner().invoke(app, ["export", str(cell), "--out", str(tmp_path / "out")])
@@ -253,7 +253,7 @@ def test_the_manifest_names_the_code_commit():
     import subprocess
     from pathlib import Path
 
-    from harness.run import _versions
+    from harness.run import versions as _versions
 
     repo = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
@@ -276,7 +276,7 @@ def test_replay_reproduces_the_logged_rollouts(tiny_path, tmp_path):
     spec.loader.exec_module(replay)
     preset = replace(PRESET, reward="toy-colour=1,toy-pick=0.1", reward_options={},
                      train=replace(PRESET.train, inner_loops=1, reward_aggregation="normalised"))
-    run = run_benchmark(tmp_path / "r", ["dppo@delta=1e-9"], "toy", preset, 1, tiny_path, progress=False)
+    run = run_experiment(tmp_path / "r", ["dppo@delta=1e-9"], "toy", preset, 1, tiny_path, progress=False)
     r = replay.replay(run / "toy" / "dppo@delta=1e-9" / "seed0", echo=lambda _: None)
     assert r["epoch"] == [0, 1]
     assert r["base"][0] == pytest.approx(r["logged"][0], rel=1e-6)

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.geneval import Detection
+from harness.core.geneval_rules import Detection
 from rewards import RewardError, WeightedRewards, build_rewards
 from rewards.vqa import VQAJudge, answer_forms
 from tests.tiny_scorers import save_clip, save_mask2former, save_qwen3_vl
@@ -130,7 +130,7 @@ def scorer(saved):
 
 def test_detector_reads_instances_like_mmdet(scorer):
     pil = Image.new("RGB", (48, 40), (120, 30, 30))
-    from harness.geneval import keep_detections
+    from harness.core.geneval_rules import keep_detections
 
     dets = scorer.detector.detect([pil])[0]  # the top 100 (query, class) pairs, thresholds later
     assert len(dets["person"]) == 10  # every query is a person
@@ -192,7 +192,7 @@ def test_bench_eval_geneval2_on_the_toy_model(saved, tmp_path):
                               "--judge", str(saved["qwen"]), "--limit", "3", "--steps", "2",
                               "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
-    assert "GenEval2 (3 prompts" in res.output and "VQAScore" in res.output and "plumbing" in res.output
+    assert "geneval2: 3 prompts" in res.output and "VQAScore" in res.output and "plumbing" in res.output
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["benchmark"] == "geneval2" and len(r["soft_tifa"]["per_prompt_gm"]) == 3
     assert 0 < r["soft_tifa"]["am"] <= 100 and 0 <= r["tifa"]["am"] <= 100
@@ -203,13 +203,13 @@ def test_bench_eval_geneval_and_pickscore(saved, tmp_path):
                               "--clip", str(saved["clip"]), "--limit", "6", "--steps", "2",
                               "--images-per-prompt", "2"])
     assert res.exit_code == 0, res.output
-    assert "GenEval (6 prompts, 12 images" in res.output and "tag: counting" in res.output
+    assert "geneval: 6 prompts, 12 images" in res.output and "tag: counting" in res.output
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle\n\ntwo blue squares\n")
     res = runner.invoke(app, ["eval", "--benchmark", "pickscore", "--pickscore", str(saved["clip"]),
                               "--prompts", str(prompts), "--steps", "2"])
     assert res.exit_code == 0, res.output
-    assert "PickScore (raw) over 2 prompts" in res.output
+    assert "pickscore: 2 prompts" in res.output and "PickScore" in res.output
     assert "plumbing" not in res.output  # the toy model knows every word of these prompts
 
 

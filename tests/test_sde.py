@@ -114,7 +114,7 @@ def test_exact_kl_agrees_with_monte_carlo():
 
 @pytest.mark.parametrize("step", [flow_sde_step, cps_step])
 def test_log_ratio_decomposes_into_minus_kl_plus_noise(step):
-    """log ρ = −KL_sum + ε·Δμ/s for the action sampled by the old policy (methods.md §3)."""
+    """log ρ = −KL_sum + ε·Δμ/s for the action sampled by the old policy (docs/methods.md §3)."""
     x, v_old = _batch()
     v_new = v_old + 0.05 * torch.randn_like(v_old)
     sig, sig_next = torch.tensor([0.9, 0.6, 0.3]), torch.tensor([0.8, 0.5, 0.2])

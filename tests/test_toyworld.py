@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from harness.prompts import load_toy_split, toy_split_path
+from harness.core.prompts import load_toy_split, toy_split_path
 from harness.toyworld.grammar import (
     Spec,
     canonical_specs,

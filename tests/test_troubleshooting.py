@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import harness.io
+import harness.core.io
 from harness.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -42,6 +42,10 @@ def scratch(tmp_path_factory):
     (d / "bad.jsonl").write_text(json.dumps(good) + '\n{"prompt": "x"\n')
     (d / "bad_geneval.jsonl").write_text(json.dumps({"tag": "counting", "prompt": "x",
                                                      "include": [{"class": "unicorn", "count": 1}]}) + "\n")
+    (d / "bad.toml").write_text("epochs = \n")
+    (d / "typo.toml").write_text('base = "smoke"\n[train]\nlrr = 1e-3\n')
+    (d / "typed.toml").write_text('base = "smoke"\nepochs = "many"\n')
+    (d / "based.toml").write_text('base = "nosuch"\n')
     # a one-epoch run whose checkpoint is then damaged, its cell unfinished again
     r = runner.invoke(app, ["run", "--preset", "smoke", "--methods", "grpo", "--seeds", "1", "--epochs", "1",
                             "--out", str(d / "run")])
@@ -67,8 +71,12 @@ def test_troubleshooting_row(command, message, scratch, monkeypatch, tmp_path):
 def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
     def full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-    monkeypatch.setattr(harness.io.os, "replace", full)
+    monkeypatch.setattr(harness.core.io.os, "replace", full)
     r = runner.invoke(app, ["sample", "--prompt", "a red circle", "--steps", "1", "--n", "1",
                             "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 1 and r.output.strip().startswith("error: No space left on device"), r.output
     assert r.output.count("\n") == 1 and not list(tmp_path.glob("*.tmp"))  # no half-written file left
+
+
+def test_the_readme_is_a_user_guide_of_at_most_300_lines():
+    assert len(README.read_text().splitlines()) <= 300

@@ -1,5 +1,5 @@
 """The method zoo beyond grpo and dppo: each loss on hand-built tensors, and the formula
-checks of methods.md (RatioNorm's bias removal, the 1/|dt| reweighting, the CPS surrogate)."""
+checks of docs/methods.md (RatioNorm's bias removal, the 1/|dt| reweighting, the CPS surrogate)."""
 
 import math
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from harness.core.errors import FlowArenaError
 from harness.toyworld.grammar import NUMBERS, PLURAL
 from harness.toyworld.scene import BACKGROUND, COLOURS, RELATIONS, SHAPES, to_toy_size
 
@@ -39,7 +40,7 @@ _Q_POS = re.compile(rf"^(?:is|are) the (\w+) ({_REL}) the (\w+)\?$")
 _FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5}
 
 
-class QuestionError(ValueError):
+class QuestionError(FlowArenaError, ValueError):
     """A question the toy judge cannot parse."""
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from harness.geneval import box_relations as relation_of  # GenEval's position rule, as evaluated
+from harness.core.geneval_rules import box_relations as relation_of  # GenEval's position rule, as evaluated
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {

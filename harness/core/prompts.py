@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.soft_tifa import SKILLS
+from harness.core.errors import FlowArenaError
+from harness.core.soft_tifa import SKILLS
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"  # harness/data: shipped prompt sets with their licences
 TOY_SPLITS = ("train", "eval", "ood")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(FlowArenaError, ValueError):
     """A prompt file is missing or malformed (the message names file and line)."""
 
 
@@ -68,3 +69,13 @@ def toy_split_path(split: str) -> Path:
 
 def load_toy_split(split: str) -> list[dict]:
     return load_prompt_file(toy_split_path(split))
+
+
+def subset(records: list[dict], limit: int | None) -> list[dict]:
+    """`limit` prompts spread evenly over the set (None: all). The splits are ordered by
+    atom count, so the subset keeps the split's mix of easy and hard prompts."""
+    import numpy as np
+
+    if limit is None or limit >= len(records):
+        return records
+    return [records[int(i)] for i in np.linspace(0, len(records) - 1, limit).round()]

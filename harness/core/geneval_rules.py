@@ -1,7 +1,7 @@
 """GenEval's rules (Ghosh et al., 2023), written once for every detector backend.
 
 Input per image: the prompt's metadata record and the detections, `{class: [Detection]}`
-sorted by confidence (benchmarks.md: confidence > 0.3, > 0.9 for `counting`; at most 16
+sorted by confidence (docs/benchmarks.md §2: confidence > 0.3, > 0.9 for `counting`; at most 16
 per class; no NMS). Colours come from a callable that names the colour of each of a list
 of detections (the CLIP crop-and-mask protocol in `rewards/geneval.py`), asked only
 when a clause has a colour. The rules follow the official `evaluate_images.py`:
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.prompts import PromptFileError
-from harness.soft_tifa import stderr
+from harness.core.prompts import PromptFileError
+from harness.core.soft_tifa import stderr
 
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS = ("left of", "right of", "above", "below")
 THRESHOLD, COUNTING_THRESHOLD, MAX_OBJECTS, POSITION_MARGIN = 0.3, 0.9, 16, 0.1
-DATA = Path(__file__).parent / "data" / "geneval"
+DATA = Path(__file__).parents[1] / "data" / "geneval"
 
 
 @dataclass

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.soft_tifa import geometric_mean
+from harness.core.soft_tifa import geometric_mean
 from harness.toyworld.judge import ToyJudge
 from rewards.base import Reward, RewardError, RewardOutput, register_reward
 
@@ -15,7 +15,6 @@ from rewards.base import Reward, RewardError, RewardOutput, register_reward
 class ToySoftTifaReward(Reward):
     """The toy judge's Soft-TIFA score of each image for its prompt's questions, in [0, 1]."""
 
-    name = "toy-tifa"
 
     def __init__(self, aggregate: str = "gm"):
         if aggregate not in ("gm", "am"):

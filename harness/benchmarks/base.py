@@ -1,0 +1,152 @@
+"""What a benchmark is: which prompts, how images are scored, which metrics it reports.
+
+`Benchmark.evaluate` draws each prompt's images with the ODE from noise seeded per prompt
+(`seed`, prompt index, image index), so an image does not depend on `--limit` or on how
+prompts are batched, and two models evaluated with the same seed see the same noise. It
+scores in chunks as images come. The scorer (a judge, a detector, PickScore) is loaded on
+first use and kept, so a run that evaluates many cells loads it once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from harness.core.errors import FlowArenaError
+from harness.core.prompts import PromptFileError, subset
+from harness.core.registry import Registry
+from harness.core.results import Metric
+from models.base import FlowModel
+from models.text import UnknownWordError
+
+
+class BenchmarkError(FlowArenaError, ValueError):
+    """Unknown benchmark, or options it does not take."""
+
+
+BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark", BenchmarkError)
+register_benchmark = BENCHMARKS.register
+CHUNK = 16  # prompts sampled and scored together
+
+
+class Benchmark:
+    name: str = ""
+    description: str = ""
+    """One line for `bench benchmarks`."""
+    images_per_prompt: int = 1
+    options: tuple[str, ...] = ()
+    """The scorer's model options it takes (`judge`, `detector`, `clip`, `pickscore`, ...)."""
+
+    def __init__(self, device: str = "cpu", **options):
+        bad = sorted(k for k, v in options.items() if v is not None and k not in self.options)
+        if bad:
+            takes = f"it takes {', '.join(self.options)}" if self.options else "it takes none"
+            raise BenchmarkError(f"benchmark {self.name} has no option {bad[0]!r} ({takes})")
+        self.device = device
+        self.settings = {k: v for k, v in options.items() if v is not None}
+        self._scorer = None
+
+    # --- what a benchmark defines ---------------------------------------------------------
+    def prompts(self, path: str | Path | None = None) -> list[dict]:
+        """Its prompt records (or those of a user's file in a format it reads)."""
+        raise NotImplementedError
+
+    def load_scorer(self):
+        """A function (images, records, images per prompt) -> one result per record."""
+        raise NotImplementedError
+
+    def summary(self, records: list[dict], per_prompt: list) -> dict:
+        """The JSON-ready scores of these records from their per-record results."""
+        raise NotImplementedError
+
+    def metrics(self, result: dict) -> list[Metric]:
+        """The result's headline numbers, described for tables (keys unique within a run)."""
+        raise NotImplementedError
+
+    # --- shared by every benchmark ----------------------------------------------------------
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            self._scorer = self.load_scorer()
+        return self._scorer
+
+    def evaluate(self, model: FlowModel, *, prompts: str | Path | None = None, limit: int | None = None,
+                 images_per_prompt: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, progress: bool = False, **_) -> dict:
+        """This benchmark's scores for `model` as a JSON-ready dict (keyword options other
+        benchmarks take, such as the toy's `ood_limit`, are ignored)."""
+        t0 = time.perf_counter()
+        n = images_per_prompt or self.images_per_prompt
+        records = subset(self.prompts(prompts), limit)
+        scorer = self.scorer
+        note = None
+        if hasattr(model, "skip_unknown_words"):  # the toy model: does it know every word of the set?
+            try:
+                model.encode_prompts([r["prompt"] for r in records])
+            except UnknownWordError:
+                model.skip_unknown_words()
+                note = "the toy model reads only the words it knows: this checks the plumbing, not a score"
+        per_prompt: list = []
+        for lo in tqdm(range(0, len(records), CHUNK), desc=self.name, disable=not progress):
+            chunk = records[lo:lo + CHUNK]
+            images = seeded_images(model, chunk, lo, n, steps=steps, guidance=guidance, seed=seed)
+            per_prompt += scorer(images, chunk, n)
+        out = {"benchmark": self.name, "model": model.name, "steps": steps or model.default_steps,
+               "guidance": model.default_guidance if guidance is None else guidance, "seed": seed,
+               "images_per_prompt": n, **self.summary(records, per_prompt), "scorer": dict(self.settings)}
+        if note:
+            out["note"] = note
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        return out
+
+
+def seeded_images(model: FlowModel, records: list[dict], first: int, n: int, *, steps, guidance,
+                  seed) -> torch.Tensor:
+    """`n` images of each record, the noise of image k of prompt i seeded by (seed, i, k)."""
+    seeds = [seed * 1_000_003 + (first + i) * n + k for i in range(len(records)) for k in range(n)]
+    noise = torch.cat([model.initial_noise(1, torch.Generator().manual_seed(s)) for s in seeds])
+    prompts = [r["prompt"] for r in records for _ in range(n)]
+    return model.generate(prompts, steps=steps, guidance=guidance, noise=noise)
+
+
+def per_record(values: list, n: int) -> list[list]:
+    """A flat list of values, n images per record, as one list per record."""
+    return [values[i:i + n] for i in range(0, len(values), n)]
+
+
+def build_benchmark(name: str, device: str = "cpu", **options) -> Benchmark:
+    return BENCHMARKS.get(name)(device, **options)
+
+
+def evaluate_benchmark(model: FlowModel, name: str = "toy", *, device: str = "cpu",
+                       options: dict | None = None, **kwargs) -> dict:
+    """One benchmark's scores for `model` (`bench eval`): `options` go to its scorer."""
+    return build_benchmark(name, device, **(options or {})).evaluate(model, **kwargs)
+
+
+def load_text_prompts(path: str | Path) -> list[dict]:
+    """Plain prompts: a .jsonl file with a "prompt" per line, or a text file, one per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"prompt file {path} not found")
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptFileError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not (isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and rec["prompt"].strip()):
+                raise PromptFileError(f"{path}:{i}: expected an object with a non-empty 'prompt'")
+        else:
+            rec = {"prompt": line.strip()}
+        records.append(rec)
+    if not records:
+        raise PromptFileError(f"prompt file {path} holds no prompts")
+    return records

@@ -1,0 +1,49 @@
+"""`geneval2`: the 800 GenEval2 prompts (shipped, CC BY-NC 4.0), one image each, judged by
+a VQA model: Soft-TIFA GM / AM with per skill and per atom count, TIFA (hard answers) and
+VQAScore (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.benchmarks.base import Benchmark, per_record, register_benchmark
+from harness.core.prompts import DATA, load_prompt_file
+from harness.core.results import Metric, soft_tifa_metrics
+from harness.core.soft_tifa import soft_tifa, stderr
+
+
+@register_benchmark("geneval2")
+class GenEval2Benchmark(Benchmark):
+    description = "GenEval2: 800 prompts, Soft-TIFA / TIFA / VQAScore under a VQA judge (Qwen3-VL)"
+    options = ("judge",)
+
+    def prompts(self, path: str | Path | None = None) -> list[dict]:
+        return load_prompt_file(path or DATA / "geneval2" / "geneval2_data.jsonl")
+
+    def load_scorer(self):
+        from rewards.vqa import DEFAULT_JUDGE, VQAJudge
+
+        vqa = VQAJudge(self.settings.get("judge") or DEFAULT_JUDGE, self.device)
+
+        def score(images, records, n):
+            metas = [r for r in records for _ in range(n)]
+            soft, hard = vqa.judge_batch(images, [r["vqa_list"] for r in metas])
+            vs = vqa.vqascore(images, [r["prompt"] for r in metas]).tolist()
+            return list(zip(per_record(soft, n), per_record(hard, n), per_record(vs, n)))
+        return score
+
+    def summary(self, records: list[dict], per_prompt: list) -> dict:
+        vqa = [float(np.mean(p[2])) for p in per_prompt]
+        return {"soft_tifa": soft_tifa(records, [p[0] for p in per_prompt]).to_dict(),
+                "tifa": soft_tifa(records, [p[1] for p in per_prompt]).to_dict(),
+                "vqascore": {"mean": 100 * float(np.mean(vqa)), "stderr": 100 * stderr(vqa), "n": len(vqa)}}
+
+    def metrics(self, result: dict) -> list[Metric]:
+        h, v = result["tifa"], result["vqascore"]
+        return soft_tifa_metrics(result["soft_tifa"], self.name) + [
+            Metric("tifa_am", "TIFA AM", h["am"], h["am_stderr"], h["n_prompts"], role="secondary",
+                   benchmark=self.name),
+            Metric("vqascore", "VQAScore", v["mean"], v["stderr"], v["n"], role="secondary",
+                   benchmark=self.name)]

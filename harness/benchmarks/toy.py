@@ -1,0 +1,94 @@
+"""`toy`: the embedded default benchmark. Soft-TIFA under the toy judge on the held-out
+eval split (GenEval2's format and scoring, docs/toy-world.md) and the toy preference score
+on the out-of-domain split; no downloads.
+
+Unlike the real benchmarks, the images of a split are drawn from one noise tensor seeded
+once (`seed`), as every toy result in the docs was measured.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.benchmarks.base import Benchmark, register_benchmark
+from harness.core.prompts import PromptFileError, load_toy_split, subset
+from harness.core.results import Metric, toy_metrics
+from harness.core.soft_tifa import SoftTifaResult, soft_tifa, stderr
+from harness.toyworld.judge import ToyJudge
+from models.base import FlowModel
+
+
+def sample_split(model: FlowModel, records: list[dict], *, images_per_prompt: int = 1,
+                 steps: int | None = None, guidance: float | None = None, seed: int = 0,
+                 progress: bool = False) -> torch.Tensor:
+    prompts = [r["prompt"] for r in records for _ in range(images_per_prompt)]
+    noise = model.initial_noise(len(prompts), torch.Generator().manual_seed(seed))
+    return model.generate(prompts, steps=steps, guidance=guidance, noise=noise, progress=progress)
+
+
+def soft_tifa_eval(model: FlowModel, split: str = "eval", *, images_per_prompt: int = 1,
+                   steps: int | None = None, guidance: float | None = None, seed: int = 0,
+                   judge: ToyJudge | None = None, progress: bool = False,
+                   limit: int | None = None) -> SoftTifaResult:
+    records = subset(load_toy_split(split), limit)
+    images = sample_split(model, records, images_per_prompt=images_per_prompt, steps=steps,
+                          guidance=guidance, seed=seed, progress=progress)
+    judge = judge or ToyJudge()
+    scores, i = [], 0
+    for rec in records:
+        scores.append([judge.score(images[i + k], rec["vqa_list"]) for k in range(images_per_prompt)])
+        i += images_per_prompt
+    return soft_tifa(records, scores)
+
+
+def preference_eval(model: FlowModel, split: str = "ood", *, steps: int | None = None,
+                    guidance: float | None = None, seed: int = 0, reward=None,
+                    progress: bool = False, limit: int | None = None) -> dict:
+    """Mean toy preference score (raw, like PickScore's) over a split's prompts, ± stderr."""
+    from rewards import build_reward
+
+    records = subset(load_toy_split(split), limit)
+    reward = reward or build_reward("toy-pick")
+    images = sample_split(model, records, steps=steps, guidance=guidance, seed=seed, progress=progress)
+    scores = reward(images, [r["prompt"] for r in records], records).scores.numpy()
+    return {"mean": float(np.mean(scores)), "stderr": stderr(scores), "n": len(scores),
+            "per_prompt": scores.tolist()}
+
+
+@register_benchmark("toy")
+class ToyBenchmark(Benchmark):
+    description = "Soft-TIFA under the toy judge (eval split) + toy preference score (ood split)"
+
+    def prompts(self, path: str | Path | None = None) -> list[dict]:
+        if path is not None:
+            raise PromptFileError("the toy benchmark uses its own splits; --prompts is for "
+                                  "geneval2, geneval and pickscore")
+        return load_toy_split("eval")
+
+    def evaluate(self, model: FlowModel, *, prompts=None, limit: int | None = None,
+                 images_per_prompt: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, progress: bool = False, ood: bool = True,
+                 ood_limit: int | None = -1, **_) -> dict:
+        """Soft-TIFA on `limit` prompts of the eval split (spread evenly) and, with `ood`, the
+        preference score on `ood_limit` prompts of the ood split (default: as many as `limit`)."""
+        if prompts is not None:
+            self.prompts(prompts)  # says why not
+        t0 = time.perf_counter()
+        tifa = soft_tifa_eval(model, "eval", images_per_prompt=images_per_prompt or 1, steps=steps,
+                              guidance=guidance, seed=seed, progress=progress, limit=limit)
+        out = {"benchmark": self.name, "model": model.name, "steps": steps or model.default_steps,
+               "guidance": model.default_guidance if guidance is None else guidance, "seed": seed,
+               "soft_tifa": tifa.to_dict()}
+        if ood:
+            out["preference_ood"] = preference_eval(model, "ood", steps=steps, guidance=guidance, seed=seed,
+                                                    progress=progress,
+                                                    limit=limit if ood_limit == -1 else ood_limit)
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        return out
+
+    def metrics(self, result: dict) -> list[Metric]:
+        return toy_metrics(result)

@@ -1,0 +1,235 @@
+"""The result files, typed: what the run writes and what reports, live logging and tests read.
+
+    eval/<epoch>.json, base/seed<k>/eval.json   EvalRecord   (metrics + each benchmark's result)
+    <cell>/result.json                          CellResult   (final and base evaluations, cost)
+    manifest.json                               Manifest     (command, config, versions, sessions)
+    metrics.jsonl keys k<k>/[i<j>/]<name>       diag_key / parse_diag_key
+
+Every file carries `schema`. Files written before the schema existed (no key) are schema 1
+and still read: their evaluations were the toy benchmark's, laid out flat. A file of a newer
+schema than this code knows is one line naming the version it needs.
+
+A `Metric` describes itself (title, higher-is-better, digits, role, per-prompt values where
+they pair across models), so reports build columns from the files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from harness.core.errors import FlowArenaError
+
+SCHEMA = 2
+ROLES = ("primary", "detail", "secondary")
+"""primary: the in-domain headline (the table's first columns, paired against the base model);
+detail: its breakdown (skills, atom counts); secondary: out-of-domain scores."""
+
+
+class ResultSchemaError(FlowArenaError, ValueError):
+    """A result file this code cannot read (newer schema, or not a result file)."""
+
+
+@dataclass
+class Metric:
+    key: str
+    """Column name in tables and CSV (unique within a run)."""
+    title: str
+    value: float
+    stderr: float | None = None
+    """Over prompts; None where the benchmark has none (per skill)."""
+    n: int | None = None
+    higher_is_better: bool | None = True
+    digits: int | None = 1
+    """Decimals in tables (None: scientific notation)."""
+    role: str = "primary"
+    benchmark: str = ""
+    paired: bool = False
+    """`per_prompt` holds values on the same prompts and noise for every model: ΔX vs base."""
+    per_prompt: list[float] | None = None
+    log_name: str | None = None
+    """Its name in live logs (`eval/<log_name>`; default: the key)."""
+
+
+@contextmanager
+def _malformed(what: str):
+    """A file whose keys or types are not those of its record: one ResultSchemaError line."""
+    try:
+        yield
+    except (KeyError, TypeError) as e:
+        raise ResultSchemaError(f"{what} ({type(e).__name__}: {e})") from None
+
+
+def _from_fields(cls, d: dict):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _check_schema(d: dict, what: str) -> int:
+    if not isinstance(d, dict):
+        raise ResultSchemaError(f"{what} is not a JSON object")
+    schema = d.get("schema", 1)
+    if not isinstance(schema, int) or schema > SCHEMA:
+        raise ResultSchemaError(f"{what} has result schema {schema}; this FlowArena reads schemas "
+                                f"1-{SCHEMA}: upgrade it (pip install -U flowarena) to read this run")
+    return schema
+
+
+# --- evaluations ------------------------------------------------------------------------------
+@dataclass
+class EvalRecord:
+    metrics: list[Metric]
+    benchmarks: dict[str, dict]
+    """Each benchmark's full result (per prompt, per skill, settings), by benchmark name."""
+    kl_to_pretrained: dict | None = None
+    epoch: int | None = None
+    wall_seconds: float | None = None
+    schema: int = SCHEMA
+
+    def metric(self, key: str) -> Metric | None:
+        return next((m for m in self.metrics if m.key == key), None)
+
+    @property
+    def paired(self) -> Metric | None:
+        """The primary metric whose per-prompt values pair with the base model's (ΔGM)."""
+        return next((m for m in self.metrics if m.paired and m.role == "primary"), None)
+
+    @property
+    def kl(self) -> float | None:
+        return None if self.kl_to_pretrained is None else self.kl_to_pretrained.get("mean")
+
+    def to_json(self) -> dict:
+        out = {"schema": self.schema, "epoch": self.epoch, "wall_seconds": self.wall_seconds,
+               "metrics": [asdict(m) for m in self.metrics], "benchmarks": self.benchmarks}
+        if self.kl_to_pretrained is not None:
+            out["kl_to_pretrained"] = self.kl_to_pretrained
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: dict, what: str = "evaluation") -> EvalRecord:
+        if _check_schema(d, what) == 1:
+            return _eval_v1(d)
+        with _malformed(f"{what} is not an evaluation record"):
+            return cls(metrics=[_from_fields(Metric, m) for m in d["metrics"]], benchmarks=d["benchmarks"],
+                       kl_to_pretrained=d.get("kl_to_pretrained"), epoch=d.get("epoch"),
+                       wall_seconds=d.get("wall_seconds"), schema=d["schema"])
+
+
+def soft_tifa_metrics(t: dict, benchmark: str, name: str = "Soft-TIFA", prefix: str = "") -> list[Metric]:
+    """A Soft-TIFA result (`SoftTifaResult.to_dict()`) as metrics: GM (paired over prompts) and AM
+    as the headline, each skill and each atom count as detail."""
+    out = [Metric(f"{prefix}gm", f"{name} GM", t["gm"], t["gm_stderr"], t["n_prompts"], role="primary",
+                  benchmark=benchmark, paired=True, per_prompt=t["per_prompt_gm"]),
+           Metric(f"{prefix}am", f"{name} AM", t["am"], t["am_stderr"], t["n_prompts"], role="primary",
+                  benchmark=benchmark)]
+    out += [Metric(f"{prefix}skill:{k}", k, v, role="detail", benchmark=benchmark)
+            for k, v in t["per_skill"].items()]
+    out += [Metric(f"{prefix}atoms:{k}", f"GM @{k} atoms", v, role="detail", benchmark=benchmark)
+            for k, v in t.get("per_atom_count", {}).items()]
+    return out
+
+
+def toy_metrics(result: dict) -> list[Metric]:
+    """The toy benchmark's metrics: Soft-TIFA on the eval split, the preference score on ood."""
+    out = soft_tifa_metrics(result["soft_tifa"], "toy")
+    if (p := result.get("preference_ood")) is not None:
+        out.append(Metric("pref", "ood preference", p["mean"], p["stderr"], p["n"], digits=2,
+                          role="secondary", benchmark="toy", log_name="preference_ood"))
+    return out
+
+
+def _eval_v1(d: dict) -> EvalRecord:
+    """Schema 1: the toy benchmark's result at the top level, beside the KL and the epoch."""
+    with _malformed("not an evaluation record of schema 1"):
+        toy = {k: v for k, v in d.items() if k not in ("kl_to_pretrained", "epoch", "wall_seconds")}
+        return EvalRecord(toy_metrics(toy), {"toy": toy}, d.get("kl_to_pretrained"), d.get("epoch"),
+                          d.get("wall_seconds"), schema=1)
+
+
+# --- a cell's result --------------------------------------------------------------------------
+@dataclass
+class CellResult:
+    """result.json: a finished method × seed cell (its mark of being done)."""
+    method: str
+    seed: int
+    model: str
+    epochs: int
+    wall_seconds: float
+    final: EvalRecord
+    base: EvalRecord
+    train_reward: dict
+    """first (epoch 1's batch mean), first_stderr, last (mean of the last epochs), last_epochs."""
+    reward: str = ""
+    schema: int = SCHEMA
+
+    def to_json(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(final=self.final.to_json(), base=self.base.to_json())
+        return {"schema": d.pop("schema"), **d}
+
+    @classmethod
+    def from_json(cls, d: dict, what: str = "result.json") -> CellResult:
+        _check_schema(d, what)
+        with _malformed(f"{what} is not a cell result"):
+            return cls(**{**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}},
+                          "final": EvalRecord.from_json(d["final"], what),
+                          "base": EvalRecord.from_json(d["base"], what), "schema": d.get("schema", 1)})
+
+
+# --- the run's manifest -----------------------------------------------------------------------
+@dataclass
+class Manifest:
+    command: str
+    config: dict
+    """methods, model, model_path, seeds, preset, resolved (the preset as run), model_options."""
+    versions: dict
+    status: str = "running"
+    """running, stopped (interrupted or failed) or done."""
+    started: str = ""
+    resumed: list[str] = field(default_factory=list)
+    sessions: list[dict] = field(default_factory=list)
+    """One per session: its start and seconds; `seconds` is their total."""
+    seconds: float = 0.0
+    processes: int = 1
+    schema: int = SCHEMA
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        if not d["resumed"]:
+            d.pop("resumed")
+        if d["processes"] == 1:
+            d.pop("processes")
+        return {"schema": d.pop("schema"), **d}
+
+    @classmethod
+    def from_json(cls, d: dict, what: str = "manifest.json") -> Manifest:
+        _check_schema(d, what)
+        if not isinstance(d.get("config"), dict):
+            raise ResultSchemaError(f"{what} has no run configuration")
+        return _from_fields(cls, {"command": "", "versions": {}, **d, "schema": d.get("schema", 1)})
+
+
+def read_json(path: Path):
+    """A JSON file, or a ResultSchemaError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ResultSchemaError(f"{path} is unreadable ({type(e).__name__})") from None
+
+
+# --- the names of per-step diagnostics in metrics.jsonl ---------------------------------------
+_DIAG = re.compile(r"k(\d+)/(?:i(\d+)/)?([A-Za-z_]\w*)")
+
+
+def diag_key(step: int, inner: int, name: str) -> str:
+    """`k<step>/<name>` for the first pass over a batch, `k<step>/i<inner>/<name>` for later ones."""
+    return f"k{step}/{name}" if inner == 0 else f"k{step}/i{inner}/{name}"
+
+
+def parse_diag_key(key: str) -> tuple[int, int, str] | None:
+    """(step, inner, name) of a per-step diagnostic key, None for any other metric."""
+    m = _DIAG.fullmatch(key)
+    return None if m is None else (int(m.group(1)), int(m.group(2) or 0), m.group(3))

@@ -1,0 +1,30 @@
+"""The run of an experiment, by responsibility:
+
+- `config.py`: presets as TOML data, the toy calibration, `--methods` variants, resolution
+- `evaluation.py`: the preset's benchmarks and the KL to the pretrained model
+- `cell.py`: one method × seed: training, checkpoints, resume
+- `experiment.py`: methods × seeds, the base model, the manifest, the report
+- `export.py`: a trained cell read back
+"""
+
+from harness.run.cell import CellRun, checkpoint_files, read_checkpoint_state, save_checkpoint
+from harness.run.config import (
+    PRESETS,
+    TOY_CALIBRATION,
+    EvalSettings,
+    Preset,
+    RunError,
+    get_preset,
+    load_preset,
+    method_variant,
+    resolve,
+    to_toml,
+)
+from harness.run.evaluation import EVAL_SEED, Evaluation, kl_to_pretrained
+from harness.run.experiment import base_eval, run_experiment, versions
+from harness.run.export import load_cell_policy, read_cell
+
+__all__ = ["CellRun", "EVAL_SEED", "EvalSettings", "Evaluation", "PRESETS", "Preset", "RunError",
+           "TOY_CALIBRATION", "base_eval", "checkpoint_files", "get_preset", "kl_to_pretrained",
+           "load_cell_policy", "load_preset", "method_variant", "read_cell", "read_checkpoint_state",
+           "resolve", "run_experiment", "save_checkpoint", "to_toml", "versions"]

@@ -1,0 +1,189 @@
+"""One method × seed of a run: train with the common trainer, evaluate at fixed intervals,
+checkpoint after every epoch, resume from the last checkpoint.
+
+    <run>/<model>/<method>/seed<k>/
+      config.json  metrics.jsonl  diagnostics/epoch_XXXX.safetensors
+      eval/<epoch>.json  checkpoints/latest/  samples/{final.png,prompts.json}  result.json
+
+A cell with `result.json` is finished and never recomputed. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from harness.core.io import (
+    load_optimizer,
+    load_tensors,
+    optimizer_tensors,
+    save_tensors,
+    write_json,
+    write_jsonl,
+)
+from harness.core.prompts import load_toy_split
+from harness.core.results import CellResult, EvalRecord, read_json
+from harness.live import eval_scalars, open_live_log, scalars
+from harness.run.config import Preset, RunError, method_variant, upgrade_resolved
+from harness.run.evaluation import Evaluation
+from methods import dist
+from methods.trainer import TrainConfig, Trainer, TrainingFault
+from models import load_model
+from rewards import build_rewards
+
+
+def save_checkpoint(ckpt: Path, model, optimizer, state: dict) -> None:
+    """Weights and optimizer under names carrying the epoch, then state.json naming them: a
+    kill at any instant leaves state.json pointing at a complete, consistent pair (the
+    previous epoch's until the new state.json lands). Older pairs are removed afterwards."""
+    tag = f"{state['epoch']:05d}"
+    files = {"weights": f"weights_{tag}.safetensors", "optimizer": f"optimizer_{tag}.safetensors"}
+    opt_t, opt_meta = optimizer_tensors(optimizer)
+    save_tensors(ckpt / files["weights"], model.trainable_state_dict())
+    save_tensors(ckpt / files["optimizer"], opt_t)
+    write_json(ckpt / "state.json", {**state, "optimizer": opt_meta, "files": files})
+    for old in ckpt.glob("*.safetensors"):
+        if old.name not in files.values():
+            old.unlink(missing_ok=True)
+
+
+def read_checkpoint_state(ckpt: Path) -> dict:
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+        if not isinstance(state, dict) or not {"epoch", "config", "optimizer"} <= state.keys():
+            raise ValueError("missing keys")
+        return state
+    except (OSError, ValueError) as e:
+        raise RunError(f"checkpoint {ckpt / 'state.json'} is damaged ({e}); delete "
+                       f"{ckpt.parent.parent} to retrain this cell") from None
+
+
+def checkpoint_files(ckpt: Path, state: dict) -> dict[str, Path]:
+    """The weight files a state.json names (runs written before epoch-tagged names: the plain ones)."""
+    files = state.get("files", {"weights": "weights.safetensors", "optimizer": "optimizer.safetensors"})
+    return {k: ckpt / v for k, v in files.items()}
+
+
+class CellRun:
+    """Trains and evaluates one method × seed of a run directory."""
+
+    def __init__(self, run: Path, model_name: str, model_path: str | None, method_name: str,
+                 seed: int, preset: Preset, evaluation: Evaluation, device: str = "cpu",
+                 log_to: str | None = None, model_options: dict | None = None):
+        self.run_dir, self.log_to, self.model_options = run, log_to, model_options or {}
+        self.dir = run / model_name / method_name / f"seed{seed}"
+        self.model_name, self.model_path, self.method_name = model_name, model_path, method_name
+        self.seed, self.preset, self.device, self.evaluation = seed, preset, device, evaluation
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "result.json").exists()
+
+    def run(self, base_eval: EvalRecord, progress: bool = True) -> dict | None:
+        p = self.preset
+        model = load_model(self.model_name, self.model_path, self.device, **self.model_options)
+        method, train = method_variant(self.method_name, p, self.model_name)
+        reward = build_rewards(p.reward, device=self.device, **p.reward_options)
+        trainer = Trainer(model, method, reward, load_toy_split("train"), train, seed=self.seed)
+        config = {"method": self.method_name, "method_config": asdict(method.config),
+                  "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,
+                  "reward": p.reward, "seed": self.seed, "model": self.model_name}
+        ckpt = self.dir / "checkpoints" / "latest"
+        start, wall = 0, 0.0
+        if (ckpt / "state.json").exists():
+            state = read_checkpoint_state(ckpt)
+            if upgrade_resolved(state["config"]) != json.loads(json.dumps(config)):
+                raise RunError(f"{self.dir} holds a run with another configuration; "
+                               "use a new --out or delete it")
+            try:
+                files = checkpoint_files(ckpt, state)
+                model.load_trainable_state_dict(load_tensors(files["weights"]))
+                load_optimizer(trainer.optimizer, load_tensors(files["optimizer"]), state["optimizer"])
+            except Exception as e:  # noqa: BLE001 - a damaged checkpoint, whatever the library says
+                raise RunError(f"checkpoint {ckpt} is damaged ({type(e).__name__}: "
+                               f"{(str(e).splitlines() or [''])[0][:120]}); delete {self.dir} to "
+                               "retrain this cell") from None
+            start, wall = state["epoch"], state["wall_seconds"]
+        main = dist.is_main()  # only rank 0 writes; every rank trains
+        if main:
+            write_json(self.dir / "config.json", config)
+            write_json(self.dir / "eval" / "0.json", replace(base_eval, epoch=0).to_json())
+        metrics = self._read_metrics(start)
+        live = open_live_log(self.log_to, self.run_dir, self.model_name, self.method_name,
+                             self.seed, config) if main else None
+        try:
+            if live is not None and start == 0:
+                live.log(eval_scalars(base_eval), 0)
+            wall = self._train(model, method, train, trainer, config, start, wall, metrics, live, progress)
+        except TrainingFault as e:
+            last = read_checkpoint_state(ckpt)["epoch"] if (ckpt / "state.json").exists() else 0
+            raise RunError(f"{self.method_name} seed {self.seed}: {e}. The last checkpoint (epoch {last}) "
+                           f"is intact in {ckpt}") from None
+        finally:
+            if live is not None:
+                live.close()
+        result = self._finish(model, metrics, base_eval, train, wall) if main else None
+        dist.barrier()
+        return result
+
+    def _train(self, model, method, train, trainer, config, start: int, wall: float,
+               metrics: list[dict], live, progress: bool) -> float:
+        """Epochs `start`… with an evaluation every `eval.every` and a checkpoint after each;
+        returns the training wall time."""
+        p, ckpt = self.preset, self.dir / "checkpoints" / "latest"
+        bar = tqdm(range(start, p.epochs), desc=f"{self.method_name} seed{self.seed}",
+                   disable=not progress or not dist.is_main(), initial=start, total=p.epochs)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            m, samples = trainer.train_epoch(epoch)
+            wall += time.perf_counter() - t0
+            m["wall_seconds"] = round(wall, 2)
+            metrics.append(m)
+            if not dist.is_main():
+                dist.barrier()  # rank 0 evaluates and checkpoints meanwhile
+                continue
+            save_tensors(self.dir / "diagnostics" / f"epoch_{epoch + 1:04d}.safetensors", samples)
+            bar.set_postfix(reward=f"{m['reward_mean']:.3f}")
+            done = epoch + 1
+            if live is not None:
+                live.log(scalars(m), done)
+            if done % p.eval.every == 0 or done == p.epochs:
+                ev = replace(self.evaluation(model, method, train), epoch=done, wall_seconds=wall)
+                write_json(self.dir / "eval" / f"{done}.json", ev.to_json())
+                if live is not None:
+                    live.log(eval_scalars(ev), done)
+            write_jsonl(self.dir / "metrics.jsonl", metrics)
+            save_checkpoint(ckpt, model, trainer.optimizer,
+                            {"epoch": done, "wall_seconds": wall, "config": config})
+            dist.barrier()
+        return wall
+
+    def _finish(self, model, metrics: list[dict], base_eval: EvalRecord, train: TrainConfig,
+                wall: float) -> dict:
+        """The final sample grid and result.json (the cell's mark of being done)."""
+        p = self.preset
+        path = self.dir / "eval" / f"{p.epochs}.json"
+        final = EvalRecord.from_json(read_json(path), str(path))
+        self.evaluation.sample_grid(model, self.dir / "samples" / "final.png")
+        last = metrics[-3:]  # the training reward at the start and over the last epochs
+        n_traj = train.prompts_per_epoch * train.group_size
+        train_reward = {"first": metrics[0]["reward_mean"],
+                        "first_stderr": metrics[0]["reward_std"] / n_traj**0.5,
+                        "last": sum(m["reward_mean"] for m in last) / len(last),
+                        "last_epochs": len(last)}
+        result = CellResult(self.method_name, self.seed, self.model_name, p.epochs, round(wall, 1), final,
+                            base_eval, train_reward, p.reward).to_json()
+        write_json(self.dir / "result.json", result)
+        return result
+
+    def _read_metrics(self, upto: int) -> list[dict]:
+        """metrics.jsonl lines of the epochs the checkpoint covers (a resumed run redoes the rest)."""
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in rows if r["epoch"] < upto]

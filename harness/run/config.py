@@ -1,0 +1,337 @@
+"""What a run trains and measures: presets as data, the toy calibration, method variants.
+
+A preset is a small TOML file (`harness/run/presets/<name>.toml`, or a user's own through
+`bench run --config FILE`): top-level fields of `Preset`, a `[train]` table of `TrainConfig`
+fields, an `[eval]` table of `EvalSettings` fields, and `[method_overrides.<method>]` tables
+for the toy model. `base = "default"` starts from another preset; tables merge key by key,
+and a preset (or `--reward`) that names a reward starts its `reward_options` afresh, since
+options belong to the reward. Command-line options override a preset through the same merge.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from harness.core.errors import FlowArenaError
+from harness.core.registry import Registry
+from methods import Method, build_method, get_method
+from methods.trainer import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class RunError(FlowArenaError, ValueError):
+    """A run cannot start or resume (bad preset, mismatched directory)."""
+
+
+@dataclass
+class EvalSettings:
+    benchmarks: tuple[str, ...] = ("toy",)
+    """What is measured between epochs and at the end (`bench benchmarks`); the first one's
+    prompts also draw the sample grids and the KL to the pretrained model."""
+    every: int = 5
+    """Evaluate after every this many epochs (and at the end)."""
+    limit: int | None = None
+    """Prompts of the benchmark's set, spread evenly (None: all; the toy eval split has 192)."""
+    ood_limit: int | None = None
+    """Prompts of the toy benchmark's ood split for the preference score (None: all 96)."""
+    steps: int | None = None
+    """ODE steps (None: the model's default)."""
+    guidance: float | None = 1.0
+    """CFG scale of evaluation images (None: the model's default; 1.0 = the no-CFG setting
+    the toy presets train in)."""
+    kl_prompts: int = 32
+    """Prompts whose trajectories measure the KL to the pretrained model."""
+    samples: int = 8
+    """Prompts drawn in the sample grids."""
+
+
+# The toy world's trust-region thresholds: on the `default` setting (I = 1, so the second
+# mini-batch of each epoch is the off-policy one), each removes the gradient of about 10 %
+# of the off-policy steps (docs/toy-world.md asks for 5–30 %). Measured on runs whose trust
+# region never binds, with `benchmarks/calibrate.py` (docs/results.md, "Calibration", has the
+# command and the shares). The published values (SD3.5 latents: 1e-4, 2e-6, 1e-5) clip or
+# mask nothing here except cps's, which makes grpo, guard and dppo the same algorithm.
+TOY_CALIBRATION: dict[str, dict] = {
+    "grpo": {"clip_range": 5e-6},  # removes 14.1 % of off-policy steps
+    "cps": {"clip_range": 1e-5},  # 10.0 % (the published value happens to fit)
+    "guard": {"clip_range": 5e-6},  # 9.3 %
+    "dppo": {"delta": 1e-7},  # 7.7 %
+    "dppo-cps": {"delta": 1e-7},  # 8.9 %: the CPS KL scale matches (methods/sde.py)
+    "dppo-sym": {"delta": 1e-7},  # dppo's δ, both sides: 15.0 %
+    "dppo-sampled-kl": {"delta": 3e-11},  # ½(log ρ)² is ~KL/D: δ giving dppo's share, 7.5 %
+}
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    epochs: int
+    train: TrainConfig
+    eval: EvalSettings
+    reward: str = "toy-tifa"
+    """Training reward: a name (`bench rewards`) or weights, e.g. toy-tifa=1,toy-pick=0.5."""
+    reward_options: dict = field(default_factory=dict)
+    methods: tuple[str, ...] = ("grpo", "dppo")
+    """What `bench run --preset NAME` trains when `--methods` is not given."""
+    seeds: int = 1
+    """Seeds per method when `--seeds` is not given."""
+    method_overrides: dict[str, dict] = field(default_factory=lambda: dict(TOY_CALIBRATION))
+    """Per-method settings for the toy model (the published ones target SD3.5 latents);
+    other models train with the published defaults."""
+
+    def to_data(self) -> dict:
+        """The preset as plain data (what --dump-config writes and --config reads back)."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+_TABLES = {"train": TrainConfig, "eval": EvalSettings}
+
+
+# --- reading presets --------------------------------------------------------------------------
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return "true or false"
+    if hint in (int, float):
+        return "a number" if hint is float else "an integer"
+    if hint is str:
+        return "a string"
+    if origin in (tuple, list):
+        return "a list"
+    if origin is dict or hint is dict:
+        return "a table"
+    if type(None) in args:
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + ' or "none"'
+    return str(hint)
+
+
+def _coerce(value, hint, where: str):
+    """`value` as the field's type (TOML lists become tuples), or a RunError saying what is allowed."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if type(None) in args:
+        if value is None or value == "none":  # TOML has no null: "none" unsets an optional field
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)  # the project's optionals wrap one type
+    ok = {bool: isinstance(value, bool), str: isinstance(value, str),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool)}.get(hint)
+    if ok is not None:
+        if not ok:
+            raise RunError(f"{where} must be {_describe(hint)}, not {value!r}")
+        return float(value) if hint is float else value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise RunError(f"{where} must be a list, not {value!r}")
+        item = args[0] if args else None
+        if len(args) == 2 and args[1] is Ellipsis or len(args) == 1:
+            return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise RunError(f"{where} must be a list of {len(args)} values, not {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise RunError(f"{where} must be a table, not {value!r}")
+        return value
+    return value
+
+
+def build(cls, data: dict, where: str):
+    """A dataclass from plain data: unknown fields and wrong types are one RunError line."""
+    if not isinstance(data, dict):
+        raise RunError(f"{where} must be a table")
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in fields(cls)]
+    kw = {}
+    for key, value in data.items():
+        if key not in allowed:
+            raise RunError(f"{where}: unknown field {key!r} (allowed: {', '.join(allowed)})")
+        if key in _TABLES and cls is Preset:
+            kw[key] = build(_TABLES[key], value, f"{where} [{key}]")
+        else:
+            kw[key] = _coerce(value, hints[key], f"{where}: field {key!r}")
+    try:
+        return cls(**kw)
+    except TypeError:  # a required field is absent
+        missing = [f.name for f in fields(cls) if f.name not in kw]
+        raise RunError(f"{where}: missing field {missing[0]!r}") from None
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: tables merge key by key, except `reward_options`, which a new
+    `reward` replaces (options belong to the reward)."""
+    out = dict(base)
+    if "reward" in over and "reward_options" not in over:
+        out["reward_options"] = {}
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "reward_options":
+            out[key] = merge(out[key], value) if key != "method_overrides" else {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _defaults() -> dict:
+    """Every field's default, so a preset file need only name what differs."""
+    return {"train": asdict(TrainConfig()), "eval": asdict(EvalSettings()),
+            "method_overrides": json.loads(json.dumps(TOY_CALIBRATION))}
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"config file {path} not found") from None
+    except OSError as e:
+        raise RunError(f"config file {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"config file {path} is not valid TOML ({e})") from None
+
+
+def preset_data(path: Path, seen: tuple[str, ...] = ()) -> dict:
+    """A preset file's fields merged onto its base preset's (or the defaults)."""
+    data = read_toml(path)
+    base = data.pop("base", None)
+    if base is None:
+        start = _defaults()
+    elif not isinstance(base, str):
+        raise RunError(f"{path}: field 'base' must name a preset (bench presets lists them)")
+    elif base in seen:
+        raise RunError(f"{path}: presets name each other as base in a circle ({' -> '.join(seen + (base,))})")
+    elif not (PRESET_DIR / f"{base}.toml").is_file():
+        raise RunError(f"{path}: base preset {base!r} does not exist (known: {', '.join(PRESETS.names())})")
+    else:
+        start = preset_data(PRESET_DIR / f"{base}.toml", seen + (base,))
+    return merge(start, data)
+
+
+def load_preset(path: str | Path, name: str | None = None) -> Preset:
+    """A preset from a TOML file (its name: the file's stem unless the file says)."""
+    path = Path(path)
+    data = preset_data(path)
+    data.setdefault("name", name or path.stem)
+    data.setdefault("description", f"the recipe in {path.name}")
+    preset = build(Preset, data, str(path))
+    preset.train.validate()
+    return preset
+
+
+PRESETS: Registry[Preset] = Registry("preset", RunError)
+_ORDER = ["smoke", "sanity", "default", "main", "main-multi", "stability", "ablation", "sweep", "paper"]
+for _file in sorted(PRESET_DIR.glob("*.toml"), key=lambda p: (_ORDER + [p.stem]).index(p.stem)):
+    PRESETS.add(_file.stem, load_preset(_file))  # `bench presets` order: small to large, then the rest
+
+
+def get_preset(name: str) -> Preset:
+    return PRESETS.get(name)
+
+
+def resolve(preset: str | Path | Preset, **overrides) -> Preset:
+    """The preset as it will run: a registered name, a TOML file or a Preset, with the
+    command line's overrides (`epochs`, `reward`, `reward_options` (added to the preset's),
+    `train` / `eval` tables) merged on top the way a preset merges on its base."""
+    if isinstance(preset, Preset):
+        p = preset
+    elif isinstance(preset, Path) or str(preset).endswith(".toml"):
+        p = load_preset(Path(preset))
+    else:
+        p = get_preset(str(preset))
+    over = {k: v for k, v in overrides.items() if v is not None and v != {}}
+    if not over:
+        return p
+    if "epochs" in over and over["epochs"] < 1:
+        raise RunError("--epochs must be at least 1")
+    if "reward_options" in over and "reward" not in over:
+        over["reward_options"] = {**p.reward_options, **over["reward_options"]}
+    data = merge(p.to_data(), over)
+    out = build(Preset, data, f"preset {p.name}")
+    out.train.validate()
+    return out
+
+
+# --- writing a preset -------------------------------------------------------------------------
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"no TOML for {v!r}")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def to_toml(preset: Preset) -> str:
+    """The fully resolved preset as TOML that `bench run --config` reads back to the same preset.
+    An unset optional field is written "none" (TOML has no null)."""
+    data = preset.to_data()
+    tables = {k: data.pop(k) for k in ("train", "eval", "method_overrides")}
+    lines = ["# the resolved preset: bench run --config FILE runs exactly this"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in data.items()]
+    for key in ("train", "eval"):
+        lines += ["", f"[{key}]"]
+        lines += [f"{k} = {_toml_value('none' if v is None else v)}" for k, v in tables[key].items()]
+    lines += ["", "# per-method settings on the toy model"]
+    for method, settings in tables["method_overrides"].items():
+        lines += [f"[method_overrides.{_toml_key(method)}]"] + [f"{k} = {_toml_value(v)}"
+                                                             for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- methods as --methods names them ------------------------------------------------------------
+_TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+def method_variant(spec: str, preset: Preset, model_name: str = "toy") -> tuple[Method, TrainConfig]:
+    """A method as `--methods` names it: a registered name, optionally with settings that
+    differ from the preset, `name@key=value@…` (e.g. `dppo@delta=3e-6`, `dppo@beta=0.04`).
+    Keys of the method's config go to the method, keys of `TrainConfig` to the trainer;
+    on the toy model, the preset's calibration for the method applies first."""
+    name, *items = spec.split("@")
+    calibrated = preset.method_overrides.get(name, {}) if model_name == "toy" else {}
+    method_kw, train_kw = dict(calibrated), {}
+    method_fields = {f.name for f in fields(get_method(name).Config)}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RunError(f"{spec!r}: write settings as name@key=value, e.g. dppo@delta=3e-6")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key in method_fields:
+            method_kw[key] = value
+        elif key in _TRAIN_FIELDS:
+            train_kw[key] = value
+        else:
+            raise RunError(f"{spec!r}: neither {name} nor the trainer has a setting {key!r}")
+    train = replace(preset.train, **train_kw)
+    train.validate()
+    return build_method(name, **method_kw), train
+
+
+def upgrade_resolved(resolved: dict) -> dict:
+    """A resolved preset as recorded by older code, with the fields added since at the values
+    that code used (so an interrupted run of an older version resumes)."""
+    if isinstance(resolved, dict) and isinstance(resolved.get("eval"), dict):
+        resolved = {**resolved, "eval": {"benchmarks": ["toy"], **resolved["eval"]}}
+    return resolved
+

@@ -1,0 +1,114 @@
+"""What a policy is measured on inside `bench run`: the preset's benchmarks, and the exact KL
+to the pretrained model along the method's own sampler (docs/methods.md §7). Every method,
+seed and epoch is evaluated on the same prompts and the same noise (`EVAL_SEED`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.benchmarks import BENCHMARKS, Benchmark
+from harness.core.io import write_json
+from harness.core.prompts import subset
+from harness.core.results import EvalRecord
+from harness.core.soft_tifa import stderr
+from harness.run.config import EvalSettings, RunError
+from methods import Method
+from methods.trainer import TrainConfig
+from models.base import FlowModel
+from reports.grid import save_grid
+
+EVAL_SEED = 1234  # the evaluation noise: the same for every method, seed and epoch
+
+
+class Evaluation:
+    """The preset's benchmarks, built once per run (a judge or PickScore loads once), and
+    the prompts of the first one, which also draw the sample grids and measure the KL."""
+
+    def __init__(self, settings: EvalSettings, device: str = "cpu", options: dict | None = None):
+        self.settings = settings
+        options = options or {}
+        self.benchmarks: list[Benchmark] = []
+        for name in settings.benchmarks:
+            bench_cls = BENCHMARKS.get(name)
+            taken = {k: v for k, v in options.items() if k in bench_cls.options}
+            self.benchmarks.append(bench_cls(device, **taken))
+        if not self.benchmarks:
+            raise RunError("the preset's eval.benchmarks is empty: name at least one (bench benchmarks)")
+        self._records: list[dict] | None = None
+
+    @property
+    def records(self) -> list[dict]:
+        if self._records is None:
+            self._records = self.benchmarks[0].prompts()
+        return self._records
+
+    def __call__(self, model: FlowModel, method: Method | None, train: TrainConfig) -> EvalRecord:
+        """Every benchmark, and the KL to the pretrained model along the method's sampler (0 for
+        the pretrained model itself: `method=None`)."""
+        ev = self.settings
+        results, metrics = {}, []
+        for bench in self.benchmarks:
+            result = bench.evaluate(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
+                                    limit=ev.limit, ood_limit=ev.ood_limit)
+            results[bench.name] = result
+            metrics += bench.metrics(result)
+        keys = [m.key for m in metrics]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise RunError(f"two of the benchmarks {', '.join(ev.benchmarks)} report a metric {dup!r}")
+        if method is not None:
+            kl_ref = kl_to_pretrained(model, subset(self.records, ev.kl_prompts),
+                                      sampler=method.config.sampler, eta=method.config.eta,
+                                      steps=train.steps, guidance=train.guidance, seed=EVAL_SEED)
+        else:
+            kl_ref = {"mean": 0.0, "stderr": 0.0, "per_step": [0.0] * train.steps, "n": 0,
+                      "unit": "per-element KL summed over steps"}
+        return EvalRecord(metrics, results, kl_ref)
+
+    def sample_grid(self, model: FlowModel, png: Path) -> None:
+        """The first prompts of the sample grids, drawn from the evaluation noise, with the prompts
+        beside them (prompts.json) so the report can label the columns."""
+        prompts = [r["prompt"] for r in subset(self.records, self.settings.samples)]
+        noise = model.initial_noise(len(prompts), torch.Generator().manual_seed(EVAL_SEED))
+        ev = self.settings
+        imgs = model.generate(prompts, steps=ev.steps, guidance=ev.guidance, noise=noise)
+        save_grid(imgs, png, nrow=len(prompts))
+        write_json(png.parent / "prompts.json", prompts)
+
+
+@torch.no_grad()
+def kl_to_pretrained(model: FlowModel, records: list[dict], *, sampler: str = "sde", eta: float = 0.7,
+                     steps: int = 10, guidance: float = 1.0, seed: int = 0) -> dict:
+    """docs/methods.md §7: sample with the policy's stochastic sampler and sum the exact per-step
+    KL(π_θ(·|x_k) ‖ π_ref(·|x_k)) over the trajectory — the KL between the two chains' path
+    distributions. Per element (mean over dims) per step, summed over steps; also the
+    per-step profile. Deterministic steps (CPS's last) contribute nothing and are skipped."""
+    from methods.sde import cps_step, flow_sde_step, gaussian_kl
+
+    step_fn = flow_sde_step if sampler == "sde" else cps_step
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [r["prompt"] for r in records]
+    x = model.initial_noise(len(prompts), gen)
+    embeds = model.encode_prompts(prompts, guidance)
+    sig = model.sigmas(steps)
+    per_step = []
+    total = torch.zeros(len(prompts))
+    for k in range(steps):
+        s = torch.full((len(prompts),), float(sig[k]), device=x.device)
+        v = model.velocity(x, s, embeds, guidance)
+        with model.reference():
+            v_ref = model.velocity(x, s, embeds, guidance)
+        noise = torch.randn(x.shape, generator=gen).to(x.device)
+        r = step_fn(x, v, float(sig[k]), float(sig[k + 1]), eta=eta, noise=noise)
+        if bool((r.std > 0).all()):
+            ref = step_fn(x, v_ref, float(sig[k]), float(sig[k + 1]), eta=eta, next_sample=r.next_sample)
+            kl = gaussian_kl(r.mean, ref.mean, r.std).float().cpu()
+            total += kl
+            per_step.append(float(kl.mean()))
+        else:
+            per_step.append(0.0)
+        x = r.next_sample
+    return {"mean": float(total.mean()), "stderr": stderr(total.numpy()), "per_step": per_step,
+            "n": len(prompts), "unit": "per-element KL summed over steps"}

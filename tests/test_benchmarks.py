@@ -1,0 +1,80 @@
+"""Benchmarks are registered objects: one written in this file is what a `bench run`
+measures, in its eval files, its tables and its figures, without an edit elsewhere."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from harness.benchmarks import BENCHMARKS, Benchmark, BenchmarkError, build_benchmark, register_benchmark
+from harness.core.prompts import load_toy_split
+from harness.core.results import SCHEMA, CellResult, EvalRecord, Metric, ResultSchemaError
+from harness.core.soft_tifa import stderr
+from harness.run import RunError, run_experiment
+from tests.test_run import PRESET
+
+
+@pytest.fixture
+def brightness():
+    """A new benchmark in a dozen lines: the mean brightness of each image of the toy eval prompts."""
+    @register_benchmark("test-brightness")
+    class Brightness(Benchmark):
+        description = "a test benchmark: mean brightness of each image"
+
+        def prompts(self, path=None):
+            return load_toy_split("eval")
+
+        def load_scorer(self):
+            return lambda images, records, n: [[float(images[i * n + k].mean()) for k in range(n)]
+                                               for i in range(len(records))]
+
+        def summary(self, records, per_prompt):
+            values = [100 * float(np.mean(p)) for p in per_prompt]
+            return {"brightness": {"mean": float(np.mean(values)), "stderr": stderr(values),
+                                   "per_prompt": values}}
+
+        def metrics(self, result):
+            b = result["brightness"]
+            return [Metric("brightness", "Brightness", b["mean"], b["stderr"], len(b["per_prompt"]),
+                           paired=True, per_prompt=b["per_prompt"], benchmark=self.name)]
+    yield Brightness
+    BENCHMARKS.remove("test-brightness")
+
+
+def test_a_new_benchmark_is_one_file_and_bench_run_measures_it(brightness, tiny_path, tmp_path):
+    preset = replace(PRESET, epochs=1, eval=replace(PRESET.eval, benchmarks=("test-brightness", "toy")))
+    run = run_experiment(tmp_path / "r", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+    ev = json.loads((run / "toy" / "grpo" / "seed0" / "eval" / "1.json").read_text())
+    assert ev["schema"] == SCHEMA and set(ev["benchmarks"]) == {"test-brightness", "toy"}
+    record = EvalRecord.from_json(ev)
+    assert record.paired.key == "brightness"  # the first benchmark's paired metric is the headline
+    assert 0 < record.metric("brightness").value < 100 and record.metric("gm") is not None
+    table = (run / "report" / "tables.md").read_text()
+    assert "| Brightness" in table and "ΔBrightness vs base" in table and "Soft-TIFA GM" in table
+    result = CellResult.from_json(json.loads((run / "toy" / "grpo" / "seed0" / "result.json").read_text()))
+    assert result.final.metric("brightness").value == record.metric("brightness").value
+    assert (run / "report" / "figures" / "toy_frontier.png").exists()
+
+
+def test_benchmarks_say_what_they_take(brightness):
+    assert {"toy", "geneval2", "geneval", "pickscore", "test-brightness"} <= set(BENCHMARKS.names())
+    with pytest.raises(BenchmarkError, match="benchmark toy has no option 'judge'"):
+        build_benchmark("toy", judge="x")
+    with pytest.raises(BenchmarkError, match="unknown benchmark 'nope'"):
+        build_benchmark("nope")
+
+
+def test_a_run_with_an_unknown_benchmark_fails_before_any_work(tiny_path, tmp_path):
+    preset = replace(PRESET, eval=replace(PRESET.eval, benchmarks=("nope",)))
+    with pytest.raises(BenchmarkError, match="unknown benchmark 'nope'"):
+        run_experiment(tmp_path / "r", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(RunError, match="eval.benchmarks is empty"):
+        empty = replace(PRESET, eval=replace(PRESET.eval, benchmarks=()))
+        run_experiment(tmp_path / "r", ["grpo"], "toy", empty, 1, tiny_path, progress=False)
+
+
+def test_result_files_of_a_newer_schema_are_one_line():
+    with pytest.raises(ResultSchemaError, match="result schema 99; this FlowArena reads schemas 1-"):
+        EvalRecord.from_json({"schema": 99, "metrics": [], "benchmarks": {}}, "eval/3.json")
