@@ -96,6 +96,12 @@ class Method:
         """δ for KL-masked methods (reported as the share of steps with KL above it)."""
         return None
 
+    @property
+    def trust_region(self) -> dict[str, float]:
+        """The trust region as the report draws it, recorded in each cell's config.json:
+        `ratio_clip` (ε of a clipped ratio, ρ ∈ [1 − ε, 1 + ε]) and / or `kl_threshold` (δ)."""
+        return {} if self.trust_threshold is None else {"kl_threshold": self.trust_threshold}
+
 
 METHODS: Registry[type[Method]] = Registry("method", MethodError)
 

@@ -6,6 +6,7 @@ per-element log-probability scale; the trainer adds β·KL_ref.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,3 +53,8 @@ class FlowGRPO(Method):
         loss, ratio, clipped = clipped_loss(s.log_prob, s.old_log_prob, s.advantages,
                                             clip_range=self.config.clip_range)
         return StepLoss(loss, ratio.detach(), clipped)
+
+    @property
+    def trust_region(self) -> dict[str, float]:
+        eps = self.config.clip_range
+        return {"ratio_clip": eps} if math.isfinite(eps) else {}  # grpo-noclip: none

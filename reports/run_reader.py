@@ -72,6 +72,17 @@ def _read_json(path: Path, run: Path, missing: list[str], why_absent: str = "abs
     return obj
 
 
+def _cell_config(config: dict) -> dict:
+    """A cell's config.json; one written before `trust_region` was recorded gets it from the
+    method settings of that time (the clip ε of the ratio methods, DPPO's δ)."""
+    if "trust_region" not in config and isinstance(config.get("method_config"), dict):
+        legacy = {"clip_range": "ratio_clip", "delta": "kl_threshold"}
+        settings = config["method_config"]
+        config = {**config, "trust_region": {new: settings[old] for old, new in legacy.items()
+                                             if isinstance(settings.get(old), (int, float))}}
+    return config
+
+
 def _read_eval(path: Path, run: Path, missing: list[str]) -> EvalRecord | None:
     if (obj := _read_json(path, run, missing)) is None:
         return None
@@ -157,7 +168,7 @@ def load_run(run_dir: str | Path) -> Run:
         if method == "base" or model == "report" or not d.is_dir() or not d.name[4:].isdigit():
             continue
         cell = CellData(model, method, int(d.name[4:]), d)
-        cell.config = _read_json(d / "config.json", run, missing) or {}
+        cell.config = _cell_config(_read_json(d / "config.json", run, missing) or {})
         cell.metrics = _read_metrics(d / "metrics.jsonl", run, missing)
         for p in sorted((d / "eval").glob("*.json")):
             if p.stem.isdigit() and (ev := _read_eval(p, run, missing)) is not None:

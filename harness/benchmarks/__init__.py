@@ -17,7 +17,6 @@ from harness.benchmarks.base import (
     Benchmark,
     BenchmarkError,
     build_benchmark,
-    evaluate_benchmark,
     load_text_prompts,
     register_benchmark,
 )
@@ -25,5 +24,5 @@ from harness.core.registry import discover
 
 discover(__name__, skip={"base"})
 
-__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkError", "build_benchmark", "evaluate_benchmark",
-           "load_text_prompts", "register_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkError", "build_benchmark", "load_text_prompts",
+           "register_benchmark"]

@@ -122,12 +122,6 @@ def build_benchmark(name: str, device: str = "cpu", **options) -> Benchmark:
     return BENCHMARKS.get(name)(device, **options)
 
 
-def evaluate_benchmark(model: FlowModel, name: str = "toy", *, device: str = "cpu",
-                       options: dict | None = None, **kwargs) -> dict:
-    """One benchmark's scores for `model` (`bench eval`): `options` go to its scorer."""
-    return build_benchmark(name, device, **(options or {})).evaluate(model, **kwargs)
-
-
 def load_text_prompts(path: str | Path) -> list[dict]:
     """Plain prompts: a .jsonl file with a "prompt" per line, or a text file, one per line."""
     path = Path(path)

@@ -28,7 +28,7 @@ from harness.core.io import (
 from harness.core.prompts import load_toy_split
 from harness.core.results import CellResult, EvalRecord, read_json
 from harness.live import eval_scalars, open_live_log, scalars
-from harness.run.config import Preset, RunError, method_variant, upgrade_resolved
+from harness.run.config import Preset, RunError, method_variant, upgrade_cell_config
 from harness.run.evaluation import Evaluation
 from methods import dist
 from methods.trainer import TrainConfig, Trainer, TrainingFault
@@ -91,12 +91,13 @@ class CellRun:
         trainer = Trainer(model, method, reward, load_toy_split("train"), train, seed=self.seed)
         config = {"method": self.method_name, "method_config": asdict(method.config),
                   "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,
-                  "reward": p.reward, "seed": self.seed, "model": self.model_name}
+                  "reward": p.reward, "seed": self.seed, "model": self.model_name,
+                  "trust_region": method.trust_region}
         ckpt = self.dir / "checkpoints" / "latest"
         start, wall = 0, 0.0
         if (ckpt / "state.json").exists():
             state = read_checkpoint_state(ckpt)
-            if upgrade_resolved(state["config"]) != json.loads(json.dumps(config)):
+            if upgrade_cell_config(state["config"], config) != json.loads(json.dumps(config)):
                 raise RunError(f"{self.dir} holds a run with another configuration; "
                                "use a new --out or delete it")
             try:

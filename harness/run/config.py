@@ -328,6 +328,15 @@ def method_variant(spec: str, preset: Preset, model_name: str = "toy") -> tuple[
     return build_method(name, **method_kw), train
 
 
+def upgrade_cell_config(saved: dict, current: dict) -> dict:
+    """A cell's config as recorded by older code, with what was added since: the fields of
+    `upgrade_resolved`, and `trust_region`, derived from the method's config."""
+    saved = upgrade_resolved(saved)
+    if "trust_region" not in saved and "trust_region" in current:
+        saved = {**saved, "trust_region": current["trust_region"]}
+    return saved
+
+
 def upgrade_resolved(resolved: dict) -> dict:
     """A resolved preset as recorded by older code, with the fields added since at the values
     that code used (so an interrupted run of an older version resumes)."""

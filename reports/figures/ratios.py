@@ -51,9 +51,10 @@ def _diag_methods(run: Run, model: str) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _method_setting(run: Run, model: str, method: str, key: str) -> float | None:
+def _trust(run: Run, model: str, method: str, key: str) -> float | None:
+    """The method's `ratio_clip` (ε) or `kl_threshold` (δ), from its cells' config.json."""
     for c in run.cells_of(model, method):
-        if (v := number_at(c.config, "method_config", key)) is not None:
+        if (v := number_at(c.config, "trust_region", key)) is not None:
             return float(v)
     return None
 
@@ -83,7 +84,7 @@ def ratio_histograms(run: Run, model: str) -> Figure | None:
         d = diag[m]
         moved = _moved(d)
         on_policy.append(f"{m} {100 * (1 - moved.mean()):.0f} %")
-        eps = _method_setting(run, model, m, "clip_range")
+        eps = _trust(run, model, m, "ratio_clip")
         for j, k in enumerate(steps):
             ax = axes[i, j]
             sel = [(name, (d["ratio"][mask & moved & (d["step"] == k)] - 1) / scale)
@@ -120,7 +121,7 @@ def ratio_histograms(run: Run, model: str) -> Figure | None:
     if any(len(_passes(d)) > 1 for d in diag.values()):
         handles.append(Patch(fill=False, edgecolor="black", label="later inner loops"))
     handles.append(Line2D([], [], color="grey", ls="--", label="mean (first inner loop)"))
-    if any(_method_setting(run, model, m, "clip_range") is not None for m in methods):
+    if any(_trust(run, model, m, "ratio_clip") is not None for m in methods):
         handles.append(Line2D([], [], color="black", ls=":", label="clip 1 ± ε"))
     ncol = min(len(handles), 6 if len(steps) > 3 else 3)
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False, fontsize=9)
@@ -240,7 +241,7 @@ def kl_per_step(run: Run, model: str) -> Figure | None:
         return None
     colours, steps = run.colours(), _steps(diag)
     groups = _pass_groups(diag)
-    deltas = {m: _method_setting(run, model, m, "delta") for m in diag}
+    deltas = {m: _trust(run, model, m, "kl_threshold") for m in diag}
     fig = Figure(figsize=(max(6.5 * len(groups), 10), 5.2), layout="constrained", dpi=DPI)
     axes = np.atleast_1d(fig.subplots(1, len(groups)))
     for ax, group in zip(axes, groups):
