@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.io import load_tensors
-from harness.core.prompts import load_toy_split
+from harness.core.prompts import load_prompts
 from harness.run import RunError, read_cell
 from methods import build_method
 from methods.trainer import TrainConfig, Trainer
@@ -41,7 +41,8 @@ def _trainer(cfg: dict, run_config: dict, weights: Path | None) -> Trainer:
     method = build_method(cfg["method"].split("@")[0], **cfg["method_config"])
     reward = build_rewards(cfg["reward"], **run_config.get("resolved", {}).get("reward_options", {}))
     model = load_model(cfg["model"], run_config.get("model_path"), **run_config.get("model_options", {}))
-    trainer = Trainer(model, method, reward, load_toy_split("train"), train, seed=cfg["seed"])
+    trainer = Trainer(model, method, reward, load_prompts(cfg.get("train_prompts", "toy-train")), train,
+                      seed=cfg["seed"])
     if weights is not None:  # the trainer added the LoRA at zero: without weights, the base model
         model.load_trainable_state_dict(load_tensors(weights))
     return trainer

@@ -260,6 +260,11 @@ def run(
                                           "(toy-tifa, toy-pick, toy-colour; real: geneval2, "
                                           "geneval, pickscore, vqascore; `bench rewards`) or "
                                           "weights, e.g. geneval2=1.0,pickscore=0.5."),
+    train_prompts: str = typer.Option(None, "--train-prompts",
+                                      help="Training prompts instead of the preset's (toy-train): a "
+                                           "shipped set (geneval2-train: 20,000 GenEval2-template "
+                                           "prompts disjoint from the test set; geneval2-val) or a "
+                                           "file (GenEval2 JSONL, GenEval metadata, one prompt per line)."),
     aggregation: str = typer.Option(None, help="Several rewards: 'sum' (normalise the weighted "
                                                "sum) or 'normalised' (each reward per group)."),
     epochs: int = typer.Option(None, help="Training epochs instead of the preset's (scale a "
@@ -304,7 +309,7 @@ def run(
     recipe = config or preset or "default"
     options = _reward_options(judge=judge, detector=detector, clip=clip, pickscore=pickscore,
                               pickscore_processor=pickscore_processor)
-    overrides = dict(epochs=epochs, reward=reward, reward_options=options,
+    overrides = dict(epochs=epochs, reward=reward, reward_options=options, train_prompts=train_prompts,
                      train={"reward_aggregation": aggregation} if aggregation else None)
     if dump_config:
         p = resolve(recipe, **overrides)

@@ -71,3 +71,35 @@ def test_the_exclusion_can_bite():
 def test_prompts_outside_the_template_are_refused(bad):
     with pytest.raises(ValueError):
         parse(bad)
+
+
+def test_the_shipped_splits_are_the_generators_and_disjoint_from_the_test_set():
+    from harness.core.geneval2_template import build_splits
+    from harness.core.prompts import load_prompts
+
+    built = build_splits()
+    test_keys = {parse(r["prompt"]).key() for r in OFFICIAL}
+    seen = set(test_keys)
+    for name, n in (("geneval2-val", 800), ("geneval2-train", 20_000)):
+        shipped = load_prompts(name)
+        assert shipped == built[name] and len(shipped) == n  # bit-for-bit, record by record
+        assert Counter(r["atom_count"] for r in shipped) == {a: n // 8 for a in range(3, 11)}
+        keys = {parse(r["prompt"]).key() for r in shipped}
+        assert len(keys) == n and not keys & seen  # no test (or validation) prompt in the split
+        seen |= keys
+
+
+def test_prompt_sets_by_name_or_file(tmp_path):
+    from harness.core.prompts import PromptFileError, load_prompts
+
+    assert load_prompts("geneval2-test") == OFFICIAL
+    (tmp_path / "p.txt").write_text("a red car\n\nthe sea at dawn\n")
+    assert load_prompts(tmp_path / "p.txt") == [{"prompt": "a red car"}, {"prompt": "the sea at dawn"}]
+    meta = tmp_path / "m.jsonl"
+    meta.write_text('{"tag": "single_object", "include": [{"class": "car", "count": 1}], "prompt": "a car"}\n')
+    assert load_prompts(meta)[0]["prompt"] == "a car"
+    with pytest.raises(PromptFileError, match="neither a shipped one"):
+        load_prompts("geneval2-everything")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"\n')
+    with pytest.raises(PromptFileError, match="bad.jsonl:1: not valid JSON"):
+        load_prompts(tmp_path / "bad.jsonl")

@@ -213,3 +213,34 @@ def generate(n: int, seed: int, atom_counts=range(3, 11), exclude: set | None = 
             out.append(scene.record())
             want -= 1
     return out
+
+
+# --- the shipped splits ---------------------------------------------------------------------------
+SPLITS = {"geneval2-val": ("geneval2_val.jsonl", 800, 2),
+          "geneval2-train": ("geneval2_train.jsonl.gz", 20_000, 1)}
+"""name: (file in harness/data/geneval2, records, seed). The validation split (100 per atom count)
+avoids the test set; the training split avoids both."""
+
+
+def build_splits() -> dict[str, list[dict]]:
+    """The shipped splits, regenerated: disjoint by canonical key from the 800 test prompts and
+    from each other (tests/test_geneval2_template.py checks the shipped files equal these)."""
+    from harness.core.prompts import load_prompt_file
+
+    taken = {parse(r["prompt"]).key() for r in load_prompt_file(DATA / "geneval2" / "geneval2_data.jsonl")}
+    out = {}
+    for name, (_, n, seed) in SPLITS.items():
+        out[name] = generate(n, seed, exclude=taken)
+        taken |= {parse(r["prompt"]).key() for r in out[name]}
+    return out
+
+
+def write_splits(directory=DATA / "geneval2") -> None:
+    """Write the shipped split files (gzip without a timestamp, so the bytes reproduce too)."""
+    import gzip
+    from pathlib import Path
+
+    for name, records in build_splits().items():
+        text = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
+        path = Path(directory) / SPLITS[name][0]
+        path.write_bytes(gzip.compress(text, mtime=0) if path.suffix == ".gz" else text)

@@ -7,6 +7,7 @@ in this format (`harness/data/toy_<split>.jsonl`); GenEval2 itself uses it too.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -43,11 +44,13 @@ def _check(rec, where: str) -> dict:
 
 
 def load_prompt_file(path: str | Path) -> list[dict]:
+    """GenEval2-format records, one JSON object per line (a .jsonl.gz file is read as well)."""
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"prompt file {path} not found")
     records = []
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -79,3 +82,38 @@ def subset(records: list[dict], limit: int | None) -> list[dict]:
     if limit is None or limit >= len(records):
         return records
     return [records[int(i)] for i in np.linspace(0, len(records) - 1, limit).round()]
+
+
+# Prompt sets by name (`bench run --train-prompts NAME`); GenEval2's test set is for final scores.
+PROMPT_SETS = {"toy-train": "toy_train.jsonl", "toy-eval": "toy_eval.jsonl", "toy-ood": "toy_ood.jsonl",
+               "geneval2-train": "geneval2/geneval2_train.jsonl.gz",
+               "geneval2-val": "geneval2/geneval2_val.jsonl", "geneval2-test": "geneval2/geneval2_data.jsonl"}
+
+
+def load_prompts(spec: str | Path) -> list[dict]:
+    """A prompt set by name (PROMPT_SETS) or a file: GenEval2-format JSONL (.jsonl or .jsonl.gz),
+    GenEval's metadata (objects with "tag" and "include"), or plain text, one prompt per line
+    (for rewards that need no questions, such as PickScore)."""
+    if str(spec) in PROMPT_SETS:
+        return load_prompt_file(DATA / PROMPT_SETS[str(spec)])
+    path = Path(spec)
+    if not path.is_file():
+        raise PromptFileError(f"prompt set {str(spec)!r} is neither a shipped one "
+                              f"({', '.join(PROMPT_SETS)}) nor a file")
+    if path.suffix not in (".jsonl", ".gz"):
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise PromptFileError(f"prompt file {path} holds no prompts")
+        return [{"prompt": ln} for ln in lines]
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        first = next((ln for ln in f if ln.strip()), "")
+    try:
+        head = json.loads(first)
+    except json.JSONDecodeError as e:
+        raise PromptFileError(f"{path}:1: not valid JSON ({e.msg})") from None
+    if isinstance(head, dict) and "include" in head and "vqa_list" not in head:
+        from harness.core.geneval_rules import load_geneval_prompts
+
+        return load_geneval_prompts(path)
+    return load_prompt_file(path)

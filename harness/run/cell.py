@@ -25,7 +25,7 @@ from harness.core.io import (
     write_json,
     write_jsonl,
 )
-from harness.core.prompts import load_toy_split
+from harness.core.prompts import load_prompts
 from harness.core.results import CellResult, EvalRecord, read_json
 from harness.live import eval_scalars, open_live_log, scalars
 from harness.run.config import Preset, RunError, method_variant, upgrade_cell_config
@@ -88,11 +88,11 @@ class CellRun:
         model = load_model(self.model_name, self.model_path, self.device, **self.model_options)
         method, train = method_variant(self.method_name, p, self.model_name)
         reward = build_rewards(p.reward, device=self.device, **p.reward_options)
-        trainer = Trainer(model, method, reward, load_toy_split("train"), train, seed=self.seed)
+        trainer = Trainer(model, method, reward, load_prompts(p.train_prompts), train, seed=self.seed)
         config = {"method": self.method_name, "method_config": asdict(method.config),
                   "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,
                   "reward": p.reward, "seed": self.seed, "model": self.model_name,
-                  "trust_region": method.trust_region}
+                  "trust_region": method.trust_region, "train_prompts": p.train_prompts}
         ckpt = self.dir / "checkpoints" / "latest"
         start, wall = 0, 0.0
         if (ckpt / "state.json").exists():

@@ -81,6 +81,9 @@ class Preset:
     eval: EvalSettings
     reward: str = "toy-tifa"
     """Training reward: a name (`bench rewards`) or weights, e.g. toy-tifa=1,toy-pick=0.5."""
+    train_prompts: str = "toy-train"
+    """The training prompts: a shipped set (toy-train, geneval2-train, geneval2-val, …) or a
+    file (GenEval2-format JSONL, GenEval metadata, or one prompt per line)."""
     reward_options: dict = field(default_factory=dict)
     methods: tuple[str, ...] = ("grpo", "dppo")
     """What `bench run --preset NAME` trains when `--methods` is not given."""
@@ -332,8 +335,9 @@ def upgrade_cell_config(saved: dict, current: dict) -> dict:
     """A cell's config as recorded by older code, with what was added since: the fields of
     `upgrade_resolved`, and `trust_region`, derived from the method's config."""
     saved = upgrade_resolved(saved)
-    if "trust_region" not in saved and "trust_region" in current:
-        saved = {**saved, "trust_region": current["trust_region"]}
+    for key, value in (("trust_region", current.get("trust_region")), ("train_prompts", "toy-train")):
+        if key not in saved and key in current:
+            saved = {**saved, key: value}
     return saved
 
 
@@ -342,5 +346,6 @@ def upgrade_resolved(resolved: dict) -> dict:
     that code used (so an interrupted run of an older version resumes)."""
     if isinstance(resolved, dict) and isinstance(resolved.get("eval"), dict):
         resolved = {**resolved, "eval": {"benchmarks": ["toy"], **resolved["eval"]}}
+        resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
     return resolved
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from harness.core.io import _atomic, write_json
+from harness.core.prompts import load_prompts
 from harness.core.results import EvalRecord, Manifest, read_json
 from harness.live import check_log_to
 from harness.run.cell import CellRun
@@ -93,6 +94,16 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
         dist.barrier()
 
 
+def _check_toy_words(records: list[dict], name: str) -> None:
+    from harness.toyworld.grammar import tokenize_words, vocabulary
+
+    known = set(vocabulary())
+    for r in records:
+        if unknown := [w for w in tokenize_words(r["prompt"]) if w not in known]:
+            raise RunError(f"the toy model cannot train on {name}: {unknown[0]!r} (in {r['prompt']!r}) is "
+                           "outside its vocabulary; keep the toy training prompts or use a diffusers model")
+
+
 def run_experiment(out: Path, methods: list[str] | None = None, model_name: str = "toy",
                    preset: str | Path | Preset = "default", seeds: int | None = None,
                    model_path: str | None = None, progress: bool = True, command: str | None = None,
@@ -116,6 +127,9 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     for m in methods:
         method_variant(m, p, model_name)  # unknown names and settings fail before any work
     check_rewards(p.reward, p.reward_options)
+    records = load_prompts(p.train_prompts)  # an unknown set or a malformed file fails before any work
+    if model_name == "toy":
+        _check_toy_words(records, p.train_prompts)
     if seeds < 1:
         raise RunError("--seeds must be at least 1")
     evaluation = Evaluation(p.eval, device, p.reward_options)  # unknown benchmarks fail here
