@@ -154,8 +154,9 @@ def table_columns(records: list[dict], metrics: list[Metric] | None = None) -> l
             + sorted(of("detail"), key=order) + of("secondary") + cost)
     keys = {k for r in records for k in r}
     known = {"model", "method", "seeds"} | {c.key for c in cols}
-    cols += [Column(k, k, 3, None) for k in sorted(keys) if k not in known and not k.endswith("_stderr")
+    extra = [k for k in sorted(keys) if k not in known and not k.endswith("_stderr")
              and any(isinstance(r.get(k), (int, float)) for r in records)]
+    cols += [Column(k, k, 3, None, headline=False) for k in extra]
     return [c for c in cols if any(c.key in r for r in records)]
 
 
