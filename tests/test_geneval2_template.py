@@ -96,7 +96,8 @@ def test_prompt_sets_by_name_or_file(tmp_path):
     (tmp_path / "p.txt").write_text("a red car\n\nthe sea at dawn\n")
     assert load_prompts(tmp_path / "p.txt") == [{"prompt": "a red car"}, {"prompt": "the sea at dawn"}]
     meta = tmp_path / "m.jsonl"
-    meta.write_text('{"tag": "single_object", "include": [{"class": "car", "count": 1}], "prompt": "a car"}\n')
+    meta.write_text('{"tag": "single_object", "include": [{"class": "car", "count": 1}], '
+                    '"prompt": "a car"}\n')
     assert load_prompts(meta)[0]["prompt"] == "a car"
     with pytest.raises(PromptFileError, match="neither a shipped one"):
         load_prompts("geneval2-everything")
