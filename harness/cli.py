@@ -269,6 +269,15 @@ def run(
                                                "sum) or 'normalised' (each reward per group)."),
     epochs: int = typer.Option(None, help="Training epochs instead of the preset's (scale a "
                                           "preset up on a bigger machine)."),
+    prompts_per_epoch: int = typer.Option(None, "--prompts-per-epoch",
+                                          help="Size knob: prompt groups per epoch "
+                                               "(train.prompts_per_epoch)."),
+    group_size: int = typer.Option(None, "--group-size", help="Size knob: samples per prompt group "
+                                                              "(train.group_size)."),
+    steps: int = typer.Option(None, "--steps", help="Size knob: sampling steps of rollouts and of "
+                                                    "evaluation images (train.steps, eval.steps)."),
+    eval_limit: int = typer.Option(None, "--eval-limit", help="Size knob: prompts of each evaluation, "
+                                                              "spread over the set (eval.limit)."),
     device: str = DeviceOpt,
     resolution: int = ResolutionOpt,
     judge: str = JudgeOpt,
@@ -309,8 +318,13 @@ def run(
     recipe = config or preset or "default"
     options = _reward_options(judge=judge, detector=detector, clip=clip, pickscore=pickscore,
                               pickscore_processor=pickscore_processor)
+    if eval_limit is not None and eval_limit < 2:
+        raise BadInput("--eval-limit must be at least 2 (a standard error needs two prompts)")
+    train = {k: v for k, v in dict(reward_aggregation=aggregation, prompts_per_epoch=prompts_per_epoch,
+                                   group_size=group_size, steps=steps).items() if v is not None}
+    evals = {k: v for k, v in dict(steps=steps, limit=eval_limit).items() if v is not None}
     overrides = dict(epochs=epochs, reward=reward, reward_options=options, train_prompts=train_prompts,
-                     train={"reward_aggregation": aggregation} if aggregation else None)
+                     train=train or None, eval=evals or None)
     if dump_config:
         p = resolve(recipe, **overrides)
         p = replace(p, methods=tuple(names or p.methods), seeds=p.seeds if seeds is None else seeds)

@@ -70,3 +70,17 @@ def test_overrides_are_checked_like_files():
         resolve("smoke", epochs=0)
     assert resolve("default", reward="toy-colour").reward_options == {}
     assert resolve("default", reward_options={"x": 1}).reward_options == {"aggregate": "am", "x": 1}
+
+
+def test_size_knobs_scale_a_preset_down():
+    r = runner.invoke(app, ["run", "--preset", "smoke", "--prompts-per-epoch", "4", "--group-size", "2",
+                            "--steps", "4", "--eval-limit", "8", "--dump-config"])
+    assert r.exit_code == 0, r.output
+    import tomllib
+
+    data = tomllib.loads(r.output)
+    train = data["train"]
+    assert (train["prompts_per_epoch"], train["group_size"], train["steps"]) == (4, 2, 4)
+    assert (data["eval"]["steps"], data["eval"]["limit"]) == (4, 8)
+    bad = runner.invoke(app, ["run", "--preset", "smoke", "--steps", "1"])
+    assert bad.exit_code == 1 and "SDE window (2) must be between 1 and the steps (1)" in bad.output
