@@ -112,8 +112,14 @@ PickProcOpt = typer.Option(None, "--pickscore-processor",
 @app.command("eval")
 @friendly
 def eval_(
-    model: str = ModelOpt,
+    model: str = typer.Option(None, "--model", "-m", help="Model to use (toy: the embedded 32x32 model; "
+                                                         "default: toy, or the --run cell's)."),
     model_path: str = PathOpt,
+    run: Path = typer.Option(None, "--run", help="Score a fine-tuned policy: a cell of a run, e.g. "
+                                                 "runs/sd35-geneval2/sd35/dppo/seed0 (its model, "
+                                                 "weights, and its run's steps and guidance)."),
+    lora: Path = typer.Option(None, "--lora", help="Score an exported LoRA (`bench export`'s "
+                                                   "directory) on --model / --model-path."),
     benchmark: str = typer.Option("toy", "--benchmark", "-b",
                                   help="toy (the toy judge, no downloads), geneval2 (VQA judge), geneval "
                                        "(detector + CLIP), pickscore. `bench benchmarks` describes them."),
@@ -138,7 +144,8 @@ def eval_(
 ):
     """Evaluate a model on a benchmark. toy: Soft-TIFA (GM, AM, per skill, per atom count) on
     the held-out eval split and the preference score on the ood split; geneval2: Soft-TIFA,
-    TIFA and VQAScore under a VQA judge; geneval: accuracy per tag; pickscore: mean score."""
+    TIFA and VQAScore under a VQA judge; geneval: accuracy per tag; pickscore: mean score.
+    A fine-tuned policy: --run CELL_DIR (a run's cell) or --lora DIR (an exported LoRA)."""
     from dataclasses import asdict
 
     from harness.benchmarks import build_benchmark
@@ -153,7 +160,21 @@ def eval_(
         raise BadInput("--images-per-prompt must be at least 1")
     if limit is not None and limit < 2:
         raise BadInput("--limit must be at least 2 (a standard error needs two prompts)")
-    m = _load(model, model_path, device, resolution)
+    if run is not None and (lora is not None or model_path is not None):
+        raise BadInput("--run scores a run's cell with the model it trained: leave out --lora and "
+                       "--model-path")
+    if run is not None:
+        from harness.run import load_cell_policy
+
+        m, config = load_cell_policy(run, device, resolution)
+        if model is not None and model != config["model"]:
+            raise BadInput(f"{run} is a cell of the {config['model']} model, not {model}")
+        steps = config["eval"].get("steps") if steps is None else steps
+        guidance = config["eval"].get("guidance") if guidance is None else guidance
+    else:
+        m = _load(model or "toy", model_path, device, resolution)
+        if lora is not None:
+            m.load_lora(lora)
     result = bench.evaluate(m, prompts=prompts, limit=limit, images_per_prompt=images_per_prompt,
                             steps=steps, guidance=guidance, seed=seed, ood=ood, progress=True)
     metrics = bench.metrics(result)
@@ -241,13 +262,16 @@ def run(
                                 help="Comma-separated methods (see `bench methods`), each "
                                      "optionally with settings: dppo@delta=1e-6@beta=0.04. "
                                      "Default: the preset's (grpo,dppo for default)."),
-    model: str = ModelOpt,
+    model: str = typer.Option(None, "--model", "-m",
+                              help="toy (the default), sd35, flux1-dev, flux2-klein (`bench models`). "
+                                   "Default: the model the preset is written for."),
     model_path: str = PathOpt,
-    preset: str = typer.Option(None, help="smoke (a first look), sanity (an easy reward), "
-                                           "default (the toy comparison, the default); the paper's "
-                                           "experiments, 3 seeds each: main, main-multi, "
-                                           "stability, ablation, sweep; paper (hours). "
-                                           "`bench presets` lists them."),
+    preset: str = typer.Option(None, help="The recipe (`bench presets`). Toy: smoke (a first look), "
+                                           "sanity, default (the default); the paper's experiments, "
+                                           "3 seeds each: main, main-multi, stability, ablation, "
+                                           "sweep; paper (hours). Real models, the published "
+                                           "recipes: sd35-geneval2 (sd35's default), sd35-pickscore, "
+                                           "sd35-multi, flux1-dev-geneval2, flux2-klein-geneval2."),
     config: Path = typer.Option(None, "--config", help="Your own recipe: a preset TOML file (may "
                                                        "name a shipped preset as `base`; "
                                                        "`--dump-config` writes one to start from)."),
@@ -276,10 +300,27 @@ def run(
                                                               "(train.group_size)."),
     steps: int = typer.Option(None, "--steps", help="Size knob: sampling steps of rollouts and of "
                                                     "evaluation images (train.steps, eval.steps)."),
-    eval_limit: int = typer.Option(None, "--eval-limit", help="Size knob: prompts of each evaluation, "
-                                                              "spread over the set (eval.limit)."),
+    resolution: int = typer.Option(None, "--resolution",
+                                   help="Size knob: image side in pixels of a diffusers model "
+                                        "(default: the preset's, 512 in the published recipes)."),
+    eval_benchmark: str = typer.Option(None, "--eval-benchmark",
+                                       help="What is measured between epochs and at the end instead "
+                                            "of the preset's: comma-separated, e.g. geneval2,pickscore "
+                                            "(eval.benchmarks; `bench benchmarks`)."),
+    eval_limit: int = typer.Option(None, "--eval-limit", help="Size knob: in-domain prompts of each "
+                                                              "evaluation between epochs, spread over "
+                                                              "the set and its atom counts (eval.limit)."),
+    ood_limit: int = typer.Option(None, "--ood-limit", help="Size knob: out-of-domain prompts (the "
+                                                            "PickScore / toy preference ones) of each "
+                                                            "evaluation between epochs (eval.ood_limit)."),
+    final_limit: int = typer.Option(None, "--final-limit", help="Size knob: prompts of the final "
+                                                                "evaluation on each test set (GenEval2's "
+                                                                "official 800, parti-test), spread "
+                                                                "evenly (eval.final_limit; default all)."),
+    ood_prompts: Path = typer.Option(None, "--ood-prompts", help="PickScore's prompts instead of the "
+                                                                 "shipped parti-test: a file, one prompt "
+                                                                 "per line (eval.ood_prompts)."),
     device: str = DeviceOpt,
-    resolution: int = ResolutionOpt,
     judge: str = JudgeOpt,
     detector: str = DetectorOpt,
     clip: str = ClipOpt,
@@ -301,7 +342,7 @@ def run(
     import sys
     from dataclasses import replace
 
-    from harness.run import resolve, run_experiment, to_toml
+    from harness.run import recipe, run_experiment, to_toml
     from reports.tables import run_table
 
     names = None
@@ -315,24 +356,32 @@ def run(
         raise typer.Exit(_relaunch(nproc))
     if config is not None and preset is not None:
         raise BadInput("give --preset or --config, not both (a config file can name a preset as its base)")
-    recipe = config or preset or "default"
     options = _reward_options(judge=judge, detector=detector, clip=clip, pickscore=pickscore,
                               pickscore_processor=pickscore_processor)
-    if eval_limit is not None and eval_limit < 2:
-        raise BadInput("--eval-limit must be at least 2 (a standard error needs two prompts)")
+    limits = (("--eval-limit", eval_limit), ("--ood-limit", ood_limit), ("--final-limit", final_limit))
+    for flag, value in limits:
+        if value is not None and value < 2:
+            raise BadInput(f"{flag} must be at least 2 (a standard error needs two prompts)")
+    benches = None
+    if eval_benchmark is not None:
+        benches = [b.strip() for b in eval_benchmark.split(",") if b.strip()]
+        if not benches:
+            raise BadInput("--eval-benchmark is empty")
     train = {k: v for k, v in dict(reward_aggregation=aggregation, prompts_per_epoch=prompts_per_epoch,
                                    group_size=group_size, steps=steps).items() if v is not None}
-    evals = {k: v for k, v in dict(steps=steps, limit=eval_limit).items() if v is not None}
+    evals = dict(steps=steps, limit=eval_limit, ood_limit=ood_limit, final_limit=final_limit,
+                 benchmarks=benches, ood_prompts=None if ood_prompts is None else str(ood_prompts))
+    evals = {k: v for k, v in evals.items() if v is not None}
     overrides = dict(epochs=epochs, reward=reward, reward_options=options, train_prompts=train_prompts,
-                     train=train or None, eval=evals or None)
+                     resolution=resolution, train=train or None, eval=evals or None)
+    name, p = recipe(model, config or preset, **overrides)
     if dump_config:
-        p = resolve(recipe, **overrides)
         p = replace(p, methods=tuple(names or p.methods), seeds=p.seeds if seeds is None else seeds)
         typer.echo(to_toml(p), nl=False)
         return
-    out = out or Path("runs") / (config.stem if config is not None else recipe)
-    run_experiment(out, names, model, recipe, seeds, model_path, command="bench " + " ".join(sys.argv[1:]),
-                   device=device, log_to=log_to, resolution=resolution, **overrides)
+    out = out or Path("runs") / (config.stem if config is not None else p.name)
+    run_experiment(out, names, name, config or p.name, seeds, model_path,
+                   command="bench " + " ".join(sys.argv[1:]), device=device, log_to=log_to, **overrides)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(run_table(out)[0])
         typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")

@@ -80,9 +80,11 @@ class TrainConfig:
     group_noise: str = "independent"
     """Initial noise of a group's G samples: "independent" (flow_grpo) or "shared" (DanceGRPO):
     shared noise leaves the SDE steps, the trained actions, as the group's only variation."""
-    lora_rank: int = 16
-    """LoRA rank; 0 = full fine-tuning of the denoiser."""
-    lora_alpha: float = 32.0
+    lora_rank: int | None = 16
+    """LoRA rank; 0 = full fine-tuning of the denoiser; None = the model adapter's default
+    (`bench models`: 32 for sd35, 64 for FLUX)."""
+    lora_alpha: float | None = 32.0
+    """LoRA α (None: 2 × rank, every peer's choice)."""
     lora_targets: tuple[str, ...] | None = None
     """Module names LoRA adapts (default: the model adapter's attention projections)."""
 
@@ -106,7 +108,7 @@ class TrainConfig:
             (self.reward_aggregation in ("sum", "normalised"),
              "reward_aggregation must be 'sum' or 'normalised'"),
             (self.group_noise in ("independent", "shared"), "group_noise must be 'independent' or 'shared'"),
-            (self.lora_rank >= 0, "LoRA rank must be >= 0"),
+            (self.lora_rank is None or self.lora_rank >= 0, "LoRA rank must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:

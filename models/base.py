@@ -65,6 +65,8 @@ class FlowModel(ABC):
     sigma_min: float | None = None  # see models.schedule.sd3_sigmas
     device: torch.device = torch.device("cpu")
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    default_lora_rank: int = 16  # when the training config leaves the rank to the model
+    default_preset: str = "default"  # what `bench run --model NAME` trains without --preset
     _frozen_reference: nn.Module | None = None
 
     @abstractmethod
@@ -93,10 +95,12 @@ class FlowModel(ABC):
     def set_denoiser(self, module: nn.Module) -> None:
         ...
 
-    def setup_training(self, lora_rank: int = 16, lora_alpha: float | None = None,
+    def setup_training(self, lora_rank: int | None = None, lora_alpha: float | None = None,
                        targets: tuple[str, ...] | None = None) -> list[nn.Parameter]:
         """LoRA through peft (rank > 0) or full fine-tuning (rank 0); returns the trainable
-        parameters. The pretrained policy stays reachable through `reference()`."""
+        parameters. The pretrained policy stays reachable through `reference()`. None: the
+        adapter's default rank, α = 2 × rank and its target modules."""
+        lora_rank = self.default_lora_rank if lora_rank is None else lora_rank
         net = self.get_denoiser()
         net.requires_grad_(False)
         if lora_rank > 0:
@@ -159,6 +163,11 @@ class FlowModel(ABC):
         diffusers adapters: a LoRA for `pipeline.load_lora_weights`; the toy: a weights file
         for `--model-path`). Returns the file written."""
         raise ModelError(f"{type(self).__name__} has no export format")
+
+    def load_lora(self, path: str | Path) -> None:
+        """An exported LoRA onto the pretrained denoiser (`bench eval --lora DIR`)."""
+        raise ModelError(f"{self.name}: --lora is for the diffusers models; the toy's export is a "
+                         "weights file: give it with --model-path FILE")
 
     def sigmas(self, steps: int) -> Tensor:
         return sd3_sigmas(steps, self.shift, self.sigma_min)

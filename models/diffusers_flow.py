@@ -36,6 +36,7 @@ from harness.core.hub import load_pretrained
 from models.base import MODELS, FlowModel, ModelError, PromptEmbeds, register_model
 
 ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
 
 
 class DiffusersFlowModel(FlowModel):
@@ -205,14 +206,28 @@ class DiffusersFlowModel(FlowModel):
 
     def setup_training(self, lora_rank: int | None = None, lora_alpha: float | None = None,
                        targets: tuple[str, ...] | None = None) -> list[nn.Parameter]:
-        rank = self.default_lora_rank if lora_rank is None else lora_rank
-        params = super().setup_training(rank, lora_alpha, targets)
-        if rank > 0:
+        params = super().setup_training(lora_rank, lora_alpha, targets)
+        if self.lora_rank > 0:
             for p in params:  # fp32 adapter weights: bf16 would round away AdamW's small updates
                 p.data = p.data.float()
         if self.gradient_checkpointing:
             self.get_denoiser().enable_gradient_checkpointing()
         return params
+
+    def load_lora(self, path: str | Path) -> None:
+        """A LoRA as `bench export` writes it (a directory with pytorch_lora_weights.safetensors,
+        or the file), or any diffusers LoRA of this family, through the pipeline's own
+        `load_lora_weights`; a missing or mismatched file is one ModelError line."""
+        path = Path(path)
+        file = path / LORA_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise ModelError(f"{self.name}: no LoRA at {path} (expected {LORA_FILE} in the directory, as "
+                             "bench export writes it)")
+        try:
+            self.pipe.load_lora_weights(str(file.parent), weight_name=file.name)
+        except Exception as e:  # noqa: BLE001 - a file of another family or a damaged one
+            raise ModelError(f"{self.name}: cannot load the LoRA {file}: {type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:160]}") from None
 
     def export(self, out: str | Path) -> Path:
         """The LoRA as `OUT/pytorch_lora_weights.safetensors`, written by the pipeline's own
@@ -229,7 +244,7 @@ class DiffusersFlowModel(FlowModel):
         layers = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(net).items()}
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        name = "pytorch_lora_weights.safetensors"
+        name = LORA_FILE
         with tempfile.TemporaryDirectory(dir=out, prefix=".export.") as tmp:  # atomic: rename in place
             type(self.pipe).save_lora_weights(
                 tmp, transformer_lora_layers=layers, weight_name=name,
@@ -248,6 +263,7 @@ class SD3Model(DiffusersFlowModel):
     default_steps = 40  # docs/methods.md §9: evaluation at 40 steps, CFG 4.5
     default_guidance = 4.5
     default_lora_rank = 32
+    default_preset = "sd35-geneval2"  # the published recipe (harness/run/presets/)
     max_sequence_length = 256
     lora_targets = ATTN_TARGETS
 
@@ -294,6 +310,7 @@ class FluxModel(DiffusersFlowModel):
     default_steps = 28  # the pipeline's defaults
     default_guidance = 3.5
     default_lora_rank = 64  # docs/methods.md §9: r 64, α 128, attention and feed-forward layers
+    default_preset = "flux1-dev-geneval2"  # the published recipe (harness/run/presets/)
     # diffusers' FLUX LoRA training list (train_dreambooth_lora_flux); matched as suffixes, so the
     # single-stream blocks' to_q / to_k / to_v are adapted too
     lora_targets = ATTN_TARGETS + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
@@ -351,6 +368,7 @@ class Flux2KleinModel(DiffusersFlowModel):
     default_steps = 50  # the pipeline's defaults
     default_guidance = 4.0
     default_lora_rank = 64
+    default_preset = "flux2-klein-geneval2"  # the published recipe (harness/run/presets/)
     # single-stream blocks fuse q, k, v and the MLP input into one projection
     lora_targets = ATTN_TARGETS + ("ff.linear_in", "ff.linear_out", "ff_context.linear_in",
                                    "ff_context.linear_out", "attn.to_qkv_mlp_proj")

@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.core.io import _atomic
 from harness.core.results import Manifest
 from reports.figures import Run, load_run
-from reports.tables import NOTE, Comparison, comparison, format_cell, headline_keys, markdown_comparison
+from reports.tables import Comparison, comparison, format_cell, headline_keys, markdown_comparison
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run
     title = f"FlowArena report: {html.escape(run_dir.resolve().name)}"
     body = [f"<h1>{title}</h1>", _manifest_html(run.manifest),
             "<h2>Comparison</h2>", tables_html(comp),
-            f"<p class=meta>{html.escape(NOTE)} Also in report/: tables.md, tables.csv, tables.tex.</p>"]
+            f"<p class=meta>{html.escape(comp.note)} Also in report/: tables.md, tables.csv, tables.tex.</p>"]
     if markdown:
         body.append("<details><summary>The table as Markdown</summary>"
                     f"<pre>{html.escape(markdown)}</pre></details>")

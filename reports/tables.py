@@ -77,14 +77,16 @@ def _read(path: Path, kind):
 
 
 def _collect(run_dir: Path) -> tuple[dict, dict]:
-    """{(model, method): [CellResult per seed]}, {(model, seed): base EvalRecord}; unreadable
-    files skipped."""
+    """{(model, method): [CellResult per seed]}, {(model, seed): the base model's final
+    EvalRecord}; unreadable files skipped."""
     results: dict[tuple, list] = {}
     bases: dict[tuple, EvalRecord] = {}
     for path in sorted(run_dir.glob("*/*/seed*/result.json")):
         if (r := _read(path, CellResult)) is not None:
             results.setdefault((r.model, r.method), []).append(r)
     for path in sorted(run_dir.glob("*/base/seed*/eval.json")):
+        if (path.parent / "final.json").exists():  # the test sets' scores, as the cells' finals
+            path = path.parent / "final.json"
         if (b := _read(path, EvalRecord)) is not None:
             bases[(path.parts[-4], int(path.parent.name[4:]))] = b
     return results, bases
@@ -257,6 +259,25 @@ class Comparison:
     columns: list[Column]
     best: dict[tuple[str, str], str]
     reward: str = ""
+    scored_on: str = ""
+    """Which prompts the final scores come from, where benchmarks have splits."""
+
+    @property
+    def note(self) -> str:
+        return NOTE + (f" Final scores on {self.scored_on}." if self.scored_on else "")
+
+
+def _scored_on(collected) -> str:
+    """"geneval2 test (800 prompts), pickscore test (539 prompts)" from a run's final records."""
+    final = next((r.final for rs in collected[0].values() for r in rs), None)
+    if final is None:
+        return ""
+    parts = []
+    for name, result in final.benchmarks.items():
+        n = next((m.n for m in final.metrics if m.benchmark == name and m.n), None)
+        if "split" in result:
+            parts.append(f"{name} {result['split']}" + (f" ({n} prompts)" if n else ""))
+    return ", ".join(parts)
 
 
 def comparison(run_dir: Path) -> Comparison:
@@ -265,7 +286,7 @@ def comparison(run_dir: Path) -> Comparison:
     records = run_records(run_dir, collected)
     cols = table_columns(records, run_metrics(collected))
     reward = next((r.reward for rs in collected[0].values() for r in rs), "")
-    return Comparison(records, cols, best_methods(records, cols), reward)
+    return Comparison(records, cols, best_methods(records, cols), reward, _scored_on(collected))
 
 
 def run_table(run_dir: Path) -> tuple[str, list[dict]]:
@@ -287,7 +308,7 @@ def markdown_comparison(c: Comparison) -> str:
             text = format_cell(r, col.key, col.digits)
             cells.append(f"**{text}**" if c.best.get((r["model"], col.key)) == r["method"] else text)
         rows.append(cells)
-    return markdown_table(header, rows) + "\n\n" + NOTE
+    return markdown_table(header, rows) + "\n\n" + c.note
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -335,6 +356,6 @@ def write_run_tables(run_dir: str | Path) -> str:
     _atomic(report / "tables.md", lambda tmp: Path(tmp).write_text(md + "\n"))
     if c.records and not all(r["method"].startswith("base") for r in c.records):
         _atomic(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))
-        tex = latex_table(c, caption=NOTE)
+        tex = latex_table(c, caption=c.note)
         _atomic(report / "tables.tex", lambda tmp: Path(tmp).write_text(tex + "\n"))
     return md

@@ -32,6 +32,9 @@ class RewardOutput:
 class Reward(ABC):
     name: str = "reward"
     higher_is_better: bool = True
+    record_field: str | None = None
+    """The prompt-record field it reads (`vqa_list`, GenEval's `include`): training prompts
+    without it (a plain prompt list) cannot train it."""
 
     @abstractmethod
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:

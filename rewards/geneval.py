@@ -221,6 +221,7 @@ class GenEvalScorer:
 class GenEvalReward(Reward):
     """GenEval with partial credit (flow_grpo's training reward), in [0, 1]; the prompt records
     must be GenEval metadata (`tag`, `include`, `exclude`); `strict=True` gives pass / fail."""
+    record_field = "include"
 
 
     def __init__(self, detector: str = DEFAULT_DETECTOR, clip: str = DEFAULT_CLIP, strict: bool = False,

@@ -58,23 +58,24 @@ def _accepted(name: str) -> set[str]:
     return set(inspect.signature(factory).parameters) - {"self"}
 
 
-def check_rewards(spec: str, options: dict | None = None) -> list[tuple[str, float]]:
+def check_rewards(spec: str, options: dict | None = None, elsewhere=()) -> list[tuple[str, float]]:
     """Validate a spec and its options without loading any model: names known, weights
-    positive, every option taken by at least one of the rewards."""
+    positive, every option taken by at least one of the rewards or named in `elsewhere`
+    (the options a run's benchmarks take: `--pickscore` for the evaluation alone)."""
     parts = parse_reward_spec(spec)
     for name, _ in parts:
         if name not in REWARDS:
             raise RewardError(f"unknown reward {name!r} (known: {', '.join(reward_names())})")
     for key in options or {}:
-        if not any(key in _accepted(n) for n, _ in parts):
+        if key not in elsewhere and not any(key in _accepted(n) for n, _ in parts):
             raise RewardError(f"reward option {key!r} applies to none of {', '.join(n for n, _ in parts)}")
     return parts
 
 
-def build_rewards(spec: str, device: str = "cpu", **options) -> Reward:
+def build_rewards(spec: str, device: str = "cpu", elsewhere=(), **options) -> Reward:
     """A reward from a spec. Each option goes to every reward that takes it (`judge` to
     geneval2 and vqascore, `pickscore` to pickscore, ...); `device` to those that run models."""
-    parts = check_rewards(spec, options)
+    parts = check_rewards(spec, options, elsewhere)
     built = []
     for name, w in parts:
         accepted = _accepted(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from harness.core.hub import load_pretrained
+from harness.core.hub import load_pretrained, shared
 from rewards.base import Reward, RewardError, RewardOutput, register_reward
 from rewards.vqa import to_pil
 
@@ -77,7 +77,7 @@ class PickScoreReward(Reward):
         local = pickscore != DEFAULT_MODEL
         processor = pickscore_processor or (pickscore if local else DEFAULT_PROCESSOR)
         self.scale = scale
-        self.clip = ClipScorer(pickscore, processor, "PickScore model", _HOW, device, batch_size)
+        self.clip = shared(ClipScorer, pickscore, processor, "PickScore model", _HOW, device, batch_size)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:

@@ -14,6 +14,7 @@ from rewards.base import Reward, RewardError, RewardOutput, register_reward
 @register_reward("toy-tifa")
 class ToySoftTifaReward(Reward):
     """The toy judge's Soft-TIFA score of each image for its prompt's questions, in [0, 1]."""
+    record_field = "vqa_list"
 
 
     def __init__(self, aggregate: str = "gm"):

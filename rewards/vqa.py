@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from harness.core.hub import load_pretrained
+from harness.core.hub import load_pretrained, shared
 from harness.core.soft_tifa import geometric_mean
 from rewards.base import Reward, RewardError, RewardOutput, register_reward
 
@@ -169,6 +169,7 @@ class VQAJudge:
 class GenEval2Reward(Reward):
     """Soft-TIFA of each image under the VQA judge (GM by default, AM with aggregate="am"), in
     [0, 1]; the prompt records (GenEval2 format, toy splits included) carry the questions."""
+    record_field = "vqa_list"
 
 
     def __init__(self, judge: str = DEFAULT_JUDGE, aggregate: str = "gm", device: str = "cpu",
@@ -176,7 +177,7 @@ class GenEval2Reward(Reward):
         if aggregate not in ("gm", "am"):
             raise RewardError(f"aggregate must be 'gm' or 'am', not {aggregate!r}")
         self.aggregate = aggregate
-        self.judge = VQAJudge(judge, device, batch_size=batch_size)
+        self.judge = shared(VQAJudge, judge, device, None, batch_size)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
@@ -194,7 +195,7 @@ class VQAScoreReward(Reward):
 
 
     def __init__(self, judge: str = DEFAULT_JUDGE, device: str = "cpu", batch_size: int = 16):
-        self.judge = VQAJudge(judge, device, batch_size=batch_size)
+        self.judge = shared(VQAJudge, judge, device, None, batch_size)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:

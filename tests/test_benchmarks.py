@@ -22,7 +22,7 @@ def brightness():
     class Brightness(Benchmark):
         description = "a test benchmark: mean brightness of each image"
 
-        def prompts(self, path=None):
+        def prompts(self, path=None, split="test"):
             return load_toy_split("eval")
 
         def load_scorer(self):
@@ -52,8 +52,14 @@ def test_a_new_benchmark_is_one_file_and_bench_run_measures_it(brightness, tiny_
     assert 0 < record.metric("brightness").value < 100 and record.metric("gm") is not None
     table = (run / "report" / "tables.md").read_text()
     assert "| Brightness" in table and "ΔBrightness vs base" in table and "Soft-TIFA GM" in table
+    # a benchmark has a test set unless it says otherwise: the final scores are the whole set
+    # (final_limit None), the toy's and the KL those of the last evaluation
     result = CellResult.from_json(json.loads((run / "toy" / "grpo" / "seed0" / "result.json").read_text()))
-    assert result.final.metric("brightness").value == record.metric("brightness").value
+    assert record.metric("brightness").n == PRESET.eval.limit and result.final.metric("brightness").n == 192
+    assert result.final.benchmarks["test-brightness"]["split"] == "test"
+    assert result.final.metric("gm").value == record.metric("gm").value
+    assert result.final.kl_to_pretrained == record.kl_to_pretrained
+    assert result.base.metric("brightness").n == 192  # the base model scored on the same test set
     assert (run / "report" / "figures" / "toy_frontier.png").exists()
 
 

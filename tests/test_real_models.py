@@ -219,11 +219,27 @@ def test_export_without_an_adapter_is_a_model_error(models, tmp_path):
         models["sd35"].export(tmp_path / "x")
 
 
+@pytest.fixture(scope="module")
+def scorers(tmp_path_factory):
+    from tests.tiny_scorers import save_clip, save_qwen3_vl
+
+    root = tmp_path_factory.mktemp("scorers")
+    return {"judge": save_qwen3_vl(root / "judge"), "pickscore": save_clip(root / "pickscore")}
+
+
+RECIPES = {"sd35": "sd35-geneval2", "flux1-dev": "flux1-dev-geneval2", "flux2-klein": "flux2-klein-geneval2"}
+# the recipe scaled down with the size knobs, as a user tries it before a GPU run
+KNOBS = ["--epochs", "2", "--prompts-per-epoch", "2", "--group-size", "2", "--steps", "6",
+         "--eval-limit", "8", "--ood-limit", "4", "--final-limit", "8", "--resolution", str(RESOLUTION),
+         "--methods", "grpo,dppo"]
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_bench_run_end_to_end_on_a_saved_pipeline(saved, name, tmp_path):
-    """`bench run --model NAME --model-path DIR --preset smoke` as a user types it: grpo and
-    dppo train a LoRA on the tiny pipeline, are evaluated and reported, and the exported LoRA
-    is a file a diffusers pipeline takes."""
+def test_the_published_recipe_end_to_end_on_a_saved_pipeline(saved, scorers, name, tmp_path):
+    """`bench run --model NAME --model-path DIR --preset <its recipe> --judge DIR --pickscore DIR`
+    scaled down: GenEval2-template training prompts and the geneval2 reward, GenEval2 (val
+    split) and PickScore between epochs, both on their test sets at the end, the KL, the
+    table and the report; then `bench export` and `bench eval --run` / `--lora` of the result."""
     import json
 
     from typer.testing import CliRunner
@@ -231,25 +247,52 @@ def test_bench_run_end_to_end_on_a_saved_pipeline(saved, name, tmp_path):
     from harness.cli import app
 
     out = tmp_path / "run"
-    # FLUX at 32 px through --resolution (fast); sd35 at its pipeline's default 256 px, so the toy
-    # judge's downsampling of larger images stays covered.
-    size = [] if name == "sd35" else ["--resolution", str(RESOLUTION)]
+    judge, pick = str(scorers["judge"]), str(scorers["pickscore"])
     r = CliRunner().invoke(app, ["run", "--model", name, "--model-path", str(saved[name]), "--preset",
-                                 "smoke", "--methods", "grpo,dppo", "--out", str(out), *size])
+                                 RECIPES[name], "--judge", judge, "--pickscore", pick, *KNOBS,
+                                 "--out", str(out)])
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
-    options = {} if name == "sd35" else {"resolution": RESOLUTION}
-    assert manifest["config"].get("model_options", {}) == options
+    resolved = manifest["config"]["resolved"]
+    assert resolved["train_prompts"] == "geneval2-train" and resolved["reward"] == "geneval2"
+    assert resolved["eval"]["benchmarks"] == ["geneval2", "pickscore"]
+    assert manifest["config"]["model_options"] == {"resolution": RESOLUTION}
+    base = json.loads((out / name / "base" / "seed0" / "final.json").read_text())
     for method in ("grpo", "dppo"):
-        result = json.loads((out / name / method / "seed0" / "result.json").read_text())
-        assert result["model"] == name and result["epochs"] == 2
+        cell = out / name / method / "seed0"
+        config = json.loads((cell / "config.json").read_text())
+        assert config["train"]["lora_rank"] == (32 if name == "sd35" else 64)  # the recipe's LoRA
+        assert config["train"]["guidance"] == (3.5 if name == "flux1-dev" else 1.0)  # FLUX.1's distilled
+        between = json.loads((cell / "eval" / "2.json").read_text())["benchmarks"]
+        assert between["geneval2"]["split"] == "val" and between["geneval2"]["soft_tifa"]["n_prompts"] == 8
+        assert between["pickscore"]["pickscore"]["n"] == 4
+        atoms = {int(k) for k in between["geneval2"]["soft_tifa"]["per_atom_count"]}
+        assert len(atoms) == 8  # 8 val prompts spread over atom counts 3…10
+        result = json.loads((cell / "result.json").read_text())
+        final = result["final"]["benchmarks"]
+        assert final["geneval2"]["split"] == "test" and final["pickscore"]["pickscore"]["n"] == 8
+        assert result["base"]["benchmarks"] == base["benchmarks"]  # paired with the base on the test prompts
         kl = result["final"]["kl_to_pretrained"]["mean"]
         assert np.isfinite(kl) and kl > 0  # the LoRA moved the policy away from the pipeline's
-        config = json.loads((out / name / method / "seed0" / "config.json").read_text())
-        assert config["method_config"] == {**config["method_config"], **{  # published values
-            "grpo": {"clip_range": 1e-4}, "dppo": {"delta": 1e-5}}[method]}
+    table = (out / "report" / "tables.md").read_text()
+    for column in ("Soft-TIFA GM", "ΔGM vs base", "GM @3 atoms", "PickScore", "KL to pretrained"):
+        assert column in table
+    assert "geneval2 test (8 prompts), pickscore test (8 prompts)" in table
     assert (out / "report" / "index.html").exists() and f"| {name} " in r.output
+
     cell = out / name / "dppo" / "seed0"
     r = CliRunner().invoke(app, ["export", str(cell), "--out", str(tmp_path / "lora")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    scored = {}
+    pipeline = ["--model", name, "--model-path", str(saved[name]), "--steps", "6",
+                "--guidance", str(config["eval"]["guidance"]), "--resolution", str(RESOLUTION)]
+    for how, args in (("run", ["--run", str(cell)]), ("lora", [*pipeline, "--lora", str(tmp_path / "lora")]),
+                      ("base", pipeline)):
+        path = tmp_path / f"{how}.json"
+        r = CliRunner().invoke(app, ["eval", *args, "--benchmark", "geneval2", "--judge", judge,
+                                     "--limit", "4", "--json", str(path)])
+        assert r.exit_code == 0, r.output
+        scored[how] = json.loads(path.read_text())["soft_tifa"]["per_prompt_gm"]
+    assert scored["run"] == pytest.approx(scored["lora"], abs=1e-6)  # the exported LoRA is the policy
+    assert scored["run"] != scored["base"]

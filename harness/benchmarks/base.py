@@ -40,6 +40,11 @@ class Benchmark:
     images_per_prompt: int = 1
     options: tuple[str, ...] = ()
     """The scorer's model options it takes (`judge`, `detector`, `clip`, `pickscore`, ...)."""
+    test_set: bool = True
+    """Whether the end of a training run scores it afresh on its test prompts (`split="test"`,
+    `final_limit` of them); without one (the toy), the last evaluation is the final one."""
+    out_of_domain: bool = False
+    """Whether its prompts are the out-of-domain ones (`ood_limit` between epochs)."""
 
     def __init__(self, device: str = "cpu", **options):
         bad = sorted(k for k, v in options.items() if v is not None and k not in self.options)
@@ -51,9 +56,17 @@ class Benchmark:
         self._scorer = None
 
     # --- what a benchmark defines ---------------------------------------------------------
-    def prompts(self, path: str | Path | None = None) -> list[dict]:
-        """Its prompt records (or those of a user's file in a format it reads)."""
+    def prompts(self, path: str | Path | None = None, split: str = "test") -> list[dict]:
+        """Its prompt records (or those of a user's file in a format it reads): the test set,
+        or with `split="val"` the prompts a training run is measured on between epochs."""
         raise NotImplementedError
+
+    def run_options(self, settings, final: bool = False) -> dict:
+        """`evaluate`'s prompt options inside a training run, from its eval settings (fields of
+        `harness.run.config.EvalSettings`): between epochs or, with `final`, at the end."""
+        if final:
+            return {"split": "test", "limit": settings.final_limit}
+        return {"split": "val", "limit": settings.ood_limit if self.out_of_domain else settings.limit}
 
     def load_scorer(self):
         """A function (images, records, images per prompt) -> one result per record."""
@@ -76,12 +89,13 @@ class Benchmark:
 
     def evaluate(self, model: FlowModel, *, prompts: str | Path | None = None, limit: int | None = None,
                  images_per_prompt: int | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, progress: bool = False, **_) -> dict:
+                 guidance: float | None = None, seed: int = 0, progress: bool = False,
+                 split: str = "test", **_) -> dict:
         """This benchmark's scores for `model` as a JSON-ready dict (keyword options other
         benchmarks take, such as the toy's `ood_limit`, are ignored)."""
         t0 = time.perf_counter()
         n = images_per_prompt or self.images_per_prompt
-        records = subset(self.prompts(prompts), limit)
+        records = subset(self.prompts(prompts, split), limit)
         scorer = self.scorer
         note = None
         if hasattr(model, "skip_unknown_words"):  # the toy model: does it know every word of the set?
@@ -95,7 +109,8 @@ class Benchmark:
             chunk = records[lo:lo + CHUNK]
             images = seeded_images(model, chunk, lo, n, steps=steps, guidance=guidance, seed=seed)
             per_prompt += scorer(images, chunk, n)
-        out = {"benchmark": self.name, "model": model.name, "steps": steps or model.default_steps,
+        out = {"benchmark": self.name, "split": split, "model": model.name,
+               "steps": steps or model.default_steps,
                "guidance": model.default_guidance if guidance is None else guidance, "seed": seed,
                "images_per_prompt": n, **self.summary(records, per_prompt), "scorer": dict(self.settings)}
         if note:

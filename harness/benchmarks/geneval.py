@@ -17,8 +17,8 @@ class GenEvalBenchmark(Benchmark):
     images_per_prompt = 4
     options = ("detector", "clip")
 
-    def prompts(self, path: str | Path | None = None) -> list[dict]:
-        return load_geneval_prompts(path)
+    def prompts(self, path: str | Path | None = None, split: str = "test") -> list[dict]:
+        return load_geneval_prompts(path)  # one set: a training run's val and test prompts alike
 
     def load_scorer(self):
         from rewards.geneval import DEFAULT_CLIP, DEFAULT_DETECTOR, GenEvalScorer

@@ -1,6 +1,6 @@
 """`geneval2`: the 800 GenEval2 prompts (shipped, CC BY-NC 4.0), one image each, judged by
 a VQA model: Soft-TIFA GM / AM with per skill and per atom count, TIFA (hard answers) and
-VQAScore (docs/benchmarks.md)."""
+VQAScore (docs/benchmarks.md). Inside a training run, the geneval2-val split between epochs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.benchmarks.base import Benchmark, per_record, register_benchmark
-from harness.core.prompts import DATA, load_prompt_file
+from harness.core.hub import shared
+from harness.core.prompts import load_prompts
 from harness.core.results import Metric, soft_tifa_metrics
 from harness.core.soft_tifa import soft_tifa, stderr
 
@@ -19,13 +20,15 @@ class GenEval2Benchmark(Benchmark):
     description = "GenEval2: 800 prompts, Soft-TIFA / TIFA / VQAScore under a VQA judge (Qwen3-VL)"
     options = ("judge",)
 
-    def prompts(self, path: str | Path | None = None) -> list[dict]:
-        return load_prompt_file(path or DATA / "geneval2" / "geneval2_data.jsonl")
+    def prompts(self, path: str | Path | None = None, split: str = "test") -> list[dict]:
+        """The official 800 (test), or the 800 template prompts of geneval2-val (val), which a
+        training run measures between epochs so that the test set decides only at the end."""
+        return load_prompts(path or f"geneval2-{split}")
 
     def load_scorer(self):
         from rewards.vqa import DEFAULT_JUDGE, VQAJudge
 
-        vqa = VQAJudge(self.settings.get("judge") or DEFAULT_JUDGE, self.device)
+        vqa = shared(VQAJudge, self.settings.get("judge") or DEFAULT_JUDGE, self.device, None, 16)
 
         def score(images, records, n):
             metas = [r for r in records for _ in range(n)]

@@ -1,6 +1,6 @@
 """`pickscore`: the raw PickScore of each prompt's image, the paper's out-of-domain score,
-on a prompt file (Pick-a-Pic's test prompts where you have them; by default the toy ood
-split)."""
+on the shipped parti-test prompts (539 of PartiPrompts, Apache-2.0) or a prompt file
+(Pick-a-Pic's test prompts where you have them)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,22 @@ from pathlib import Path
 import numpy as np
 
 from harness.benchmarks.base import Benchmark, load_text_prompts, per_record, register_benchmark
-from harness.core.prompts import toy_split_path
+from harness.core.prompts import load_prompts
 from harness.core.results import Metric
 from harness.core.soft_tifa import stderr
 
 
 @register_benchmark("pickscore")
 class PickScoreBenchmark(Benchmark):
-    description = "PickScore (raw) on a prompt file (default: the toy ood split)"
+    description = "PickScore (raw) on 539 PartiPrompts (parti-test) or a prompt file"
     options = ("pickscore", "pickscore_processor")
+    out_of_domain = True
 
-    def prompts(self, path: str | Path | None = None) -> list[dict]:
-        return load_text_prompts(path or toy_split_path("ood"))
+    def prompts(self, path: str | Path | None = None, split: str = "test") -> list[dict]:
+        return load_prompts("parti-test") if path is None else load_text_prompts(path)
+
+    def run_options(self, settings, final: bool = False) -> dict:
+        return {**super().run_options(settings, final), "prompts": settings.ood_prompts}
 
     def load_scorer(self):
         from rewards.pickscore import DEFAULT_MODEL, PickScoreReward

@@ -62,12 +62,16 @@ def preference_eval(model: FlowModel, split: str = "ood", *, steps: int | None =
 @register_benchmark("toy")
 class ToyBenchmark(Benchmark):
     description = "Soft-TIFA under the toy judge (eval split) + toy preference score (ood split)"
+    test_set = False  # the eval split is held out from training; its last evaluation is final
 
-    def prompts(self, path: str | Path | None = None) -> list[dict]:
+    def prompts(self, path: str | Path | None = None, split: str = "test") -> list[dict]:
         if path is not None:
             raise PromptFileError("the toy benchmark uses its own splits; --prompts is for "
                                   "geneval2, geneval and pickscore")
         return load_toy_split("eval")
+
+    def run_options(self, settings, final: bool = False) -> dict:
+        return {"limit": settings.limit, "ood_limit": settings.ood_limit}
 
     def evaluate(self, model: FlowModel, *, prompts=None, limit: int | None = None,
                  images_per_prompt: int | None = None, steps: int | None = None,

@@ -53,3 +53,15 @@ def load_pretrained(load: Callable, source: str, what: str, error: type[Exceptio
         if offline() and not local.exists():
             hint = f" (HF_HUB_OFFLINE is set: only the local cache is searched{'; ' + how if how else ''})"
         raise error(f"{what}: cannot load {source}{hint}: {type(e).__name__}: {first}") from None
+
+
+_SHARED: dict[tuple, object] = {}
+
+
+def shared(build: Callable, *key):
+    """`build(*key)`, made once per process and key: the judge or PickScore that a run's every
+    cell, its evaluation and its reward all use is loaded once (these models are read-only)."""
+    k = (getattr(build, "__qualname__", repr(build)), *key)
+    if k not in _SHARED:
+        _SHARED[k] = build(*key)
+    return _SHARED[k]

@@ -84,16 +84,37 @@ def subset(records: list[dict], limit: int | None) -> list[dict]:
     return [records[int(i)] for i in np.linspace(0, len(records) - 1, limit).round()]
 
 
-# Prompt sets by name (`bench run --train-prompts NAME`); GenEval2's test set is for final scores.
+# Prompt sets by name (`bench run --train-prompts NAME`); the test sets are for final scores.
 PROMPT_SETS = {"toy-train": "toy_train.jsonl", "toy-eval": "toy_eval.jsonl", "toy-ood": "toy_ood.jsonl",
                "geneval2-train": "geneval2/geneval2_train.jsonl.gz",
-               "geneval2-val": "geneval2/geneval2_val.jsonl", "geneval2-test": "geneval2/geneval2_data.jsonl"}
+               "geneval2-val": "geneval2/geneval2_val.jsonl", "geneval2-test": "geneval2/geneval2_data.jsonl",
+               "parti-train": "parti/PartiPrompts.tsv", "parti-test": "parti/PartiPrompts.tsv"}
+
+
+def parti_prompts(split: str) -> list[dict]:
+    """PartiPrompts (Apache-2.0, harness/data/parti): 1,632 prompts in 12 categories, PickScore's
+    out-of-domain set. `parti-test` is every third prompt of each category in the file's order
+    (539), `parti-train` the rest (1,093), for training on PickScore without its test prompts."""
+    import csv
+
+    with open(DATA / "parti" / "PartiPrompts.tsv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    seen: dict[str, int] = {}
+    out = []
+    for row in rows:
+        k = seen[row["Category"]] = seen.get(row["Category"], -1) + 1
+        if (k % 3 == 2) == (split == "test"):
+            out.append({"prompt": row["Prompt"].strip(), "category": row["Category"],
+                        "challenge": row["Challenge"]})
+    return out
 
 
 def load_prompts(spec: str | Path) -> list[dict]:
     """A prompt set by name (PROMPT_SETS) or a file: GenEval2-format JSONL (.jsonl or .jsonl.gz),
     GenEval's metadata (objects with "tag" and "include"), or plain text, one prompt per line
     (for rewards that need no questions, such as PickScore)."""
+    if str(spec).startswith("parti-") and str(spec) in PROMPT_SETS:
+        return parti_prompts(str(spec).removeprefix("parti-"))
     if str(spec) in PROMPT_SETS:
         return load_prompt_file(DATA / PROMPT_SETS[str(spec)])
     path = Path(spec)

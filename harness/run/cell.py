@@ -3,7 +3,8 @@ checkpoint after every epoch, resume from the last checkpoint.
 
     <run>/<model>/<method>/seed<k>/
       config.json  metrics.jsonl  diagnostics/epoch_XXXX.safetensors
-      eval/<epoch>.json  checkpoints/latest/  samples/{final.png,prompts.json}  result.json
+      eval/<epoch>.json  eval/final.json (the test sets)  checkpoints/latest/
+      samples/{final.png,prompts.json}  result.json
 
 A cell with `result.json` is finished and never recomputed. Every file is written atomically.
 """
@@ -83,11 +84,14 @@ class CellRun:
     def done(self) -> bool:
         return (self.dir / "result.json").exists()
 
-    def run(self, base_eval: EvalRecord, progress: bool = True) -> dict | None:
+    def run(self, base_eval: EvalRecord, base_final: EvalRecord | None = None,
+            progress: bool = True) -> dict | None:
+        """Train (or resume), evaluate, finish. `base_eval`: the pretrained model's evaluation
+        (the curves' epoch 0); `base_final`: its final scores (default: the same record)."""
         p = self.preset
         model = load_model(self.model_name, self.model_path, self.device, **self.model_options)
-        method, train = method_variant(self.method_name, p, self.model_name)
-        reward = build_rewards(p.reward, device=self.device, **p.reward_options)
+        method, train = method_variant(self.method_name, p)
+        reward = build_rewards(p.reward, self.device, self.evaluation.options, **p.reward_options)
         trainer = Trainer(model, method, reward, load_prompts(p.train_prompts), train, seed=self.seed)
         config = {"method": self.method_name, "method_config": asdict(method.config),
                   "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,
@@ -127,7 +131,7 @@ class CellRun:
         finally:
             if live is not None:
                 live.close()
-        result = self._finish(model, metrics, base_eval, train, wall) if main else None
+        result = self._finish(model, metrics, base_final or base_eval, train, wall) if main else None
         dist.barrier()
         return result
 
@@ -165,10 +169,13 @@ class CellRun:
 
     def _finish(self, model, metrics: list[dict], base_eval: EvalRecord, train: TrainConfig,
                 wall: float) -> dict:
-        """The final sample grid and result.json (the cell's mark of being done)."""
+        """The final scores (the test sets, eval/final.json, when a benchmark has one), the final
+        sample grid and result.json (the cell's mark of being done)."""
         p = self.preset
         path = self.dir / "eval" / f"{p.epochs}.json"
-        final = EvalRecord.from_json(read_json(path), str(path))
+        final = self.evaluation.final(model, EvalRecord.from_json(read_json(path), str(path)))
+        if self.evaluation.has_test_sets:
+            write_json(self.dir / "eval" / "final.json", final.to_json())
         self.evaluation.sample_grid(model, self.dir / "samples" / "final.png")
         last = metrics[-3:]  # the training reward at the start and over the last epochs
         n_traj = train.prompts_per_epoch * train.group_size

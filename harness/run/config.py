@@ -41,9 +41,17 @@ class EvalSettings:
     every: int = 5
     """Evaluate after every this many epochs (and at the end)."""
     limit: int | None = None
-    """Prompts of the benchmark's set, spread evenly (None: all; the toy eval split has 192)."""
+    """Prompts of the in-domain set between epochs, spread evenly over it and so over atom
+    counts (None: all; the toy eval split has 192, GenEval2's val split 800)."""
     ood_limit: int | None = None
-    """Prompts of the toy benchmark's ood split for the preference score (None: all 96)."""
+    """Prompts of the out-of-domain set between epochs: the toy's ood split (96) for the toy
+    preference score, the PickScore prompts for pickscore (None: all)."""
+    final_limit: int | None = None
+    """Prompts of the final evaluation of a benchmark with a test set of its own (geneval2:
+    the official 800; pickscore: the parti-test prompts), spread evenly (None: all). The toy
+    benchmark has none: its evaluation after the last epoch is the final one."""
+    ood_prompts: str | None = None
+    """PickScore's prompts instead of the shipped parti-test: a file, one prompt per line."""
     steps: int | None = None
     """ODE steps (None: the model's default)."""
     guidance: float | None = 1.0
@@ -85,13 +93,19 @@ class Preset:
     """The training prompts: a shipped set (toy-train, geneval2-train, geneval2-val, …) or a
     file (GenEval2-format JSONL, GenEval metadata, or one prompt per line)."""
     reward_options: dict = field(default_factory=dict)
+    model: str = "toy"
+    """The model the recipe is for (`bench models`); a real model's recipe never runs on the
+    toy model, nor the reverse."""
+    resolution: int | None = None
+    """Image side in pixels of a diffusers model (None: the pipeline's default)."""
     methods: tuple[str, ...] = ("grpo", "dppo")
     """What `bench run --preset NAME` trains when `--methods` is not given."""
     seeds: int = 1
     """Seeds per method when `--seeds` is not given."""
     method_overrides: dict[str, dict] = field(default_factory=lambda: dict(TOY_CALIBRATION))
-    """Per-method settings for the toy model (the published ones target SD3.5 latents);
-    other models train with the published defaults."""
+    """Per-method settings of the method's config or of `[train]`: the toy calibration on
+    the toy model (the published thresholds target SD3.5 latents); on a real model, the
+    recipe's exceptions to the published defaults (e.g. GRPO-Guard's lr)."""
 
     def to_data(self) -> dict:
         """The preset as plain data (what --dump-config writes and --config reads back)."""
@@ -185,10 +199,14 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _defaults() -> dict:
-    """Every field's default, so a preset file need only name what differs."""
-    return {"train": asdict(TrainConfig()), "eval": asdict(EvalSettings()),
-            "method_overrides": json.loads(json.dumps(TOY_CALIBRATION))}
+def _defaults(model: str = "toy") -> dict:
+    """Every field's default, so a preset file need only name what differs. A real model's
+    recipe starts without the toy calibration and leaves LoRA rank and α to the adapter."""
+    if model == "toy":
+        return {"train": asdict(TrainConfig()), "eval": asdict(EvalSettings()),
+                "method_overrides": json.loads(json.dumps(TOY_CALIBRATION))}
+    train = {**asdict(TrainConfig()), "lora_rank": None, "lora_alpha": None}
+    return {"train": train, "eval": asdict(EvalSettings()), "method_overrides": {}, "model": model}
 
 
 def read_toml(path: Path) -> dict:
@@ -207,7 +225,7 @@ def preset_data(path: Path, seen: tuple[str, ...] = ()) -> dict:
     data = read_toml(path)
     base = data.pop("base", None)
     if base is None:
-        start = _defaults()
+        start = _defaults(data["model"] if isinstance(data.get("model"), str) else "toy")
     elif not isinstance(base, str):
         raise RunError(f"{path}: field 'base' must name a preset (bench presets lists them)")
     elif base in seen:
@@ -216,6 +234,10 @@ def preset_data(path: Path, seen: tuple[str, ...] = ()) -> dict:
         raise RunError(f"{path}: base preset {base!r} does not exist (known: {', '.join(PRESETS.names())})")
     else:
         start = preset_data(PRESET_DIR / f"{base}.toml", seen + (base,))
+        was, now = start.get("model", "toy"), data.get("model", start.get("model", "toy"))
+        if (was == "toy") != (now == "toy"):  # the toy calibration must not reach a real model
+            raise RunError(f"{path}: a recipe for {now} cannot start from {base!r}, a recipe for {was} "
+                           f"(bench presets lists each model's)")
     return merge(start, data)
 
 
@@ -231,13 +253,23 @@ def load_preset(path: str | Path, name: str | None = None) -> Preset:
 
 
 PRESETS: Registry[Preset] = Registry("preset", RunError)
-_ORDER = ["smoke", "sanity", "default", "main", "main-multi", "stability", "ablation", "sweep", "paper"]
+_ORDER = ["smoke", "sanity", "default", "main", "main-multi", "stability", "ablation", "sweep", "paper",
+          "sd35-geneval2", "sd35-pickscore", "sd35-multi", "flux1-dev-geneval2", "flux2-klein-geneval2"]
 for _file in sorted(PRESET_DIR.glob("*.toml"), key=lambda p: (_ORDER + [p.stem]).index(p.stem)):
     PRESETS.add(_file.stem, load_preset(_file))  # `bench presets` order: small to large, then the rest
 
 
 def get_preset(name: str) -> Preset:
     return PRESETS.get(name)
+
+
+def check_model(preset: Preset, model_name: str) -> None:
+    """A recipe runs on the model it is written for (its thresholds, sizes and prompts are)."""
+    if preset.model != model_name:
+        mine = [n for n, p in PRESETS.items() if p.model == model_name]
+        hint = f"; recipes for {model_name}: {', '.join(mine)}" if mine else ""
+        raise RunError(f"preset {preset.name} is a recipe for the {preset.model} model, not "
+                       f"{model_name}{hint}")
 
 
 def resolve(preset: str | Path | Preset, **overrides) -> Preset:
@@ -288,11 +320,11 @@ def to_toml(preset: Preset) -> str:
     data = preset.to_data()
     tables = {k: data.pop(k) for k in ("train", "eval", "method_overrides")}
     lines = ["# the resolved preset: bench run --config FILE runs exactly this"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in data.items()]
+    lines += [f"{k} = {_toml_value('none' if v is None else v)}" for k, v in data.items()]
     for key in ("train", "eval"):
         lines += ["", f"[{key}]"]
         lines += [f"{k} = {_toml_value('none' if v is None else v)}" for k, v in tables[key].items()]
-    lines += ["", "# per-method settings on the toy model"]
+    lines += ["", "# per-method settings: the toy calibration, or a real recipe's exceptions"]
     for method, settings in tables["method_overrides"].items():
         lines += [f"[method_overrides.{_toml_key(method)}]"] + [f"{k} = {_toml_value(v)}"
                                                              for k, v in settings.items()]
@@ -303,15 +335,19 @@ def to_toml(preset: Preset) -> str:
 _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
 
-def method_variant(spec: str, preset: Preset, model_name: str = "toy") -> tuple[Method, TrainConfig]:
+def method_variant(spec: str, preset: Preset) -> tuple[Method, TrainConfig]:
     """A method as `--methods` names it: a registered name, optionally with settings that
     differ from the preset, `name@key=value@…` (e.g. `dppo@delta=3e-6`, `dppo@beta=0.04`).
     Keys of the method's config go to the method, keys of `TrainConfig` to the trainer;
-    on the toy model, the preset's calibration for the method applies first."""
+    the preset's `method_overrides` for the method (the toy calibration) apply first."""
     name, *items = spec.split("@")
-    calibrated = preset.method_overrides.get(name, {}) if model_name == "toy" else {}
-    method_kw, train_kw = dict(calibrated), {}
     method_fields = {f.name for f in fields(get_method(name).Config)}
+    method_kw, train_kw = {}, {}
+    for key, value in preset.method_overrides.get(name, {}).items():
+        if key not in method_fields | _TRAIN_FIELDS:
+            raise RunError(f"preset {preset.name}: [method_overrides.{name}] {key!r} is neither a setting "
+                           f"of {name} nor of the trainer")
+        (method_kw if key in method_fields else train_kw)[key] = value
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -341,11 +377,16 @@ def upgrade_cell_config(saved: dict, current: dict) -> dict:
     return saved
 
 
-def upgrade_resolved(resolved: dict) -> dict:
+def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
     """A resolved preset as recorded by older code, with the fields added since at the values
-    that code used (so an interrupted run of an older version resumes)."""
+    that code used (so an interrupted run of an older version resumes). A cell's config
+    has the same `eval` table."""
     if isinstance(resolved, dict) and isinstance(resolved.get("eval"), dict):
-        resolved = {**resolved, "eval": {"benchmarks": ["toy"], **resolved["eval"]}}
-        resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
+        added = {"benchmarks": ["toy"], "final_limit": None, "ood_prompts": None}
+        resolved = {**resolved, "eval": {**added, **resolved["eval"]}}
+        if "method_overrides" in resolved:  # a whole preset, not a cell's config
+            resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
+            resolved.setdefault("model", "toy")
+            resolved.setdefault("resolution", (model_options or {}).get("resolution"))
     return resolved
 

@@ -4,6 +4,7 @@ seed and epoch is evaluated on the same prompts and the same noise (`EVAL_SEED`)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +25,9 @@ EVAL_SEED = 1234  # the evaluation noise: the same for every method, seed and ep
 
 class Evaluation:
     """The preset's benchmarks, built once per run (a judge or PickScore loads once), and
-    the prompts of the first one, which also draw the sample grids and measure the KL."""
+    the prompts of the first one's val split, which also draw the sample grids and measure
+    the KL. Between epochs every benchmark scores its val prompts; at the end, those with a
+    test set of their own (geneval2's official 800, parti-test) score it afresh (`final`)."""
 
     def __init__(self, settings: EvalSettings, device: str = "cpu", options: dict | None = None):
         self.settings = settings
@@ -36,28 +39,47 @@ class Evaluation:
             self.benchmarks.append(bench_cls(device, **taken))
         if not self.benchmarks:
             raise RunError("the preset's eval.benchmarks is empty: name at least one (bench benchmarks)")
+        for bench in self.benchmarks:  # a missing or malformed prompt file fails before any training
+            for final in (False, True):
+                opts = bench.run_options(settings, final)
+                bench.prompts(opts.get("prompts"), opts.get("split", "val"))
         self._records: list[dict] | None = None
+
+    @property
+    def options(self) -> set[str]:
+        """The scorer options (`judge`, `pickscore`, ...) the benchmarks take."""
+        return {o for b in self.benchmarks for o in b.options}
 
     @property
     def records(self) -> list[dict]:
         if self._records is None:
-            self._records = self.benchmarks[0].prompts()
+            opts = self.benchmarks[0].run_options(self.settings)
+            self._records = self.benchmarks[0].prompts(opts.get("prompts"), opts.get("split", "val"))
         return self._records
 
-    def __call__(self, model: FlowModel, method: Method | None, train: TrainConfig) -> EvalRecord:
-        """Every benchmark, and the KL to the pretrained model along the method's sampler (0 for
-        the pretrained model itself: `method=None`)."""
+    @property
+    def has_test_sets(self) -> bool:
+        return any(b.test_set for b in self.benchmarks)
+
+    def _score(self, model: FlowModel, benchmarks: list[Benchmark], final: bool) -> dict[str, dict]:
         ev = self.settings
-        results, metrics = {}, []
-        for bench in self.benchmarks:
-            result = bench.evaluate(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
-                                    limit=ev.limit, ood_limit=ev.ood_limit)
-            results[bench.name] = result
-            metrics += bench.metrics(result)
+        return {b.name: b.evaluate(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
+                                   **b.run_options(ev, final)) for b in benchmarks}
+
+    def _record(self, results: dict[str, dict], kl_ref: dict) -> EvalRecord:
+        metrics = [m for b in self.benchmarks for m in b.metrics(results[b.name])]
         keys = [m.key for m in metrics]
         if len(set(keys)) != len(keys):
             dup = next(k for k in keys if keys.count(k) > 1)
-            raise RunError(f"two of the benchmarks {', '.join(ev.benchmarks)} report a metric {dup!r}")
+            raise RunError(f"two of the benchmarks {', '.join(self.settings.benchmarks)} report a "
+                           f"metric {dup!r}")
+        return EvalRecord(metrics, {b.name: results[b.name] for b in self.benchmarks}, kl_ref)
+
+    def __call__(self, model: FlowModel, method: Method | None, train: TrainConfig) -> EvalRecord:
+        """Every benchmark on its val prompts, and the KL to the pretrained model along the
+        method's sampler (0 for the pretrained model itself: `method=None`)."""
+        ev = self.settings
+        results = self._score(model, self.benchmarks, final=False)
         if method is not None:
             kl_ref = kl_to_pretrained(model, subset(self.records, ev.kl_prompts),
                                       sampler=method.config.sampler, eta=method.config.eta,
@@ -65,7 +87,18 @@ class Evaluation:
         else:
             kl_ref = {"mean": 0.0, "stderr": 0.0, "per_step": [0.0] * train.steps, "n": 0,
                       "unit": "per-element KL summed over steps"}
-        return EvalRecord(metrics, results, kl_ref)
+        return self._record(results, kl_ref)
+
+    def final(self, model: FlowModel, last: EvalRecord) -> EvalRecord:
+        """The final scores: benchmarks with a test set score it (`final_limit` prompts), the
+        others and the KL keep `last`, the evaluation after the last epoch. Without any test
+        set, `last` itself."""
+        if not self.has_test_sets:
+            return last
+        results = dict(last.benchmarks)
+        results.update(self._score(model, [b for b in self.benchmarks if b.test_set], final=True))
+        return replace(self._record(results, last.kl_to_pretrained), epoch=last.epoch,
+                       wall_seconds=last.wall_seconds)
 
     def sample_grid(self, model: FlowModel, png: Path) -> None:
         """The first prompts of the sample grids, drawn from the evaluation noise, with the prompts

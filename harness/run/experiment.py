@@ -3,7 +3,8 @@ evaluated on the same prompts, noise and metrics, into one run directory.
 
     runs/<name>/
       manifest.json                       command, resolved config, versions, status, sessions
-      <model>/base/seed<k>/eval.json      the pretrained model, evaluated once per seed
+      <model>/base/seed<k>/eval.json      the pretrained model, evaluated once per seed (and
+                                          final.json: its scores on the benchmarks' test sets)
       <model>/<method>/seed<k>/           one cell (harness/run/cell.py)
       report/                             tables, figures, index.html (reports/)
 
@@ -29,10 +30,10 @@ from harness.core.prompts import load_prompts
 from harness.core.results import EvalRecord, Manifest, read_json
 from harness.live import check_log_to
 from harness.run.cell import CellRun
-from harness.run.config import Preset, RunError, method_variant, resolve, upgrade_resolved
+from harness.run.config import Preset, RunError, check_model, method_variant, resolve, upgrade_resolved
 from harness.run.evaluation import Evaluation
 from methods import dist
-from models import check_device, check_options, load_model
+from models import MODELS, check_device, check_options, load_model
 from rewards import check_rewards
 
 
@@ -67,29 +68,39 @@ def code_version() -> str | None:
 
 
 def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, evaluation: Evaluation,
-              train, device: str = "cpu", model_options: dict | None = None) -> EvalRecord:
-    """The pretrained model's evaluation, one file per seed so tables pair it with that
-    seed's cells. Evaluation noise does not depend on the seed, so later seeds copy seed 0.
-    Distributed: rank 0 evaluates and writes, the others read its file."""
-    path = run / model_name / "base" / f"seed{seed}" / "eval.json"
+              train, device: str = "cpu", model_options: dict | None = None) -> tuple[EvalRecord, EvalRecord]:
+    """The pretrained model's evaluation (val prompts, eval.json) and its final scores (the test
+    sets, final.json, when a benchmark has one; else the same record), one directory per seed
+    so tables pair them with that seed's cells. Evaluation noise does not depend on the seed,
+    so later seeds copy seed 0. Distributed: rank 0 evaluates and writes, the others read."""
+    where = run / model_name / "base"
+    names = ["eval.json"] + (["final.json"] if evaluation.has_test_sets else [])
+
+    def read(d: Path) -> tuple[EvalRecord, EvalRecord]:
+        ev = [EvalRecord.from_json(read_json(d / n), str(d / n)) for n in names]
+        return ev[0], ev[-1]
+
+    path = where / f"seed{seed}"
     if not dist.is_main():
         dist.barrier()
-        return EvalRecord.from_json(read_json(path), str(path))
+        return read(path)
     try:
-        if path.exists():
-            return EvalRecord.from_json(read_json(path), str(path))
-        first = run / model_name / "base" / "seed0"
-        if seed > 0 and (first / "eval.json").exists():
-            for name in ("samples.png", "prompts.json"):
+        if all((path / n).exists() for n in names):
+            return read(path)
+        first = where / "seed0"
+        if seed > 0 and all((first / n).exists() for n in names):
+            for name in ("samples.png", "prompts.json", *names):
                 if (first / name).exists():
-                    _atomic(path.parent / name, lambda tmp, n=name: shutil.copyfile(first / n, tmp))
-            ev = EvalRecord.from_json(read_json(first / "eval.json"), str(first / "eval.json"))
-        else:
-            model = load_model(model_name, model_path, device, **(model_options or {}))
-            ev = evaluation(model, None, train)
-            evaluation.sample_grid(model, path.parent / "samples.png")
-        write_json(path, ev.to_json())
-        return ev
+                    _atomic(path / name, lambda tmp, n=name: shutil.copyfile(first / n, tmp))
+            return read(path)
+        model = load_model(model_name, model_path, device, **(model_options or {}))
+        ev = evaluation(model, None, train)
+        final = evaluation.final(model, ev)
+        evaluation.sample_grid(model, path / "samples.png")
+        if final is not ev:
+            write_json(path / "final.json", final.to_json())
+        write_json(path / "eval.json", ev.to_json())
+        return ev, final
     finally:
         dist.barrier()
 
@@ -104,37 +115,62 @@ def _check_toy_words(records: list[dict], name: str) -> None:
                            "outside its vocabulary; keep the toy training prompts or use a diffusers model")
 
 
-def run_experiment(out: Path, methods: list[str] | None = None, model_name: str = "toy",
-                   preset: str | Path | Preset = "default", seeds: int | None = None,
+def recipe(model_name: str | None, preset: str | Path | Preset | None, **overrides) -> tuple[str, Preset]:
+    """The model and the resolved preset a run trains: without a preset, the model's own recipe
+    (`default_preset`: `default` for the toy, the published one for sd35 / FLUX); without a
+    model, the one the preset is written for. A recipe for another model is a RunError."""
+    if preset is None:
+        preset = MODELS.get(model_name or "toy").default_preset
+    if (aggregation := overrides.pop("aggregation", None)) is not None:
+        overrides["train"] = {**(overrides.get("train") or {}), "reward_aggregation": aggregation}
+    p = resolve(preset, **overrides)
+    model_name = model_name or p.model
+    MODELS.get(model_name)  # an unknown model is one line
+    check_model(p, model_name)
+    return model_name, p
+
+
+def _check_reward_prompts(spec: str, records: list[dict], name: str) -> None:
+    """Rewards that ask questions need prompt records that carry them (GenEval2 or GenEval
+    format); a plain prompt list trains PickScore-like rewards only."""
+    from rewards import REWARDS, parse_reward_spec
+
+    for reward, _ in parse_reward_spec(spec):
+        key = getattr(REWARDS.get(reward), "record_field", None)
+        if key and not all(key in r for r in records):
+            raise RunError(f"the {reward} reward needs prompt records with their questions ({key!r}); "
+                           f"{name} is a plain prompt list: train it with pickscore, or give GenEval2-format "
+                           "prompts (--train-prompts geneval2-train)")
+
+
+def run_experiment(out: Path, methods: list[str] | None = None, model_name: str | None = None,
+                   preset: str | Path | Preset | None = None, seeds: int | None = None,
                    model_path: str | None = None, progress: bool = True, command: str | None = None,
-                   device: str = "cpu", log_to: str | None = None, resolution: int | None = None,
-                   **overrides) -> Path:
+                   device: str = "cpu", log_to: str | None = None, **overrides) -> Path:
     """Train and evaluate methods × seeds (None: the preset's) into the run directory `out`.
-    `preset`: a registered name, a TOML file or a Preset; `overrides` (epochs, reward,
-    reward_options, aggregation, train, eval) change it as `config.resolve` says.
-    `resolution`: image side for diffusers models (default: the pipeline's)."""
+    `model_name` / `preset`: as `recipe` says; `overrides` (epochs, reward, reward_options,
+    aggregation, train_prompts, resolution, train, eval) change the preset as `config.resolve` says."""
     from reports.report import build_report  # now, not after hours of training: the code of the start
 
     check_device(device)
     dist.init(device)  # under torchrun / accelerate launch: join the process group
     device = dist.local_device(device)
     check_log_to(log_to)
-    if (aggregation := overrides.pop("aggregation", None)) is not None:
-        overrides["train"] = {**overrides.get("train", {}), "reward_aggregation": aggregation}
-    p = resolve(preset, **overrides)
+    model_name, p = recipe(model_name, preset, **overrides)
     methods = list(p.methods) if methods is None else methods
     seeds = p.seeds if seeds is None else seeds
     for m in methods:
-        method_variant(m, p, model_name)  # unknown names and settings fail before any work
-    check_rewards(p.reward, p.reward_options)
+        method_variant(m, p)  # unknown names and settings fail before any work
     records = load_prompts(p.train_prompts)  # an unknown set or a malformed file fails before any work
     if model_name == "toy":
         _check_toy_words(records, p.train_prompts)
     if seeds < 1:
         raise RunError("--seeds must be at least 1")
     evaluation = Evaluation(p.eval, device, p.reward_options)  # unknown benchmarks fail here
+    check_rewards(p.reward, p.reward_options, evaluation.options)
+    _check_reward_prompts(p.reward, records, p.train_prompts)
     out = Path(out)
-    model_options = {"resolution": resolution} if resolution is not None else {}
+    model_options = {"resolution": p.resolution} if p.resolution is not None else {}
     check_options(model_name, model_options)
     config = {"methods": methods, "model": model_name, "model_path": model_path, "seeds": seeds,
               "preset": p.name, "resolved": json.loads(json.dumps(asdict(p), default=str))}
@@ -144,7 +180,8 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     old = None
     if manifest_path.exists() and any(out.glob("*/*/seed*/*")):  # a run without results can start over
         old = Manifest.from_json(read_json(manifest_path), str(manifest_path))
-        same = (upgrade_resolved(old.config.get("resolved")) == config["resolved"]
+        same = (upgrade_resolved(old.config.get("resolved"), old.config.get("model_options"))
+                == config["resolved"]
                 and old.config["model"] == model_name
                 and old.config.get("model_options", {}) == model_options)
         if not same:
@@ -176,7 +213,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                 cell = CellRun(out, model_name, model_path, m, seed, p, evaluation, device, log_to,
                                model_options)
                 if not cell.done:
-                    cell.run(base, progress)
+                    cell.run(*base, progress=progress)
                     save_manifest("running")  # a killed session still counts up to its last cell
         save_manifest("done")  # before the report, which shows the status
         if dist.is_main():

@@ -28,12 +28,14 @@ def read_cell(cell_dir: str | Path) -> tuple[dict, dict, Path]:
     return json.loads(cfg_path.read_text()), run_config, weights
 
 
-def load_cell_policy(cell_dir: str | Path, device: str = "cpu"):
-    """The fine-tuned policy of a cell at its last checkpoint: the model of its run, the
-    adapter of its config, the trained weights."""
+def load_cell_policy(cell_dir: str | Path, device: str = "cpu", resolution: int | None = None):
+    """The fine-tuned policy of a cell at its last checkpoint: the model of its run (at its
+    resolution unless given), the adapter of its config, the trained weights."""
     config, run_config, weights = read_cell(cell_dir)
-    model = load_model(config["model"], run_config.get("model_path"), device,
-                       **run_config.get("model_options", {}))
+    options = dict(run_config.get("model_options", {}))
+    if resolution is not None:
+        options["resolution"] = resolution
+    model = load_model(config["model"], run_config.get("model_path"), device, **options)
     t = config["train"]
     model.setup_training(t["lora_rank"], t["lora_alpha"],
                          tuple(t["lora_targets"]) if t.get("lora_targets") else None)
