@@ -336,9 +336,11 @@ def run(
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
 ):
     """Train every method on the same model, prompts, noise and budget; evaluate each on
-    the preset's benchmarks (toy: Soft-TIFA in-domain, the ood preference score) and the KL
-    to the pretrained model; print the comparison table. Rerunning the same command resumes
-    where it stopped."""
+    the preset's benchmarks (toy: Soft-TIFA in-domain, the ood preference score; real
+    recipes: GenEval2 on its val split between epochs and its official 800 at the end,
+    PickScore out of domain) and the KL to the pretrained model; print the comparison
+    table. `--model sd35` without `--preset` trains its published recipe. Rerunning the
+    same command resumes where it stopped."""
     import sys
     from dataclasses import replace
 
@@ -457,16 +459,17 @@ def methods_():
 
 @app.command()
 def presets():
-    """List the `bench run --preset` recipes (TOML files in harness/run/presets/): size,
-    methods and seeds of each. `bench run --preset NAME --dump-config` shows one in full."""
+    """List the `bench run --preset` recipes (TOML files in harness/run/presets/): the model
+    each is for, its size, methods and seeds. `bench run --preset NAME --dump-config` shows
+    one in full; docs/recipes.md sets the real-model ones beside the peers' configurations."""
     from harness.run import PRESETS
 
+    width = max(len(n) for n in PRESETS.names()) + 1
     for name, p in PRESETS.items():
         t = p.train
-        typer.echo(f"{name:11s} {p.description}\n{'':11s} {p.epochs} epochs of {t.prompts_per_epoch} "
-                   f"prompts x {t.group_size}, I = {t.inner_loops}, reward {p.reward}, "
-                   f"eval {','.join(p.eval.benchmarks)}; "
-                   f"methods {','.join(p.methods)}; {p.seeds} seed(s)")
+        typer.echo(f"{name:{width}s} {p.description}\n{'':{width}s} model {p.model}: {p.epochs} epochs of "
+                   f"{t.prompts_per_epoch} prompts x {t.group_size}, I = {t.inner_loops}, reward {p.reward}, "
+                   f"eval {','.join(p.eval.benchmarks)}; methods {','.join(p.methods)}; {p.seeds} seed(s)")
 
 
 @app.command()

@@ -40,6 +40,7 @@ def scratch(tmp_path_factory):
     good = {"prompt": "a red circle", "atom_count": 2, "skills": ["object"],
             "vqa_list": [["Is there a circle?", "Yes"]]}
     (d / "bad.jsonl").write_text(json.dumps(good) + '\n{"prompt": "x"\n')
+    (d / "plain.txt").write_text("a photo of a cat\na red bicycle\n")
     (d / "bad_geneval.jsonl").write_text(json.dumps({"tag": "counting", "prompt": "x",
                                                      "include": [{"class": "unicorn", "count": 1}]}) + "\n")
     (d / "bad.toml").write_text("epochs = \n")
