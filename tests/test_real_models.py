@@ -278,6 +278,11 @@ def test_the_published_recipe_end_to_end_on_a_saved_pipeline(saved, scorers, nam
     for column in ("Soft-TIFA GM", "ΔGM vs base", "GM @3 atoms", "PickScore", "KL to pretrained"):
         assert column in table
     assert "geneval2 test (8 prompts), pickscore test (8 prompts)" in table
+    from reports.figures.curves import learning_curves
+    from reports.run_reader import load_run
+
+    titles = [ax.get_title() for ax in learning_curves(load_run(out), name).axes]
+    assert "Held-out Soft-TIFA GM" in titles and "Held-out PickScore" in titles
     assert (out / "report" / "index.html").exists() and f"| {name} " in r.output
 
     cell = out / name / "dppo" / "seed0"

@@ -44,6 +44,15 @@ def _kl(ev: EvalRecord) -> float | None:
     return finite(ev.kl)
 
 
+def _ood(ev: EvalRecord):
+    """The paired secondary metric (PickScore out of domain), where a benchmark reports one."""
+    return next((m for m in ev.metrics if m.paired and m.role == "secondary"), None)
+
+
+def _ood_score(ev: EvalRecord) -> float | None:
+    return None if (m := _ood(ev)) is None else finite(m.value)
+
+
 def _score_title(run: Run) -> str:
     evals = [*run.bases.values(), *(e for c in run.cells for e in c.evals.values())]
     return next((e.paired.title for e in evals if e.paired is not None), "score")
@@ -58,8 +67,8 @@ def _eval_series(cell: CellData, value_of) -> dict[int, tuple[float, float]]:
 
 
 def learning_curves(run: Run, model: str, x: str = "epoch") -> Figure | None:
-    """Training reward, the held-out score (Soft-TIFA GM) and KL to the pretrained model against
-    epoch or wall time."""
+    """Training reward, the held-out score (Soft-TIFA GM), the out-of-domain one where a benchmark
+    reports it (PickScore), and KL to the pretrained model against epoch or wall time."""
     methods = run.methods(model)
     if not methods:
         return None
@@ -73,9 +82,12 @@ def learning_curves(run: Run, model: str, x: str = "epoch") -> Figure | None:
               (f"Held-out {score}", score, lambda c: _eval_series(c, _score)),
               ("KL to the pretrained model", "KL (nats per element, summed over steps)",
                lambda c: _eval_series(c, _kl))]
+    evals = [e for c in run.cells for e in c.evals.values()]
+    if ood := next((m.title for e in evals if (m := _ood(e)) is not None), None):
+        panels.insert(2, (f"Held-out {ood}", ood, lambda c: _eval_series(c, _ood_score)))
     n = max(n_seeds(run.cells_of(model, m)) for m in methods)
-    fig = Figure(figsize=(13.5, 4.6), layout="constrained", dpi=DPI)
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(4.5 * len(panels), 4.6), layout="constrained", dpi=DPI)
+    axes = fig.subplots(1, len(panels))
     for ax, (title, ylabel, series_of) in zip(axes, panels):
         for m in methods:
             pts = over_seeds([series_of(c) for c in run.cells_of(model, m)])
@@ -89,7 +101,8 @@ def learning_curves(run: Run, model: str, x: str = "epoch") -> Figure | None:
             if np.isfinite(se).any():
                 ax.fill_between(xs, mean - se, mean + se, color=colours[m], alpha=0.2, lw=0)
         if title.startswith("Held-out"):
-            gms = [_score(b) for (mm, _), b in run.bases.items() if mm == model]
+            of = _score if title == f"Held-out {score}" else _ood_score
+            gms = [of(b) for (mm, _), b in run.bases.items() if mm == model]
             if gms := [g for g in gms if g is not None]:
                 ax.axhline(np.mean(gms), color=BASE_COLOUR, ls="--", lw=1.2, label=BASE)
         ax.set_title(title)
