@@ -285,9 +285,9 @@ def run(
                                           "geneval, pickscore, vqascore; `bench rewards`) or "
                                           "weights, e.g. geneval2=1.0,pickscore=0.5."),
     train_prompts: str = typer.Option(None, "--train-prompts",
-                                      help="Training prompts instead of the preset's (toy-train): a "
-                                           "shipped set (geneval2-train: 20,000 GenEval2-template "
-                                           "prompts disjoint from the test set; geneval2-val) or a "
+                                      help="Training prompts instead of the preset's: a shipped set "
+                                           "(toy-train; geneval2-train: 20,000 GenEval2-template "
+                                           "prompts disjoint from the test set; parti-train) or a "
                                            "file (GenEval2 JSONL, GenEval metadata, one prompt per line)."),
     aggregation: str = typer.Option(None, help="Several rewards: 'sum' (normalise the weighted "
                                                "sum) or 'normalised' (each reward per group)."),
