@@ -303,6 +303,13 @@ def run(
     resolution: int = typer.Option(None, "--resolution",
                                    help="Size knob: image side in pixels of a diffusers model "
                                         "(default: the preset's, 512 in the published recipes)."),
+    micro_batch: int = typer.Option(None, "--micro-batch",
+                                    help="Memory knob: trajectories per forward/backward pass of the "
+                                         "update; gradients accumulate over a mini-batch, so the "
+                                         "update is the same (train.micro_batch)."),
+    rollout_batch: int = typer.Option(None, "--rollout-batch",
+                                      help="Memory knob: trajectories sampled and decoded together "
+                                           "in a rollout (train.rollout_batch)."),
     eval_benchmark: str = typer.Option(None, "--eval-benchmark",
                                        help="What is measured between epochs and at the end instead "
                                             "of the preset's: comma-separated, e.g. geneval2,pickscore "
@@ -370,7 +377,8 @@ def run(
         if not benches:
             raise BadInput("--eval-benchmark is empty")
     train = {k: v for k, v in dict(reward_aggregation=aggregation, prompts_per_epoch=prompts_per_epoch,
-                                   group_size=group_size, steps=steps).items() if v is not None}
+                                   group_size=group_size, steps=steps, micro_batch=micro_batch,
+                                   rollout_batch=rollout_batch).items() if v is not None}
     evals = dict(steps=steps, limit=eval_limit, ood_limit=ood_limit, final_limit=final_limit,
                  benchmarks=benches, ood_prompts=None if ood_prompts is None else str(ood_prompts))
     evals = {k: v for k, v in evals.items() if v is not None}

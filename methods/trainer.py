@@ -65,6 +65,11 @@ class TrainConfig:
     """I: passes over each batch (later passes are off-policy: the trust region acts there)."""
     minibatch_size: int = 32
     """Trajectories per optimizer step."""
+    micro_batch: int | None = None
+    """Trajectories per forward / backward pass of the update (None: the whole mini-batch);
+    gradients accumulate over a mini-batch's micro-batches, so the update is the same."""
+    rollout_batch: int | None = None
+    """Trajectories sampled and decoded together in a rollout (None: all of the process's)."""
     lr: float = 3e-4
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
@@ -102,6 +107,8 @@ class TrainConfig:
              f"{self.window_fraction:g} of {self.steps} steps"),
             (self.inner_loops >= 1, "inner loops must be at least 1"),
             (self.minibatch_size >= 1, "mini-batch size must be at least 1"),
+            (self.micro_batch is None or self.micro_batch >= 1, "micro-batch must be at least 1"),
+            (self.rollout_batch is None or self.rollout_batch >= 1, "rollout batch must be at least 1"),
             (self.lr > 0, "learning rate must be positive"),
             (self.beta >= 0, "beta must be >= 0"),
             (self.adv_std in ("group", "global"), "adv_std must be 'group' or 'global'"),
@@ -225,23 +232,13 @@ class Trainer:
         # this process's whole groups; all noise is drawn for the whole batch, then sliced
         B, n, rank = len(prompts), dist.world(), dist.rank()
         own = torch.arange(rank * B // n, (rank + 1) * B // n)
-        x, own_embeds = x_init[own], embeds.select(own)
         sig = self.model.sigmas(cfg.steps)
-        xs, nxt, means, stds, lps = [], [], [], [], []
-        for k in range(cfg.steps):
-            v = self._velocity(x, k, sig, own_embeds)
-            if k in window:
-                noise = torch.randn(x_init.shape, generator=gen)[own].to(x.device)
-                r = self._step(x, v, k, sig, noise=noise)
-                xs.append(x)
-                nxt.append(r.next_sample)
-                means.append(r.mean)
-                stds.append(r.std)
-                lps.append(self._log_prob(r))
-                x = r.next_sample
-            else:
-                x = ode_step(x, v, float(sig[k]), float(sig[k + 1]))
-        images = self.model.decode(x).float().cpu()
+        noises = [torch.randn(x_init.shape, generator=gen)[own] for _ in window]  # the SDE steps' noise
+        chunks = [self._trajectories(x_init[part], embeds.select(part), [z[part - own[0]] for z in noises],
+                                     window, sig)
+                  for part in own.split(cfg.rollout_batch or len(own))]
+        xs, nxt, means, stds, lps = ([torch.cat(ts) for ts in zip(*(c[i] for c in chunks))] for i in range(5))
+        images = torch.cat([c[5] for c in chunks])
         out = self.reward(images, [prompts[i] for i in own], [records[i] for i in own])
         # complete groups everywhere: the rewards and trajectories of every rank
         scores = dist.gather(out.scores.float())
@@ -256,7 +253,28 @@ class Trainer:
             details["components"] = components
         xs, nxt, means, stds, lps = ([dist.gather(t) for t in ts] for ts in (xs, nxt, means, stds, lps))
         return Rollout(prompts, records, embeds, window, sig, xs, nxt, means, stds, lps, x_init, images,
-                       scores, adv.to(x.device), details)
+                       scores, adv.to(self.model.device), details)
+
+    def _trajectories(self, x: Tensor, embeds: PromptEmbeds, noises: list[Tensor], window: list[int],
+                      sig: Tensor) -> tuple[list[Tensor], ...]:
+        """One rollout batch from its initial noise: ODE steps outside the window, the method's
+        SDE step (with the given noise) inside; per window step x_k, x_{k+1}, mean, std and
+        log-prob, and the decoded images."""
+        x = x.to(self.model.device)
+        xs, nxt, means, stds, lps = [], [], [], [], []
+        for k in range(self.cfg.steps):
+            v = self._velocity(x, k, sig, embeds)
+            if k in window:
+                r = self._step(x, v, k, sig, noise=noises[window.index(k)].to(x.device))
+                xs.append(x)
+                nxt.append(r.next_sample)
+                means.append(r.mean)
+                stds.append(r.std)
+                lps.append(self._log_prob(r))
+                x = r.next_sample
+            else:
+                x = ode_step(x, v, float(sig[k]), float(sig[k + 1]))
+        return xs, nxt, means, stds, lps, self.model.decode(x).float().cpu()
 
     def update(self, ro: Rollout, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         """I inner loops of mini-batch steps; returns (metrics, per-step samples)."""
@@ -272,35 +290,23 @@ class Trainer:
             for batch in order.split(cfg.minibatch_size):
                 mb = batch[rank::n]  # this process's equal share of the global mini-batch
                 self.optimizer.zero_grad(set_to_none=True)
-                emb = ro.embeds.select(mb)
+                parts = mb.split(cfg.micro_batch or len(mb))  # gradients accumulate over them
                 total = 0.0
                 for j, k in enumerate(ro.window):
-                    # DDP averages the gradients once, at the last backward of the mini-batch
-                    last = j == len(ro.window) - 1
-                    with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
-                        x, std, old_mean = ro.x[j][mb], ro.std[j][mb], ro.old_mean[j][mb]
-                        r = self._step(x, self._train_velocity(x, k, ro.sigmas, emb), k, ro.sigmas,
-                                       next_sample=ro.x_next[j][mb])
-                        kl = gaussian_kl(old_mean, r.mean, std)
-                        st = StepTensors(self._log_prob(r), ro.old_log_prob[j][mb], kl,
-                                         ro.advantages[mb], r.mean, old_mean, std,
-                                         float(ro.sigmas[k + 1] - ro.sigmas[k]),
-                                         (ro.x_next[j][mb] - old_mean) / std.clamp(min=1e-12), k)
-                        out = self.method.step_loss(st)
-                        loss = out.loss
-                        kl_ref = None
-                        if cfg.beta > 0:
-                            with torch.no_grad(), self.model.reference():
-                                ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, emb), k,
-                                                      ro.sigmas, next_sample=ro.x_next[j][mb]).mean
-                            kl_ref = gaussian_kl(r.mean, ref_mean, std)
-                            loss = loss + cfg.beta * kl_ref
-                        loss = loss.mean() / len(ro.window)
-                        loss.backward()
-                    total += loss.item()
-                    values = self._per_sample(st, out, kl_ref)
-                    self._record(diag, samples, {name: dist.gather(t) for name, t in values.items()},
-                                 k, inner, delta)
+                    values: dict[str, list[Tensor]] = defaultdict(list)
+                    for i, part in enumerate(parts):
+                        # DDP averages the gradients once, at the last backward of the mini-batch
+                        last = j == len(ro.window) - 1 and i == len(parts) - 1
+                        with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
+                            loss, part_values = self._step_loss(ro, j, k, part)
+                            # the part's share of the mini-batch mean (a factor of exactly 1 when whole)
+                            loss = loss.mean() * (len(part) / len(mb)) / len(ro.window)
+                            loss.backward()
+                        total += loss.item()
+                        for name, t in part_values.items():
+                            values[name].append(t)
+                    gathered = {name: dist.gather(torch.cat(ts)) for name, ts in values.items()}
+                    self._record(diag, samples, gathered, k, inner, delta)
                 total = dist.mean(total)
                 norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
                 if dist.any_true(not (math.isfinite(total) and torch.isfinite(norm))):
@@ -323,6 +329,28 @@ class Trainer:
         for key, vals in diag.items():
             metrics[key] = float(np.mean(vals))
         return metrics, {k: torch.cat(v) for k, v in samples.items()}
+
+    def _step_loss(self, ro: Rollout, j: int, k: int, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The per-sample loss of window step j (timestep k) for the trajectories `idx`, with
+        gradient, and the per-sample values the diagnostics summarise."""
+        cfg = self.cfg
+        emb = ro.embeds.select(idx)
+        x, std, old_mean = ro.x[j][idx], ro.std[j][idx], ro.old_mean[j][idx]
+        x_next = ro.x_next[j][idx]
+        r = self._step(x, self._train_velocity(x, k, ro.sigmas, emb), k, ro.sigmas, next_sample=x_next)
+        kl = gaussian_kl(old_mean, r.mean, std)
+        st = StepTensors(self._log_prob(r), ro.old_log_prob[j][idx], kl, ro.advantages[idx], r.mean,
+                         old_mean, std, float(ro.sigmas[k + 1] - ro.sigmas[k]),
+                         (x_next - old_mean) / std.clamp(min=1e-12), k)
+        out = self.method.step_loss(st)
+        loss, kl_ref = out.loss, None
+        if cfg.beta > 0:
+            with torch.no_grad(), self.model.reference():
+                ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, emb), k, ro.sigmas,
+                                      next_sample=x_next).mean
+            kl_ref = gaussian_kl(r.mean, ref_mean, std)
+            loss = loss + cfg.beta * kl_ref
+        return loss, self._per_sample(st, out, kl_ref)
 
     def _train_velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
         """The velocity whose gradient trains the policy: through DDP when distributed."""

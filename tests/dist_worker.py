@@ -18,11 +18,14 @@ CONFIG = TrainConfig(prompts_per_epoch=4, group_size=4, minibatch_size=8, steps=
                      inner_loops=2, lr=1e-2, lora_rank=4, lora_alpha=8, beta=0.01)
 
 
-def main(out: str, model_path: str, method: str) -> None:
+def main(out: str, model_path: str, method: str, micro_batch: str = "") -> None:
+    from dataclasses import replace
+
     dist.init("cpu")
     torch.manual_seed(0)
+    cfg = replace(CONFIG, micro_batch=int(micro_batch) if micro_batch else None)
     tr = Trainer(load_toy(model_path), build_method(method), build_reward("toy-colour"),
-                 load_toy_split("train"), CONFIG, seed=3)
+                 load_toy_split("train"), cfg, seed=3)
     epochs, losses = [], []
     for epoch in range(2):
         ro = tr.rollout(epoch)
@@ -38,4 +41,4 @@ def main(out: str, model_path: str, method: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

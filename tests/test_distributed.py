@@ -23,14 +23,16 @@ def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("method", ["grpo", "dppo"])
-def test_two_processes_train_what_one_process_trains(tiny_path, tmp_path, method):
-    r = _torchrun("tests/dist_worker.py", str(tmp_path / "two"), tiny_path, method)
+@pytest.mark.parametrize("method,micro", [("grpo", ""), ("dppo", ""), ("dppo", "2")])
+def test_two_processes_train_what_one_process_trains(tiny_path, tmp_path, method, micro):
+    """micro "2": each process accumulates its share of a mini-batch in micro-batches, DDP
+    averaging once at the last backward."""
+    r = _torchrun("tests/dist_worker.py", str(tmp_path / "two"), tiny_path, method, micro)
     assert r.returncode == 0, r.stderr[-3000:]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        worker(str(tmp_path / "one"), tiny_path, method)
+        worker(str(tmp_path / "one"), tiny_path, method, micro)
     finally:
         torch.set_num_threads(threads)
     two = json.loads((tmp_path / "two.json").read_text())

@@ -384,6 +384,8 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
     if isinstance(resolved, dict) and isinstance(resolved.get("eval"), dict):
         added = {"benchmarks": ["toy"], "final_limit": None, "ood_prompts": None}
         resolved = {**resolved, "eval": {**added, **resolved["eval"]}}
+        if isinstance(resolved.get("train"), dict):  # the memory knobs: whole batches before them
+            resolved["train"] = {"micro_batch": None, "rollout_batch": None, **resolved["train"]}
         if "method_overrides" in resolved:  # a whole preset, not a cell's config
             resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
             resolved.setdefault("model", "toy")
