@@ -310,6 +310,9 @@ def run(
     rollout_batch: int = typer.Option(None, "--rollout-batch",
                                       help="Memory knob: trajectories sampled and decoded together "
                                            "in a rollout (train.rollout_batch)."),
+    gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                help="Memory knob: recompute the denoiser's activations "
+                                                     "in the backward pass (train.gradient_checkpointing)."),
     eval_benchmark: str = typer.Option(None, "--eval-benchmark",
                                        help="What is measured between epochs and at the end instead "
                                             "of the preset's: comma-separated, e.g. geneval2,pickscore "
@@ -378,7 +381,8 @@ def run(
             raise BadInput("--eval-benchmark is empty")
     train = {k: v for k, v in dict(reward_aggregation=aggregation, prompts_per_epoch=prompts_per_epoch,
                                    group_size=group_size, steps=steps, micro_batch=micro_batch,
-                                   rollout_batch=rollout_batch).items() if v is not None}
+                                   rollout_batch=rollout_batch,
+                                   gradient_checkpointing=gradient_checkpointing).items() if v is not None}
     evals = dict(steps=steps, limit=eval_limit, ood_limit=ood_limit, final_limit=final_limit,
                  benchmarks=benches, ood_prompts=None if ood_prompts is None else str(ood_prompts))
     evals = {k: v for k, v in evals.items() if v is not None}

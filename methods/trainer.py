@@ -70,6 +70,9 @@ class TrainConfig:
     gradients accumulate over a mini-batch's micro-batches, so the update is the same."""
     rollout_batch: int | None = None
     """Trajectories sampled and decoded together in a rollout (None: all of the process's)."""
+    gradient_checkpointing: bool = False
+    """Recompute the denoiser's activations in the backward pass instead of keeping them:
+    less memory for the update, about one more forward pass of time; the same gradients."""
     lr: float = 3e-4
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
@@ -194,6 +197,8 @@ class Trainer:
                                    "groups and an equal share of every mini-batch")
         torch.manual_seed(seed)  # peft draws the LoRA initialisation from the global RNG
         self.params = model.setup_training(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
         self.ddp = dist.wrap(model, model.device)  # None in one process
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)

@@ -164,6 +164,14 @@ class FlowModel(ABC):
         for `--model-path`). Returns the file written."""
         raise ModelError(f"{type(self).__name__} has no export format")
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Activations of the denoiser recomputed in the backward pass (diffusers' own switch)."""
+        net = self.get_denoiser()
+        if not hasattr(net, "enable_gradient_checkpointing"):
+            raise ModelError(f"{self.name}: its denoiser ({type(net).__name__}) has no gradient "
+                             "checkpointing")
+        net.enable_gradient_checkpointing()
+
     def load_lora(self, path: str | Path) -> None:
         """An exported LoRA onto the pretrained denoiser (`bench eval --lora DIR`)."""
         raise ModelError(f"{self.name}: --lora is for the diffusers models; the toy's export is a "

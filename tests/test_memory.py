@@ -74,3 +74,13 @@ def test_the_knobs_are_preset_fields_and_options():
     assert (train["micro_batch"], train["rollout_batch"]) == (4, 2)
     for p in PRESETS.values():  # the real recipes fit one 80 GB card by estimate; the toy needs none
         assert (p.train.micro_batch, p.train.rollout_batch) == ((None, None) if p.model == "toy" else (8, 16))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_path):
+    grads = []
+    for checkpointing in (False, True):
+        tr = _trainer(tiny_path, gradient_checkpointing=checkpointing)
+        assert tr.model.get_denoiser().is_gradient_checkpointing is checkpointing
+        tr.update(tr.rollout(0), 0)
+        grads.append(torch.cat([p.grad.flatten() for p in tr.params]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)

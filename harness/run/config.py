@@ -385,7 +385,8 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
         added = {"benchmarks": ["toy"], "final_limit": None, "ood_prompts": None}
         resolved = {**resolved, "eval": {**added, **resolved["eval"]}}
         if isinstance(resolved.get("train"), dict):  # the memory knobs: whole batches before them
-            resolved["train"] = {"micro_batch": None, "rollout_batch": None, **resolved["train"]}
+            resolved["train"] = {"micro_batch": None, "rollout_batch": None, "gradient_checkpointing": False,
+                                 **resolved["train"]}
         if "method_overrides" in resolved:  # a whole preset, not a cell's config
             resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
             resolved.setdefault("model", "toy")
