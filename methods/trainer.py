@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +45,25 @@ class TrainConfigError(FlowArenaError, ValueError):
 
 class TrainingFault(RuntimeError):
     """Too many updates in a row with a non-finite loss or gradient: the run stops."""
+
+
+class OutOfMemory(FlowArenaError, RuntimeError):
+    """The accelerator ran out of memory; the message names the phase and the knob that lowers it."""
+
+
+LOWER = {"rollout": "lower --rollout-batch", "decode": "lower --rollout-batch",
+         "reward": "score with a smaller judge batch or give the reward models their own device",
+         "update": "lower --micro-batch or add --gradient-checkpointing",
+         "evaluation": "lower --eval-limit / --ood-limit / --final-limit"}
+
+
+@contextmanager
+def memory_phase(phase: str):
+    """A CUDA out-of-memory error inside becomes one line naming `phase` and its knob."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise OutOfMemory(f"out of GPU memory in the {phase}: {LOWER[phase]}") from None
 
 
 @dataclass
@@ -239,12 +258,14 @@ class Trainer:
         own = torch.arange(rank * B // n, (rank + 1) * B // n)
         sig = self.model.sigmas(cfg.steps)
         noises = [torch.randn(x_init.shape, generator=gen)[own] for _ in window]  # the SDE steps' noise
-        chunks = [self._trajectories(x_init[part], embeds.select(part), [z[part - own[0]] for z in noises],
-                                     window, sig)
-                  for part in own.split(cfg.rollout_batch or len(own))]
+        with memory_phase("rollout"):
+            chunks = [self._trajectories(x_init[part], embeds.select(part),
+                                         [z[part - own[0]] for z in noises], window, sig)
+                      for part in own.split(cfg.rollout_batch or len(own))]
         xs, nxt, means, stds, lps = ([torch.cat(ts) for ts in zip(*(c[i] for c in chunks))] for i in range(5))
         images = torch.cat([c[5] for c in chunks])
-        out = self.reward(images, [prompts[i] for i in own], [records[i] for i in own])
+        with memory_phase("reward"):
+            out = self.reward(images, [prompts[i] for i in own], [records[i] for i in own])
         # complete groups everywhere: the rewards and trajectories of every rank
         scores = dist.gather(out.scores.float())
         components = {name: dist.gather(c.float()) for name, c in out.details.get("components", {}).items()}
@@ -279,7 +300,8 @@ class Trainer:
                 x = r.next_sample
             else:
                 x = ode_step(x, v, float(sig[k]), float(sig[k + 1]))
-        return xs, nxt, means, stds, lps, self.model.decode(x).float().cpu()
+        with memory_phase("decode"):
+            return xs, nxt, means, stds, lps, self.model.decode(x).float().cpu()
 
     def update(self, ro: Rollout, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         """I inner loops of mini-batch steps; returns (metrics, per-step samples)."""
@@ -409,7 +431,8 @@ class Trainer:
         t0 = time.perf_counter()
         ro = self.rollout(epoch)
         t1 = time.perf_counter()
-        metrics, samples = self.update(ro, epoch)
+        with memory_phase("update"):
+            metrics, samples = self.update(ro, epoch)
         r = ro.rewards
         metrics.update({
             "epoch": epoch, "reward_mean": r.mean().item(), "reward_std": r.std().item(),

@@ -84,3 +84,35 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_path):
         tr.update(tr.rollout(0), 0)
         grads.append(torch.cat([p.grad.flatten() for p in tr.params]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("phase,target", [("rollout", "velocity"), ("decode", "decode"),
+                                          ("update", "update")])
+def test_out_of_memory_is_one_line_naming_the_phase_and_knob(tiny_path, monkeypatch, phase, target):
+    from methods.trainer import OutOfMemory
+
+    tr = _trainer(tiny_path)
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(tr if target == "update" else tr.model, target, oom)
+    with pytest.raises(OutOfMemory, match=f"out of GPU memory in the {phase}: lower --"):
+        tr.train_epoch(0)
+
+
+def test_bench_run_out_of_memory_ends_in_one_line(tiny_path, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from methods.trainer import Trainer
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "_step_loss", oom)
+    r = CliRunner().invoke(app, ["run", "--preset", "smoke", "--methods", "grpo", "--epochs", "1",
+                                 "--model-path", tiny_path, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1] == (
+        "error: out of GPU memory in the update: lower --micro-batch or add --gradient-checkpointing")

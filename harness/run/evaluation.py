@@ -16,7 +16,7 @@ from harness.core.results import EvalRecord
 from harness.core.soft_tifa import stderr
 from harness.run.config import EvalSettings, RunError
 from methods import Method
-from methods.trainer import TrainConfig
+from methods.trainer import TrainConfig, memory_phase
 from models.base import FlowModel
 from reports.grid import save_grid
 
@@ -63,8 +63,9 @@ class Evaluation:
 
     def _score(self, model: FlowModel, benchmarks: list[Benchmark], final: bool) -> dict[str, dict]:
         ev = self.settings
-        return {b.name: b.evaluate(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
-                                   **b.run_options(ev, final)) for b in benchmarks}
+        with memory_phase("evaluation"):
+            return {b.name: b.evaluate(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
+                                       **b.run_options(ev, final)) for b in benchmarks}
 
     def _record(self, results: dict[str, dict], kl_ref: dict) -> EvalRecord:
         metrics = [m for b in self.benchmarks for m in b.metrics(results[b.name])]
@@ -81,9 +82,10 @@ class Evaluation:
         ev = self.settings
         results = self._score(model, self.benchmarks, final=False)
         if method is not None:
-            kl_ref = kl_to_pretrained(model, subset(self.records, ev.kl_prompts),
-                                      sampler=method.config.sampler, eta=method.config.eta,
-                                      steps=train.steps, guidance=train.guidance, seed=EVAL_SEED)
+            with memory_phase("evaluation"):
+                kl_ref = kl_to_pretrained(model, subset(self.records, ev.kl_prompts),
+                                          sampler=method.config.sampler, eta=method.config.eta,
+                                          steps=train.steps, guidance=train.guidance, seed=EVAL_SEED)
         else:
             kl_ref = {"mean": 0.0, "stderr": 0.0, "per_step": [0.0] * train.steps, "n": 0,
                       "unit": "per-element KL summed over steps"}
