@@ -40,13 +40,29 @@ def is_main() -> bool:
     return rank() == 0
 
 
+_WAIT = None  # the group `barrier` waits in: gloo on the CPU, so NCCL's watchdog never sees the wait
+
+
 def init(device: str = "cpu") -> None:
-    """Join the launcher's process group (once); nothing to do in a single process."""
+    """Join the launcher's process group (once); nothing to do in a single process. On CUDA
+    (nccl) each process first takes its own GPU, cuda:LOCAL_RANK, and a CPU (gloo) group with
+    a day's timeout carries the barriers, so the other ranks can wait out rank 0's evaluation
+    (tens of minutes on the real test sets) without NCCL timing out."""
+    global _WAIT
     if active() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
     backend = "nccl" if str(device).startswith("cuda") else "gloo"
-    # evaluation runs on rank 0 while the others wait: allow long waits
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=timedelta(hours=2))
+    _WAIT = dist.new_group(backend="gloo", timeout=timedelta(hours=24)) if backend == "nccl" else None
+
+
+def _comm_device() -> torch.device:
+    """Where collectives' tensors must live: NCCL takes CUDA tensors only."""
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def local_device(device: str) -> str:
@@ -58,23 +74,25 @@ def local_device(device: str) -> str:
 
 def barrier() -> None:
     if active():
-        dist.barrier()
+        dist.barrier(group=_WAIT)
 
 
 def gather(t: Tensor) -> Tensor:
-    """Every rank's equal-sized `t` concatenated along dim 0 in rank order (all ranks get it)."""
+    """Every rank's equal-sized `t` concatenated along dim 0 in rank order (all ranks get it),
+    on `t`'s device (the collective itself runs where the backend needs it)."""
     if not active():
         return t
-    parts = [torch.empty_like(t) for _ in range(world())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
+    comm = t.contiguous().to(_comm_device())
+    parts = [torch.empty_like(comm) for _ in range(world())]
+    dist.all_gather(parts, comm)
+    return torch.cat(parts).to(t.device)
 
 
 def mean(value: float) -> float:
     """The mean over ranks of a per-rank scalar."""
     if not active():
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return float(t) / world()
 
@@ -82,7 +100,7 @@ def mean(value: float) -> float:
 def any_true(flag: bool) -> bool:
     if not active():
         return flag
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)], device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t)
 
