@@ -6,7 +6,8 @@ tables, leaving out only wall-clock times. Exit code 0 when bit-identical, 1 oth
     python benchmarks/compare_runs.py runs/before runs/after
 
 Used to check that a refactor changed nothing a run computes (the two runs may come from
-different code versions: evaluations of result schema 1 and 2 read alike).
+different code versions: evaluations of result schema 1 and 2 read alike; metrics that only
+one of them logs are named, and the others compared).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from harness.core.io import load_tensors
 from harness.core.results import CellResult, EvalRecord, ResultSchemaError, read_json
 
 TIMING = {"wall_seconds", "rollout_s", "update_s", "seconds"}
+NOTES: set[str] = set()
 
 
 def _metrics(path: Path) -> list[dict]:
@@ -67,8 +69,14 @@ def compare(a: Path, b: Path) -> list[str]:
             if not same:
                 diffs.append(f"{cell}/{name}: evaluations differ")
         ma = ca / "metrics.jsonl"
-        if ma.exists() and _metrics(ma) != _metrics(cb / "metrics.jsonl"):
-            diffs.append(f"{cell}/metrics.jsonl differs")
+        if ma.exists():
+            rows_a, rows_b = _metrics(ma), _metrics(cb / "metrics.jsonl")
+            common = [(ra.keys() & rb.keys(), ra, rb) for ra, rb in zip(rows_a, rows_b)]
+            if len(rows_a) != len(rows_b) or any(ra[k] != rb[k] for keys, ra, rb in common for k in keys):
+                diffs.append(f"{cell}/metrics.jsonl differs")
+            added = sorted({k for keys, ra, rb in common for k in (ra.keys() | rb.keys()) - keys})
+            if added:  # a newer version logs more (e.g. the noise floor): named, not a difference
+                NOTES.add(f"metrics only one run logs: {', '.join(added)}")
         for p in sorted((ca / "diagnostics").glob("*.safetensors")):
             ta, tb = load_tensors(p), load_tensors(cb / "diagnostics" / p.name)
             if ta.keys() != tb.keys() or any(not ta[k].equal(tb[k]) for k in ta):
@@ -93,6 +101,8 @@ def main() -> int:
     n = len([p for p in args.before.glob("*/*/seed*") if p.is_dir()])
     for d in diffs:
         print(d)
+    for note in sorted(NOTES):
+        print(f"note: {note}")
     verdict = "bit-identical (wall times aside)" if not diffs else f"{len(diffs)} differences"
     print(f"{n} cells compared: {verdict}")
     return 1 if diffs else 0

@@ -191,6 +191,20 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
+def floor_warning(floor: dict, trust_region: dict) -> str | None:
+    """One line when the noise floor reaches 10 % of the method's ε (on |log ρ| ≈ |ρ − 1|) or δ
+    (on the KL): the trust region would then act on rounding rather than on policy change."""
+    checks = [("ratio_clip", "floor_logratio_abs_mean", "|log ρ|", "ε"), ("kl_threshold", "floor_kl_mean",
+                                                                            "KL(old ‖ new)", "δ")]
+    for region, key, what, sym in checks:
+        limit, value = trust_region.get(region), floor.get(key)
+        if limit and value is not None and value >= 0.1 * limit:
+            return (f"the ratio's noise floor ({what} {value:.2g} with unchanged weights) is "
+                    f"{value / limit:.0%} of {sym} = {limit:g}: the trust region acts on rounding, not only "
+                    "on policy change")
+    return None
+
+
 class Trainer:
     """Trains one method on one model with one reward; the harness drives the epochs."""
 
@@ -427,9 +441,31 @@ class Trainer:
                           ("step", torch.full_like(ratio, k)), ("inner", torch.full_like(ratio, inner))):
             samples[name].append(val.cpu())
 
+    @torch.no_grad()
+    def noise_floor(self, ro: Rollout) -> dict[str, float]:
+        """The ratio's same-weights noise floor (docs/methods.md §8): the log-probabilities and
+        mean of the first mini-batch's trained steps recomputed, before any update, with the
+        weights that rolled them out, in the update's batch shape. Exactly 0 where the rollout
+        and the update compute alike; on GPUs whose kernels depend on the batch shape, the
+        |log ρ| and KL(old ‖ new) that a trust region sees from rounding alone."""
+        cfg, n, rank = self.cfg, dist.world(), dist.rank()
+        first = torch.arange(min(cfg.minibatch_size, len(ro.prompts)))[rank::n]
+        log_ratio, kl = [], []
+        for j, k in enumerate(ro.window):
+            for idx in first.split(cfg.micro_batch or len(first)):
+                x, std, old_mean = ro.x[j][idx], ro.std[j][idx], ro.old_mean[j][idx]
+                v = self._velocity(x, k, ro.sigmas, ro.embeds.select(idx))
+                r = self._step(x, v, k, ro.sigmas, next_sample=ro.x_next[j][idx])
+                log_ratio.append((self._log_prob(r) - ro.old_log_prob[j][idx]).double())
+                kl.append(gaussian_kl(old_mean, r.mean, std).double())
+        lr, d = dist.gather(torch.cat(log_ratio)).abs(), dist.gather(torch.cat(kl))
+        return {"floor_logratio_abs_mean": lr.mean().item(), "floor_logratio_abs_max": lr.max().item(),
+                "floor_kl_mean": d.mean().item(), "floor_kl_max": d.max().item()}
+
     def train_epoch(self, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         t0 = time.perf_counter()
         ro = self.rollout(epoch)
+        floor = self.noise_floor(ro) if epoch == 0 else {}  # once per cell, before the first update
         t1 = time.perf_counter()
         with memory_phase("update"):
             metrics, samples = self.update(ro, epoch)
@@ -442,4 +478,5 @@ class Trainer:
         })
         for name, scores in ro.reward_details.get("components", {}).items():
             metrics[f"reward/{name}"] = scores.mean().item()
+        metrics.update(floor)
         return metrics, samples

@@ -116,3 +116,32 @@ def test_bench_run_out_of_memory_ends_in_one_line(tiny_path, tmp_path, monkeypat
     assert r.exit_code == 1
     assert r.output.strip().splitlines()[-1] == (
         "error: out of GPU memory in the update: lower --micro-batch or add --gradient-checkpointing")
+
+
+def test_the_noise_floor_is_measured_before_the_first_update(tiny_path):
+    """The same weights in the update's batch shape (12 at once, or micro-batches of 5, against
+    the rollout's whole batch): on this CPU the floor is rounding-sized, far below any δ."""
+    for micro in (None, 5):
+        tr = _trainer(tiny_path, micro_batch=micro)
+        ro = tr.rollout(0)
+        floor = tr.noise_floor(ro)
+        assert set(floor) == {"floor_logratio_abs_mean", "floor_logratio_abs_max", "floor_kl_mean",
+                              "floor_kl_max"}
+        assert 0 <= floor["floor_logratio_abs_mean"] <= floor["floor_logratio_abs_max"] < 1e-4
+        assert 0 <= floor["floor_kl_mean"] <= floor["floor_kl_max"] < 1e-9
+        assert tr.noise_floor(ro) == floor  # it changes no weight and draws no random number
+    metrics, _ = tr.train_epoch(0)
+    assert "floor_kl_mean" in metrics and "floor_kl_mean" not in tr.train_epoch(1)[0]
+
+
+def test_a_noise_floor_near_the_threshold_is_one_warning_line():
+    from methods.trainer import floor_warning
+
+    quiet = {"floor_logratio_abs_mean": 1e-9, "floor_kl_mean": 1e-12}
+    assert floor_warning(quiet, {"ratio_clip": 1e-4}) is None
+    assert floor_warning(quiet, {"kl_threshold": 1e-5}) is None
+    loud = floor_warning({"floor_logratio_abs_mean": 2.5e-6, "floor_kl_mean": 4e-8}, {"kl_threshold": 1e-7})
+    assert loud == ("the ratio's noise floor (KL(old ‖ new) 4e-08 with unchanged weights) is 40% of "
+                    "δ = 1e-07: the trust region acts on rounding, not only on policy change")
+    assert "20% of ε = 1e-05" in floor_warning({"floor_logratio_abs_mean": 2e-6}, {"ratio_clip": 1e-5})
+    assert floor_warning({}, {"ratio_clip": 1e-5}) is None  # resumed past epoch 0: nothing measured

@@ -12,6 +12,7 @@ A cell with `result.json` is finished and never recomputed. Every file is writte
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from harness.live import eval_scalars, open_live_log, scalars
 from harness.run.config import Preset, RunError, method_variant, upgrade_cell_config
 from harness.run.evaluation import Evaluation
 from methods import dist
-from methods.trainer import TrainConfig, Trainer, TrainingFault
+from methods.trainer import TrainConfig, Trainer, TrainingFault, floor_warning
 from models import load_model
 from rewards import build_rewards
 
@@ -151,6 +152,8 @@ class CellRun:
             if not dist.is_main():
                 dist.barrier()  # rank 0 evaluates and checkpoints meanwhile
                 continue
+            if epoch == 0 and (warning := floor_warning(m, method.trust_region)):
+                tqdm.write(f"warning: {self.method_name} seed {self.seed}: {warning}", file=sys.stderr)
             save_tensors(self.dir / "diagnostics" / f"epoch_{epoch + 1:04d}.safetensors", samples)
             bar.set_postfix(reward=f"{m['reward_mean']:.3f}")
             done = epoch + 1
