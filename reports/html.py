@@ -11,7 +11,15 @@ from pathlib import Path
 from harness.core.io import _atomic
 from harness.core.results import Manifest
 from reports.figures import Run, load_run
-from reports.tables import Comparison, comparison, format_cell, headline_keys, markdown_comparison
+from reports.tables import (
+    FLOOR_NOTE,
+    Comparison,
+    comparison,
+    format_cell,
+    headline_keys,
+    markdown_comparison,
+    noise_floor_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +117,12 @@ def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run
     if markdown:
         body.append("<details><summary>The table as Markdown</summary>"
                     f"<pre>{html.escape(markdown)}</pre></details>")
+    header, rows = noise_floor_rows(run.cells)
+    if rows:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        body += ["<h2>Ratio noise floor</h2>", f"<table><tr>{head}</tr>{cells}</table>",
+                 f"<p class=meta>{html.escape(FLOOR_NOTE)}</p>"]
     body.append("<h2>Figures</h2>")
     for f in figures:
         path = Path(f["path"])

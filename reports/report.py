@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from harness.core.io import _atomic
 from reports.figures import load_run, render_all
 from reports.html import write_index
-from reports.tables import write_run_tables
+from reports.tables import FLOOR_NOTE, markdown_table, noise_floor_rows, write_run_tables
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,11 @@ def build_report(run_dir: str | Path) -> dict:
     except Exception as e:  # a malformed result.json must not cost the figures
         log.exception("tables failed")
         run.missing.append(f"report/tables.md: not written ({type(e).__name__}: {e})")
+    header, rows = noise_floor_rows(run.cells)
+    if rows:
+        text = markdown_table(header, rows) + "\n\n" + FLOOR_NOTE + "\n"
+        path = run_dir / "report" / "noise_floor.md"
+        _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     out = run_dir / "report" / "figures"
     figures = render_all(run, out)
     # a figure of an earlier report that this one no longer draws would otherwise look current

@@ -359,3 +359,24 @@ def write_run_tables(run_dir: str | Path) -> str:
         tex = latex_table(c, caption=c.note)
         _atomic(report / "tables.tex", lambda tmp: Path(tmp).write_text(tex + "\n"))
     return md
+
+
+FLOOR_NOTE = ("The ratio's same-weights noise floor: the first mini-batch's trained steps recomputed before "
+              "the first update with the weights that sampled them (mean and max over steps and samples). "
+              "Rounding, not policy change: a trust region whose ε (on |log ρ|) or δ (on the KL) is within "
+              "10× of it acts on noise.")
+
+
+def noise_floor_rows(cells) -> tuple[list[str], list[list[str]]]:
+    """One row per cell that measured the floor (epoch 0 of metrics.jsonl): header, rows."""
+    header = ["model", "method", "seed", "abs log ρ mean", "abs log ρ max", "KL mean", "KL max", "ε or δ"]
+    rows = []
+    for c in sorted(cells, key=lambda c: (c.model, c.method, c.seed)):
+        first = next((m for m in c.metrics if m.get("epoch") == 0 and "floor_kl_mean" in m), None)
+        if first is None:
+            continue
+        region = c.config.get("trust_region") or {}
+        limit = ", ".join(f"{'ε' if k == 'ratio_clip' else 'δ'} {v:g}" for k, v in region.items()) or "–"
+        rows.append([c.model, c.method, str(c.seed)] + [f"{first[k]:.2e}" for k in (
+            "floor_logratio_abs_mean", "floor_logratio_abs_max", "floor_kl_mean", "floor_kl_max")] + [limit])
+    return header, rows
