@@ -99,7 +99,10 @@ class VQAJudge:
             raise RewardError(f"{what}: a {cfg.model_type} model without an image token or chat template; "
                               "the judge needs a Qwen-VL chat model (e.g. Qwen/Qwen3-VL-8B-Instruct)")
         self.image_token = self.tokenizer.convert_ids_to_tokens(cfg.image_token_id)
-        self._mm_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
+        takes = inspect.signature(self.model.forward).parameters
+        self._mm_types = "mm_token_type_ids" in takes
+        # only the last position's logits are read: computing the others costs batch × length × vocab
+        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
         self._forms: dict[str, tuple[Tensor, set[str]]] = {}
 
     def _accepted(self, answer: str) -> tuple[Tensor, set[str]]:
@@ -128,7 +131,7 @@ class VQAJudge:
             enc["mm_token_type_ids"] = (enc["input_ids"] == self.model.config.image_token_id).long()
         inputs = {k: v.to(self.device) for k, v in {**enc, **pix}.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return self.model(**inputs).logits[:, -1].float()
+        return self.model(**inputs, **self._keep).logits[:, -1].float()
 
     def answer(self, images: list[Image.Image], questions: list[str], answers: list[str],
                suffix: str = SUFFIX) -> tuple[np.ndarray, np.ndarray]:

@@ -326,3 +326,16 @@ def test_judge_takes_the_processor_chat_template(saved, tmp_path):
     judge = VQAJudge(str(d))
     assert judge.tokenizer.chat_template == QWEN_VL_TEMPLATE
     assert len(judge.judge_batch(images(1), [[["Is there a cat?", "Yes"]]])[0][0]) == 1
+
+
+def test_judge_computes_only_the_logits_it_reads(judge, monkeypatch):
+    """`logits_to_keep=1`: the last position's logits alone, equal to the full forward's last row
+    (the full one costs batch × length × vocab floats)."""
+    assert judge._keep == {"logits_to_keep": 1}
+    from rewards.vqa import to_pil
+
+    pils = [to_pil(im) for im in images(2)]
+    questions = ["Is there a cat? Answer in one word.", "How many dogs are in the image? Answer in one word."]
+    kept = judge._first_token_logits(pils, questions)
+    monkeypatch.setattr(judge, "_keep", {})
+    torch.testing.assert_close(kept, judge._first_token_logits(pils, questions), rtol=1e-5, atol=1e-5)
