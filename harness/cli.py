@@ -331,6 +331,10 @@ def run(
                                                                  "shipped parti-test: a file, one prompt "
                                                                  "per line (eval.ood_prompts)."),
     device: str = DeviceOpt,
+    reward_device: str = typer.Option(None, "--reward-device",
+                                      help="Memory knob: where the rewards and the benchmarks' "
+                                           "scorers (judge, PickScore) run, e.g. cuda:1 (default: "
+                                           "--device); each loads once per run."),
     judge: str = JudgeOpt,
     detector: str = DetectorOpt,
     clip: str = ClipOpt,
@@ -395,7 +399,8 @@ def run(
         return
     out = out or Path("runs") / (config.stem if config is not None else p.name)
     run_experiment(out, names, name, config or p.name, seeds, model_path,
-                   command="bench " + " ".join(sys.argv[1:]), device=device, log_to=log_to, **overrides)
+                   command="bench " + " ".join(sys.argv[1:]), device=device, log_to=log_to,
+                   reward_device=reward_device, **overrides)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(run_table(out)[0])
         typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")

@@ -145,3 +145,29 @@ def test_a_noise_floor_near_the_threshold_is_one_warning_line():
                     "δ = 1e-07: the trust region acts on rounding, not only on policy change")
     assert "20% of ε = 1e-05" in floor_warning({"floor_logratio_abs_mean": 2e-6}, {"ratio_clip": 1e-5})
     assert floor_warning({}, {"ratio_clip": 1e-5}) is None  # resumed past epoch 0: nothing measured
+
+
+def test_the_reward_device_is_checked_and_carries_the_scorers(tiny_path, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.run import cell
+
+    r = CliRunner().invoke(app, ["run", "--preset", "smoke", "--reward-device", "cuda:7"])
+    assert r.exit_code == 1 and "no CUDA GPU is visible" in r.output.strip().splitlines()[-1]
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def build(spec, device, *a, **k):  # the reward of every cell is built on the evaluation's device
+        seen.append(device)
+        raise Stop
+
+    monkeypatch.setattr(cell, "build_rewards", build)
+    from harness.run import run_experiment
+
+    with pytest.raises(Stop):
+        run_experiment(tmp_path / "r", ["grpo"], "toy", "smoke", 1, tiny_path, progress=False,
+                       reward_device="cpu", epochs=1)
+    assert seen == ["cpu"]

@@ -92,7 +92,7 @@ class CellRun:
         p = self.preset
         model = load_model(self.model_name, self.model_path, self.device, **self.model_options)
         method, train = method_variant(self.method_name, p)
-        reward = build_rewards(p.reward, self.device, self.evaluation.options, **p.reward_options)
+        reward = build_rewards(p.reward, self.evaluation.device, self.evaluation.options, **p.reward_options)
         trainer = Trainer(model, method, reward, load_prompts(p.train_prompts), train, seed=self.seed)
         config = {"method": self.method_name, "method_config": asdict(method.config),
                   "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,

@@ -30,7 +30,9 @@ class Evaluation:
     test set of their own (geneval2's official 800, parti-test) score it afresh (`final`)."""
 
     def __init__(self, settings: EvalSettings, device: str = "cpu", options: dict | None = None):
-        self.settings = settings
+        """`device`: where the scorers (judge, PickScore) run; a run's rewards use it too
+        (`bench run --reward-device`), so they may sit on a GPU of their own."""
+        self.settings, self.device = settings, device
         options = options or {}
         self.benchmarks: list[Benchmark] = []
         for name in settings.benchmarks:

@@ -146,15 +146,20 @@ def _check_reward_prompts(spec: str, records: list[dict], name: str) -> None:
 def run_experiment(out: Path, methods: list[str] | None = None, model_name: str | None = None,
                    preset: str | Path | Preset | None = None, seeds: int | None = None,
                    model_path: str | None = None, progress: bool = True, command: str | None = None,
-                   device: str = "cpu", log_to: str | None = None, **overrides) -> Path:
+                   device: str = "cpu", log_to: str | None = None, reward_device: str | None = None,
+                   **overrides) -> Path:
     """Train and evaluate methods × seeds (None: the preset's) into the run directory `out`.
     `model_name` / `preset`: as `recipe` says; `overrides` (epochs, reward, reward_options,
-    aggregation, train_prompts, resolution, train, eval) change the preset as `config.resolve` says."""
+    aggregation, train_prompts, resolution, train, eval) change the preset as `config.resolve` says.
+    `reward_device`: where rewards and scorers run (default: `device`)."""
     from reports.report import build_report  # now, not after hours of training: the code of the start
 
     check_device(device)
+    if reward_device is not None:
+        check_device(reward_device)
     dist.init(device)  # under torchrun / accelerate launch: join the process group
     device = dist.local_device(device)
+    scorer_device = device if reward_device is None else dist.local_device(reward_device)
     check_log_to(log_to)
     model_name, p = recipe(model_name, preset, **overrides)
     methods = list(p.methods) if methods is None else methods
@@ -166,7 +171,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
         _check_toy_words(records, p.train_prompts)
     if seeds < 1:
         raise RunError("--seeds must be at least 1")
-    evaluation = Evaluation(p.eval, device, p.reward_options)  # unknown benchmarks fail here
+    evaluation = Evaluation(p.eval, scorer_device, p.reward_options)  # unknown benchmarks fail here
     check_rewards(p.reward, p.reward_options, evaluation.options)
     _check_reward_prompts(p.reward, records, p.train_prompts)
     out = Path(out)
