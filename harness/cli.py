@@ -398,9 +398,8 @@ def run(
         typer.echo(to_toml(p), nl=False)
         return
     out = out or Path("runs") / (config.stem if config is not None else p.name)
-    run_experiment(out, names, name, config or p.name, seeds, model_path,
-                   command="bench " + " ".join(sys.argv[1:]), device=device, log_to=log_to,
-                   reward_device=reward_device, **overrides)
+    run_experiment(out, names, name, p, seeds, model_path, command="bench " + " ".join(sys.argv[1:]),
+                   device=device, log_to=log_to, reward_device=reward_device)  # p: overrides applied
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(run_table(out)[0])
         typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")

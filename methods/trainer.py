@@ -375,11 +375,8 @@ class Trainer:
         """The per-sample loss of window step j (timestep k) for the trajectories `idx`, with
         gradient, and the per-sample values the diagnostics summarise."""
         cfg = self.cfg
-        emb = ro.embeds.select(idx)
-        x, std, old_mean = ro.x[j][idx], ro.std[j][idx], ro.old_mean[j][idx]
-        x_next = ro.x_next[j][idx]
-        r = self._step(x, self._train_velocity(x, k, ro.sigmas, emb), k, ro.sigmas, next_sample=x_next)
-        kl = gaussian_kl(old_mean, r.mean, std)
+        x, std, old_mean, x_next = ro.x[j][idx], ro.std[j][idx], ro.old_mean[j][idx], ro.x_next[j][idx]
+        r, kl = self._recompute(ro, j, k, idx, self._train_velocity)
         st = StepTensors(self._log_prob(r), ro.old_log_prob[j][idx], kl, ro.advantages[idx], r.mean,
                          old_mean, std, float(ro.sigmas[k + 1] - ro.sigmas[k]),
                          (x_next - old_mean) / std.clamp(min=1e-12), k)
@@ -387,11 +384,19 @@ class Trainer:
         loss, kl_ref = out.loss, None
         if cfg.beta > 0:
             with torch.no_grad(), self.model.reference():
-                ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, emb), k, ro.sigmas,
-                                      next_sample=x_next).mean
+                ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, ro.embeds.select(idx)), k,
+                                      ro.sigmas, next_sample=x_next).mean
             kl_ref = gaussian_kl(r.mean, ref_mean, std)
             loss = loss + cfg.beta * kl_ref
         return loss, self._per_sample(st, out, kl_ref)
+
+    def _recompute(self, ro: Rollout, j: int, k: int, idx: Tensor, velocity):
+        """Window step j (timestep k) of the trajectories `idx` under the current weights: the
+        step's distribution at the stored x_k (evaluated at the stored x_{k+1}) and KL(old ‖ new)."""
+        x = ro.x[j][idx]
+        r = self._step(x, velocity(x, k, ro.sigmas, ro.embeds.select(idx)), k, ro.sigmas,
+                       next_sample=ro.x_next[j][idx])
+        return r, gaussian_kl(ro.old_mean[j][idx], r.mean, ro.std[j][idx])
 
     def _train_velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
         """The velocity whose gradient trains the policy: through DDP when distributed."""
@@ -453,11 +458,9 @@ class Trainer:
         log_ratio, kl = [], []
         for j, k in enumerate(ro.window):
             for idx in first.split(cfg.micro_batch or len(first)):
-                x, std, old_mean = ro.x[j][idx], ro.std[j][idx], ro.old_mean[j][idx]
-                v = self._velocity(x, k, ro.sigmas, ro.embeds.select(idx))
-                r = self._step(x, v, k, ro.sigmas, next_sample=ro.x_next[j][idx])
+                r, step_kl = self._recompute(ro, j, k, idx, self._velocity)
                 log_ratio.append((self._log_prob(r) - ro.old_log_prob[j][idx]).double())
-                kl.append(gaussian_kl(old_mean, r.mean, std).double())
+                kl.append(step_kl.double())
         lr, d = dist.gather(torch.cat(log_ratio)).abs(), dist.gather(torch.cat(kl))
         return {"floor_logratio_abs_mean": lr.mean().item(), "floor_logratio_abs_max": lr.max().item(),
                 "floor_kl_mean": d.mean().item(), "floor_kl_max": d.max().item()}

@@ -196,7 +196,7 @@ def test_exported_lora_loads_into_a_fresh_diffusers_pipeline(saved, name, tmp_pa
     assert path.name == "pytorch_lora_weights.safetensors" and path.is_file()
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left behind
 
-    fresh = DiffusionPipeline.from_pretrained(str(saved[name]), torch_dtype=torch.float32)
+    fresh = DiffusionPipeline.from_pretrained(str(saved[name]), dtype=torch.float32)
     g, steps, noise = GUIDANCE[name], 3, _noise(m, seed=2)
     kwargs = dict(prompt=PROMPTS, num_inference_steps=steps, guidance_scale=g, height=RESOLUTION,
                   width=RESOLUTION, max_sequence_length=TOKENS, output_type="pt")

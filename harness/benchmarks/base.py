@@ -61,6 +61,11 @@ class Benchmark:
         or with `split="val"` the prompts a training run is measured on between epochs."""
         raise NotImplementedError
 
+    def run_prompts(self, settings, final: bool = False) -> list[dict]:
+        """The prompt records `run_options` names (a missing or malformed file raises here)."""
+        opts = self.run_options(settings, final)
+        return self.prompts(opts.get("prompts"), opts.get("split", "val"))
+
     def run_options(self, settings, final: bool = False) -> dict:
         """`evaluate`'s prompt options inside a training run, from its eval settings (fields of
         `harness.run.config.EvalSettings`): between epochs or, with `final`, at the end."""

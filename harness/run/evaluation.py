@@ -43,8 +43,7 @@ class Evaluation:
             raise RunError("the preset's eval.benchmarks is empty: name at least one (bench benchmarks)")
         for bench in self.benchmarks:  # a missing or malformed prompt file fails before any training
             for final in (False, True):
-                opts = bench.run_options(settings, final)
-                bench.prompts(opts.get("prompts"), opts.get("split", "val"))
+                bench.run_prompts(settings, final)
         self._records: list[dict] | None = None
 
     @property
@@ -55,8 +54,7 @@ class Evaluation:
     @property
     def records(self) -> list[dict]:
         if self._records is None:
-            opts = self.benchmarks[0].run_options(self.settings)
-            self._records = self.benchmarks[0].prompts(opts.get("prompts"), opts.get("split", "val"))
+            self._records = self.benchmarks[0].run_prompts(self.settings)
         return self._records
 
     @property

@@ -138,9 +138,9 @@ def _check_reward_prompts(spec: str, records: list[dict], name: str) -> None:
     for reward, _ in parse_reward_spec(spec):
         key = getattr(REWARDS.get(reward), "record_field", None)
         if key and not all(key in r for r in records):
-            raise RunError(f"the {reward} reward needs prompt records with their questions ({key!r}); "
-                           f"{name} is a plain prompt list: train it with pickscore, or give GenEval2-format "
-                           "prompts (--train-prompts geneval2-train)")
+            raise RunError(f"the {reward} reward needs prompt records with their questions ({key!r}), "
+                           f"which {name} lacks: a plain prompt list trains pickscore; give GenEval2-format "
+                           "prompts (--train-prompts geneval2-train) for geneval2")
 
 
 def run_experiment(out: Path, methods: list[str] | None = None, model_name: str | None = None,
