@@ -313,6 +313,10 @@ def run(
     gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
                                                 help="Memory knob: recompute the denoiser's activations "
                                                      "in the backward pass (train.gradient_checkpointing)."),
+    offload_text_encoders: bool = typer.Option(None, "--offload-text-encoders/--no-offload-text-encoders",
+                                               help="Memory knob: text encoders in host memory, prompt "
+                                                    "embeddings cached there (train.offload_text_encoders, "
+                                                    "train.prompt_cache_gb)."),
     eval_benchmark: str = typer.Option(None, "--eval-benchmark",
                                        help="What is measured between epochs and at the end instead "
                                             "of the preset's: comma-separated, e.g. geneval2,pickscore "
@@ -386,7 +390,8 @@ def run(
     train = {k: v for k, v in dict(reward_aggregation=aggregation, prompts_per_epoch=prompts_per_epoch,
                                    group_size=group_size, steps=steps, micro_batch=micro_batch,
                                    rollout_batch=rollout_batch,
-                                   gradient_checkpointing=gradient_checkpointing).items() if v is not None}
+                                   gradient_checkpointing=gradient_checkpointing,
+                                   offload_text_encoders=offload_text_encoders).items() if v is not None}
     evals = dict(steps=steps, limit=eval_limit, ood_limit=ood_limit, final_limit=final_limit,
                  benchmarks=benches, ood_prompts=None if ood_prompts is None else str(ood_prompts))
     evals = {k: v for k, v in evals.items() if v is not None}

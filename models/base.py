@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,6 +55,55 @@ class PromptEmbeds:
     def repeat_interleave(self, n: int) -> PromptEmbeds:
         return self._map(lambda t: t.repeat_interleave(n, dim=0))
 
+    def to(self, device: torch.device | str, copy: bool = False) -> PromptEmbeds:
+        moved = self._map(lambda t: t.to(device, copy=copy))
+        moved.meta = {k: v.to(device, copy=copy) if isinstance(v, Tensor) else v
+                      for k, v in self.meta.items()}
+        return moved
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.cond.values(), *(self.uncond or {}).values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @staticmethod
+    def cat(rows: list[PromptEmbeds]) -> PromptEmbeds:
+        """Rows of one model's encoder (same shapes; `meta` is per batch, not per prompt)."""
+        first = rows[0]
+        def cat(part):
+            return {k: torch.cat([getattr(r, part)[k] for r in rows]) for k in getattr(first, part)}
+        return PromptEmbeds(cat("cond"), None if first.uncond is None else cat("uncond"), first.meta)
+
+
+class PromptCache:
+    """Encoded prompts in host memory, one row per (prompt, CFG on), at most `max_bytes`:
+    the least recently used prompt leaves first. A prompt set revisited every epoch (the
+    evaluation's, a small training set) is encoded once; a large one as often as it must."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._rows: OrderedDict[tuple[str, bool], PromptEmbeds] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: tuple[str, bool]) -> PromptEmbeds | None:
+        row = self._rows.get(key)
+        if row is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._rows.move_to_end(key)
+        return row
+
+    def put(self, key: tuple[str, bool], row: PromptEmbeds) -> None:
+        if key in self._rows or row.nbytes > self.max_bytes:
+            return
+        self._rows[key] = row
+        self.bytes += row.nbytes
+        while self.bytes > self.max_bytes:
+            self.bytes -= self._rows.popitem(last=False)[1].nbytes
+
 
 class FlowModel(ABC):
     """A text-to-image flow-matching policy (velocity parameterisation)."""
@@ -68,10 +118,46 @@ class FlowModel(ABC):
     default_lora_rank: int = 16  # when the training config leaves the rank to the model
     default_preset: str = "default"  # what `bench run --model NAME` trains without --preset
     _frozen_reference: nn.Module | None = None
+    prompt_cache: PromptCache | None = None  # set by offload_text_encoders
 
     @abstractmethod
     def encode_prompts(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
         """Encode once per batch; the unconditional branch only when guidance > 1."""
+
+    def text_encoders(self) -> list[nn.Module]:
+        """The modules `encode_prompts` runs, which `offload_text_encoders` keeps off the device."""
+        return []
+
+    def offload_text_encoders(self, cache_bytes: int) -> None:
+        """Text encoders to host memory, moved to the device only to encode the prompts that
+        a cache of `cache_bytes` of embeddings does not hold (`embed`)."""
+        for module in self.text_encoders():
+            module.to("cpu")
+        self.prompt_cache = PromptCache(cache_bytes)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def embed(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
+        """`encode_prompts`, through the prompt cache once the text encoders are offloaded."""
+        cache = self.prompt_cache
+        if cache is None:
+            return self.encode_prompts(prompts, guidance)
+        cfg = guidance > 1.0  # the unconditional branch is the only thing guidance changes
+        rows = {p: cache.get((p, cfg)) for p in dict.fromkeys(prompts)}
+        missing = [p for p, row in rows.items() if row is None]
+        if missing:
+            encoders = self.text_encoders()
+            for module in encoders:
+                module.to(self.device)
+            try:
+                fresh = self.encode_prompts(missing, guidance)
+            finally:
+                for module in encoders:
+                    module.to("cpu")
+            for i, p in enumerate(missing):  # a clone: a row must not keep its whole batch alive
+                rows[p] = fresh.select(slice(i, i + 1)).to("cpu", copy=True)
+                cache.put((p, cfg), rows[p])
+        return PromptEmbeds.cat([rows[p] for p in prompts]).to(self.device)
 
     @abstractmethod
     def velocity(self, x: Tensor, sigma: Tensor, embeds: PromptEmbeds, guidance: float = 1.0) -> Tensor:
@@ -198,7 +284,7 @@ class FlowModel(ABC):
         for start in tqdm(starts, desc="sampling", disable=not progress, leave=False):
             chunk = prompts[start:start + batch_size]
             x = noise[start:start + batch_size].to(self.device)
-            embeds = self.encode_prompts(chunk, guidance)
+            embeds = self.embed(chunk, guidance)
             for k in range(steps):
                 s = torch.full((len(chunk),), float(sig[k]), device=self.device)
                 v = self.velocity(x, s, embeds, guidance)

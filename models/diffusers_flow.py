@@ -201,6 +201,10 @@ class DiffusersFlowModel(FlowModel):
     def get_denoiser(self) -> nn.Module:
         return self.pipe.transformer
 
+    def text_encoders(self) -> list[nn.Module]:
+        return [m for name, m in self.pipe.components.items()
+                if name.startswith("text_encoder") and isinstance(m, nn.Module)]
+
     def set_denoiser(self, module: nn.Module) -> None:
         self.pipe.transformer = module
 

@@ -94,6 +94,9 @@ class ToyModel(FlowModel):
         model knows: the real benchmarks' plumbing runs on the toy model, their scores mean little."""
         self.net.tokenizer.skip_unknown = True
 
+    def text_encoders(self) -> list[nn.Module]:
+        return [self.net.text]
+
     def encode_prompts(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
         tokens, pooled = self.net.encode(list(prompts))
         uncond = None

@@ -68,12 +68,13 @@ def test_the_knobs_are_preset_fields_and_options():
     else:  # pragma: no cover
         import tomli as tomllib
     r = CliRunner().invoke(app, ["run", "--preset", "smoke", "--micro-batch", "4", "--rollout-batch", "2",
-                                 "--dump-config"])
+                                 "--offload-text-encoders", "--dump-config"])
     assert r.exit_code == 0, r.output
     train = tomllib.loads(r.output)["train"]
-    assert (train["micro_batch"], train["rollout_batch"]) == (4, 2)
+    assert (train["micro_batch"], train["rollout_batch"], train["offload_text_encoders"]) == (4, 2, True)
     for p in PRESETS.values():  # the real recipes fit one 80 GB card by estimate; the toy needs none
         assert (p.train.micro_batch, p.train.rollout_batch) == ((None, None) if p.model == "toy" else (8, 16))
+        assert p.train.offload_text_encoders is (p.model != "toy")
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_path):
@@ -171,3 +172,49 @@ def test_the_reward_device_is_checked_and_carries_the_scorers(tiny_path, tmp_pat
         run_experiment(tmp_path / "r", ["grpo"], "toy", "smoke", 1, tiny_path, progress=False,
                        reward_device="cpu", epochs=1)
     assert seen == ["cpu"]
+
+
+def test_cached_prompt_embeddings_give_the_same_velocities(tiny_path):
+    model, cached = load_toy(tiny_path), load_toy(tiny_path)
+    cached.offload_text_encoders(cache_bytes=2**20)
+    calls = []
+    encode = cached.encode_prompts
+    cached.encode_prompts = lambda ps, guidance=1.0: calls.append(list(ps)) or encode(ps, guidance)
+    first, second = ["a red circle", "a blue square"], ["a blue square", "a green triangle", "a red circle"]
+    x, s = torch.randn(3, *model.latent_shape), torch.tensor([0.9, 0.5, 0.2])
+    for g in (1.0, 3.0):
+        cached.embed(first, g)
+        for a, b in zip(model.encode_prompts(second, g).cond.values(), cached.embed(second, g).cond.values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        v = model.velocity(x, s, model.encode_prompts(second, g), g)
+        torch.testing.assert_close(cached.velocity(x, s, cached.embed(second, g), g), v, rtol=1e-5, atol=1e-6)
+    # each prompt is encoded once per CFG setting: the second batch encodes only its new prompt
+    assert calls == [first, ["a green triangle"], first, ["a green triangle"]]
+    assert cached.prompt_cache.hits == 10 and len(cached.prompt_cache) == 6  # (2 + 3) a setting
+
+
+def test_the_prompt_cache_is_bounded_least_recently_used_out(tiny_path):
+    model = load_toy(tiny_path)
+    row = model.embed(["a red circle"]).nbytes
+    model.offload_text_encoders(cache_bytes=2 * row)
+    model.embed(["a red circle", "a blue square"])
+    model.embed(["a red circle"])  # now the most recently used
+    model.embed(["a green triangle"])  # over the bound: the blue square leaves
+    keys = {p for p, _ in model.prompt_cache._rows}
+    assert keys == {"a red circle", "a green triangle"} and model.prompt_cache.bytes == 2 * row
+    nothing = load_toy(tiny_path)
+    nothing.offload_text_encoders(cache_bytes=0)  # 0: encode every time, still correct
+    torch.testing.assert_close(nothing.embed(["a red circle"]).cond["tokens"],
+                               model.embed(["a red circle"]).cond["tokens"])
+    assert len(nothing.prompt_cache) == 0
+
+
+def test_offloaded_text_encoders_train_the_same(tiny_path):
+    a, b = _trainer(tiny_path), _trainer(tiny_path, offload_text_encoders=True, prompt_cache_gb=0.01)
+    assert b.model.prompt_cache is not None and a.model.prompt_cache is None
+    for tr in (a, b):
+        tr.update(tr.rollout(0), 0)
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in a.params]),
+                               torch.cat([p.grad.flatten() for p in b.params]), rtol=1e-5, atol=1e-7)
+    with pytest.raises(TrainConfigError, match="prompt cache"):
+        TrainConfig(prompt_cache_gb=-1).validate()

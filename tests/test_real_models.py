@@ -105,6 +105,23 @@ def test_max_batch_splits_without_changing_results(models):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_offloaded_text_encoders_and_cached_embeddings_give_the_same_velocities(saved, models, name):
+    m = models[name]
+    off = load_model(name, str(saved[name]), resolution=RESOLUTION, max_sequence_length=TOKENS)
+    encoders = off.text_encoders()
+    assert len(encoders) == {"sd35": 3, "flux1-dev": 2, "flux2-klein": 1}[name]
+    off.offload_text_encoders(cache_bytes=2**26)
+    g, x, s = GUIDANCE[name], _noise(m, n=3), torch.tensor([0.9, 0.5, 0.2])
+    batch = [PROMPTS[1], "a cyan diamond", PROMPTS[0]]
+    off.embed(PROMPTS, g)  # two of the three are cached from another batch
+    cached = off.embed(batch, g)
+    assert off.prompt_cache.hits == 2
+    assert all(p.device.type == "cpu" for e in encoders for p in e.parameters())
+    torch.testing.assert_close(off.velocity(x, s, cached, g), m.velocity(x, s, m.encode_prompts(batch, g), g),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_lora_training_and_reference(saved, name):
     m = load_model(name, str(saved[name]), resolution=RESOLUTION, max_sequence_length=TOKENS,
                    gradient_checkpointing=True)

@@ -33,6 +33,7 @@ from harness.run.cell import CellRun
 from harness.run.config import Preset, RunError, check_model, method_variant, resolve, upgrade_resolved
 from harness.run.evaluation import Evaluation
 from methods import dist
+from methods.trainer import place_text_encoders
 from models import MODELS, check_device, check_options, load_model
 from rewards import check_rewards
 
@@ -94,6 +95,7 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
                     _atomic(path / name, lambda tmp, n=name: shutil.copyfile(first / n, tmp))
             return read(path)
         model = load_model(model_name, model_path, device, **(model_options or {}))
+        place_text_encoders(model, train)
         ev = evaluation(model, None, train)
         final = evaluation.final(model, ev)
         evaluation.sample_grid(model, path / "samples.png")
