@@ -95,6 +95,9 @@ def sample(
 
 JudgeOpt = typer.Option(None, "--judge", help="VQA judge of geneval2 / vqascore: a hub id or a directory "
                                              "(default Qwen/Qwen3-VL-8B-Instruct).")
+JudgeUrlOpt = typer.Option(None, "--judge-url",
+                           help="Ask the --judge served at this OpenAI-compatible endpoint (vLLM, sglang; "
+                                "e.g. http://HOST:8000/v1) instead of loading it here.")
 DetectorOpt = typer.Option(None, "--detector",
                            help="GenEval's detector, a COCO-instance Mask2Former id or directory "
                                 "(default facebook/mask2former-swin-small-coco-instance), or GenEval's "
@@ -137,6 +140,7 @@ def eval_(
     device: str = DeviceOpt,
     resolution: int = ResolutionOpt,
     judge: str = JudgeOpt,
+    judge_url: str = JudgeUrlOpt,
     detector: str = DetectorOpt,
     clip: str = ClipOpt,
     pickscore: str = PickOpt,
@@ -153,8 +157,8 @@ def eval_(
     from models import check_device
     from reports.tables import eval_table
 
-    bench = build_benchmark(benchmark, device, judge=judge, detector=detector, clip=clip,
-                            pickscore=pickscore, pickscore_processor=pickscore_processor)
+    bench = build_benchmark(benchmark, device, judge=judge, judge_url=judge_url, detector=detector,
+                            clip=clip, pickscore=pickscore, pickscore_processor=pickscore_processor)
     check_device(device)
     if images_per_prompt is not None and images_per_prompt < 1:
         raise BadInput("--images-per-prompt must be at least 1")
@@ -340,6 +344,7 @@ def run(
                                            "scorers (judge, PickScore) run, e.g. cuda:1 (default: "
                                            "--device); each loads once per run."),
     judge: str = JudgeOpt,
+    judge_url: str = JudgeUrlOpt,
     detector: str = DetectorOpt,
     clip: str = ClipOpt,
     pickscore: str = PickOpt,
@@ -376,8 +381,8 @@ def run(
         raise typer.Exit(_relaunch(nproc))
     if config is not None and preset is not None:
         raise BadInput("give --preset or --config, not both (a config file can name a preset as its base)")
-    options = _reward_options(judge=judge, detector=detector, clip=clip, pickscore=pickscore,
-                              pickscore_processor=pickscore_processor)
+    options = _reward_options(judge=judge, judge_url=judge_url, detector=detector, clip=clip,
+                              pickscore=pickscore, pickscore_processor=pickscore_processor)
     limits = (("--eval-limit", eval_limit), ("--ood-limit", ood_limit), ("--final-limit", final_limit))
     for flag, value in limits:
         if value is not None and value < 2:

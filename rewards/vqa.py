@@ -77,7 +77,51 @@ def to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-class VQAJudge:
+class Judge:
+    """What GenEval2's reward and benchmark ask of a VQA judge, in process (`VQAJudge`) or
+    served (`rewards.served_judge.ServedJudge`): `answer` scores (image, question, expected
+    answer) triples; the rest is built on it."""
+
+    def answer(self, images: list[Image.Image], questions: list[str], answers: list[str],
+               suffix: str = SUFFIX) -> tuple[np.ndarray, np.ndarray]:
+        """Soft score and TIFA correctness of each (image, question, expected answer); an
+        image asked several questions is the same object in `images` each time."""
+        raise NotImplementedError
+
+    def judge_batch(self, images: Tensor, vqa_lists: list[list]) -> tuple[list[list[float]], ...]:
+        """Every question of every image in one stream of batches: (soft, hard) per image."""
+        pils = [to_pil(im) for im in images]
+        flat = [(i, q, a) for i, vqa in enumerate(vqa_lists) for q, a in vqa]
+        soft, hard = self.answer([pils[i] for i, _, _ in flat], [q for _, q, _ in flat],
+                                 [a for *_, a in flat])
+        out_soft: list[list[float]] = [[] for _ in vqa_lists]
+        out_hard: list[list[float]] = [[] for _ in vqa_lists]
+        for (i, _, _), s, h in zip(flat, soft, hard):
+            out_soft[i].append(float(s))
+            out_hard[i].append(float(h))
+        return out_soft, out_hard
+
+    def score_batch(self, images: Tensor, vqa_lists: list[list]) -> list[list[float]]:
+        return self.judge_batch(images, vqa_lists)[0]
+
+    def vqascore(self, images: Tensor, prompts: list[str]) -> np.ndarray:
+        questions = [VQASCORE_QUESTION.format(prompt=p) for p in prompts]
+        return self.answer([to_pil(im) for im in images], questions, ["Yes"] * len(prompts), suffix="")[0]
+
+
+def load_judge(judge: str | None = None, device: str = "cpu", url: str | None = None,
+               batch_size: int = 16) -> Judge:
+    """The judge of a process (loaded once, `shared`): served at `url`, an OpenAI-compatible
+    endpoint serving `judge`, else `judge` in process on `device`."""
+    judge = judge or DEFAULT_JUDGE
+    if url:
+        from rewards.served_judge import ServedJudge
+
+        return shared(ServedJudge, url, judge)
+    return shared(VQAJudge, judge, device, None, batch_size)
+
+
+class VQAJudge(Judge):
     """A Qwen-VL chat model as GenEval2's judge: `score_batch(images, vqa_lists)` gives the
     soft score of every question (the toy judge's interface), `answer` soft and hard both."""
 
@@ -103,9 +147,14 @@ class VQAJudge:
         self._mm_types = "mm_token_type_ids" in takes
         # only the last position's logits are read: computing the others costs batch × length × vocab
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
+        # transformers that take the vision tower's output precomputed: each image encoded once
+        # for all its questions (older ones encode it once per question)
+        self.encode_once = "mm_encoder_outputs" in takes
         self._forms: dict[str, tuple[Tensor, set[str]]] = {}
 
-    def _accepted(self, answer: str) -> tuple[Tensor, set[str]]:
+    def accepted(self, answer: str) -> tuple[Tensor, set[str]]:
+        """The first-token ids whose probabilities sum to the soft score, and the lower-cased
+        forms the argmax token must be for TIFA's hard answer."""
         if answer not in self._forms:
             forms = answer_forms(answer)
             ids = {self.tokenizer.encode(f, add_special_tokens=False)[0] for f in forms}
@@ -120,52 +169,43 @@ class VQAJudge:
         return text.replace(self.image_token, self.image_token * n_image_tokens)
 
     @torch.no_grad()
-    def _first_token_logits(self, images: list[Image.Image], questions: list[str]) -> Tensor:
+    def first_token_logits(self, images: list[Image.Image], questions: list[str]) -> Tensor:
         """[N, vocab] logits of the first answer token, one (image, question) pair per row."""
-        pix = self.image_processor(images=images, return_tensors="pt")
+        unique = list({id(im): im for im in images}.values()) if self.encode_once else images
+        row_image = [{id(im): i for i, im in enumerate(unique)}[id(im)] for im in images]
+        pix = self.image_processor(images=unique, return_tensors="pt")
+        grid = pix["image_grid_thw"][row_image]
         merge = getattr(self.image_processor, "merge_size", 1) ** 2
-        texts = [self._text(q, int(thw.prod()) // merge) for q, thw in zip(questions, pix["image_grid_thw"])]
+        texts = [self._text(q, int(thw.prod()) // merge) for q, thw in zip(questions, grid)]
         self.tokenizer.padding_side = "left"  # the last position is every row's next token
         enc = self.tokenizer(texts, return_tensors="pt", padding=True)
         if self._mm_types:
             enc["mm_token_type_ids"] = (enc["input_ids"] == self.model.config.image_token_id).long()
-        inputs = {k: v.to(self.device) for k, v in {**enc, **pix}.items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs = {k: v.to(self.device) for k, v in {**enc, "image_grid_thw": grid}.items()}
+        pixels = pix["pixel_values"].to(self.device, self.model.dtype)
+        if self.encode_once:
+            grids = pix["image_grid_thw"].to(self.device)
+            out = self.model.get_image_features(pixels, grids, return_dict=True)
+            out.pooler_output = tuple(out.pooler_output[i] for i in row_image)  # per question
+            if getattr(out, "deepstack_features", None) is not None:  # Qwen3-VL's early-layer features
+                out.deepstack_features = [tuple(f[i] for i in row_image) for f in out.deepstack_features]
+            inputs["mm_encoder_outputs"] = {"image": out}
+        else:
+            inputs["pixel_values"] = pixels
         return self.model(**inputs, **self._keep).logits[:, -1].float()
 
     def answer(self, images: list[Image.Image], questions: list[str], answers: list[str],
                suffix: str = SUFFIX) -> tuple[np.ndarray, np.ndarray]:
-        """Soft score and TIFA correctness of each (image, question, expected answer)."""
         soft, hard = np.zeros(len(questions)), np.zeros(len(questions), dtype=bool)
         for lo in range(0, len(questions), self.batch_size):
             hi = min(lo + self.batch_size, len(questions))
             asked = [q + suffix for q in questions[lo:hi]]
-            probs = self._first_token_logits(images[lo:hi], asked).softmax(-1)
+            probs = self.first_token_logits(images[lo:hi], asked).softmax(-1)
             for j, row in enumerate(probs.cpu(), start=lo):
-                ids, forms = self._accepted(answers[j])
+                ids, forms = self.accepted(answers[j])
                 soft[j] = float(row[ids].sum())
                 hard[j] = self.tokenizer.decode([int(row.argmax())]).lower() in forms
         return soft, hard
-
-    def judge_batch(self, images: Tensor, vqa_lists: list[list]) -> tuple[list[list[float]], ...]:
-        """Every question of every image in one stream of batches: (soft, hard) per image."""
-        pils = [to_pil(im) for im in images]
-        flat = [(i, q, a) for i, vqa in enumerate(vqa_lists) for q, a in vqa]
-        soft, hard = self.answer([pils[i] for i, _, _ in flat], [q for _, q, _ in flat],
-                                 [a for *_, a in flat])
-        out_soft: list[list[float]] = [[] for _ in vqa_lists]
-        out_hard: list[list[float]] = [[] for _ in vqa_lists]
-        for (i, _, _), s, h in zip(flat, soft, hard):
-            out_soft[i].append(float(s))
-            out_hard[i].append(float(h))
-        return out_soft, out_hard
-
-    def score_batch(self, images: Tensor, vqa_lists: list[list]) -> list[list[float]]:
-        return self.judge_batch(images, vqa_lists)[0]
-
-    def vqascore(self, images: Tensor, prompts: list[str]) -> np.ndarray:
-        questions = [VQASCORE_QUESTION.format(prompt=p) for p in prompts]
-        return self.answer([to_pil(im) for im in images], questions, ["Yes"] * len(prompts), suffix="")[0]
 
 
 @register_reward("geneval2")
@@ -176,11 +216,11 @@ class GenEval2Reward(Reward):
 
 
     def __init__(self, judge: str = DEFAULT_JUDGE, aggregate: str = "gm", device: str = "cpu",
-                 batch_size: int = 16):
+                 batch_size: int = 16, judge_url: str | None = None):
         if aggregate not in ("gm", "am"):
             raise RewardError(f"aggregate must be 'gm' or 'am', not {aggregate!r}")
         self.aggregate = aggregate
-        self.judge = shared(VQAJudge, judge, device, None, batch_size)
+        self.judge = load_judge(judge, device, judge_url, batch_size)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:
@@ -197,8 +237,9 @@ class VQAScoreReward(Reward):
     """P(yes) of `Does this image show "{prompt}"?` under the VQA judge, in [0, 1]."""
 
 
-    def __init__(self, judge: str = DEFAULT_JUDGE, device: str = "cpu", batch_size: int = 16):
-        self.judge = shared(VQAJudge, judge, device, None, batch_size)
+    def __init__(self, judge: str = DEFAULT_JUDGE, device: str = "cpu", batch_size: int = 16,
+                 judge_url: str | None = None):
+        self.judge = load_judge(judge, device, judge_url, batch_size)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str], metadata: list[dict]) -> RewardOutput:

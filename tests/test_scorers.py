@@ -47,7 +47,7 @@ def test_answer_forms():
         answer_forms("purple")
 
 
-def test_soft_and_hard_scores_from_first_token_logits(judge, monkeypatch):
+def test_soft_and_hard_scores_fromfirst_token_logits(judge, monkeypatch):
     """Soft = the summed probability of the accepted forms' first tokens; hard = argmax is one."""
     tok = judge.tokenizer
     first = {f: tok.encode(f, add_special_tokens=False)[0] for f in answer_forms("Yes") + answer_forms("two")}
@@ -59,7 +59,7 @@ def test_soft_and_hard_scores_from_first_token_logits(judge, monkeypatch):
     logits[0, tok.encode("q", add_special_tokens=False)[0]] = np.log(0.25)
     # row 1 (a count of two): P("2") = 0.3, argmax "q" at 0.7: soft 0.3, hard wrong
     logits[1, first["2"]], logits[1, tok.encode("q", add_special_tokens=False)[0]] = np.log(0.3), np.log(0.7)
-    monkeypatch.setattr(judge, "_first_token_logits", lambda imgs, qs: logits[: len(qs)])
+    monkeypatch.setattr(judge, "first_token_logits", lambda imgs, qs: logits[: len(qs)])
     soft, hard = judge.answer([None, None], ["Is it?", "How many?"], ["Yes", "two"])
     assert soft == pytest.approx([0.75, 0.3], abs=1e-6)
     assert hard.tolist() == [True, False]
@@ -196,6 +196,25 @@ def test_bench_eval_geneval2_on_the_toy_model(saved, tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["benchmark"] == "geneval2" and len(r["soft_tifa"]["per_prompt_gm"]) == 3
     assert 0 < r["soft_tifa"]["am"] <= 100 and 0 <= r["tifa"]["am"] <= 100
+
+
+def test_bench_eval_and_the_reward_take_a_served_judge(saved, judge, tmp_path):
+    from rewards.served_judge import ServedJudge
+    from tests.judge_server import serve_judge
+
+    args = ["eval", "--model", "toy", "--benchmark", "geneval2", "--judge", str(saved["qwen"]),
+            "--limit", "3", "--steps", "2"]
+    assert runner.invoke(app, [*args, "--json", str(tmp_path / "here.json")]).exit_code == 0
+    with serve_judge(judge, str(saved["qwen"]), whole=True) as url:
+        res = runner.invoke(app, [*args, "--judge-url", url, "--json", str(tmp_path / "served.json")])
+        assert res.exit_code == 0, res.output
+        reward = build_rewards("geneval2", judge=str(saved["qwen"]), judge_url=url)
+        assert isinstance(reward.judge, ServedJudge) and reward.judge.url == url
+    here, served = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("here", "served"))
+    assert served["soft_tifa"]["per_prompt_gm"] == pytest.approx(here["soft_tifa"]["per_prompt_gm"], rel=1e-4)
+    assert served["scorer"] == {"judge": str(saved["qwen"]), "judge_url": url}
+    res = runner.invoke(app, ["eval", "--benchmark", "pickscore", "--judge-url", url])
+    assert res.exit_code != 0 and "judge_url" in res.output and "Traceback" not in res.output
 
 
 def test_bench_eval_geneval_and_pickscore(saved, tmp_path):
@@ -336,6 +355,68 @@ def test_judge_computes_only_the_logits_it_reads(judge, monkeypatch):
 
     pils = [to_pil(im) for im in images(2)]
     questions = ["Is there a cat? Answer in one word.", "How many dogs are in the image? Answer in one word."]
-    kept = judge._first_token_logits(pils, questions)
+    kept = judge.first_token_logits(pils, questions)
     monkeypatch.setattr(judge, "_keep", {})
-    torch.testing.assert_close(kept, judge._first_token_logits(pils, questions), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kept, judge.first_token_logits(pils, questions), rtol=1e-5, atol=1e-5)
+
+
+def test_each_image_is_encoded_once_for_all_its_questions(judge, monkeypatch):
+    """The vision tower runs once per image of a batch, not once per question, and the scores
+    equal those of encoding it with every question (the older transformers' path)."""
+    assert judge.encode_once
+    imgs = images(2, seed=3)
+    vqa = [[["Is there a cat?", "Yes"], ["How many dogs are in the image?", "two"]],
+           [["Is the dog brown?", "Yes"], ["How many?", "seven"], ["Is there a tree?", "No"],
+            ["Is it red?", "No"]]]
+    seen = []
+    visual = judge.model.model.visual
+    forward = visual.forward
+    monkeypatch.setattr(visual, "forward", lambda pixels, **kw: seen.append(kw["grid_thw"].shape[0])
+                        or forward(pixels, **kw))
+    once = judge.judge_batch(imgs, vqa)
+    assert seen == [2, 1]  # batches of 3 questions: images 0 and 1, then image 1 (not 3 and 3 encodings)
+    monkeypatch.setattr(judge, "encode_once", False)
+    for a, b in zip(once, judge.judge_batch(imgs, vqa)):
+        assert sum(a, []) == pytest.approx(sum(b, []), rel=1e-4, abs=1e-6)
+    assert seen[2:] == [3, 3]
+
+
+def test_the_served_judge_scores_as_the_judge_in_process(saved, judge):
+    """`--judge-url`: the same Soft-TIFA and TIFA answers through an OpenAI-compatible server
+    (a loopback one over the tiny judge), scored from the first token's top log-probabilities."""
+    from rewards.served_judge import ServedJudge
+    from tests.judge_server import serve_judge
+
+    name = str(saved["qwen"])
+    imgs = images(3, seed=1)
+    vqa = [[["Is there a cat?", "Yes"], ["How many dogs are in the image?", "two"]],
+           [["Is the dog brown?", "No"]], [["How many?", "seven"]]]
+    with serve_judge(judge, name) as url:
+        served = ServedJudge(url, name, top_logprobs=len(judge.tokenizer))  # the whole distribution
+        soft, hard = served.judge_batch(imgs, vqa)
+        ref_soft, ref_hard = judge.judge_batch(imgs, vqa)
+        assert [s for q in soft for s in q] == pytest.approx([s for q in ref_soft for s in q], rel=1e-5)
+        assert hard == ref_hard
+        prompts = ["a cat", "a brown dog", "seven red circles"]
+        assert served.vqascore(imgs, prompts) == pytest.approx(judge.vqascore(imgs, prompts), rel=1e-5)
+        top20 = ServedJudge(url, name).judge_batch(imgs, vqa)[0]  # a lower bound: forms outside the top 20
+        assert all(0 <= a <= b + 1e-6 for a, b in zip(sum(top20, []), sum(ref_soft, [])))
+        served.model = "another-judge"  # a name the server does not serve
+        with pytest.raises(RewardError, match="HTTP 404: .*another-judge` does not exist"):
+            served.answer([to_pil_image(imgs[0])], ["Is it?"], ["Yes"])
+
+
+def to_pil_image(image):
+    from rewards.vqa import to_pil
+
+    return to_pil(image)
+
+
+def test_a_served_judge_out_of_reach_is_one_line(saved):
+    from rewards.served_judge import ServedJudge
+
+    with pytest.raises(RewardError, match="must be an http"):
+        ServedJudge("localhost:8000", str(saved["qwen"]))
+    judge = ServedJudge("http://127.0.0.1:9/v1", str(saved["qwen"]), timeout=5)  # port 9: nobody listens
+    with pytest.raises(RewardError, match=r"served judge http://127.0.0.1:9/v1: cannot reach it"):
+        judge.answer([to_pil_image(images(1)[0])], ["Is it?"], ["Yes"])

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from harness.benchmarks.base import Benchmark, per_record, register_benchmark
-from harness.core.hub import shared
 from harness.core.prompts import load_prompts
 from harness.core.results import Metric, soft_tifa_metrics
 from harness.core.soft_tifa import soft_tifa, stderr
@@ -18,7 +17,7 @@ from harness.core.soft_tifa import soft_tifa, stderr
 @register_benchmark("geneval2")
 class GenEval2Benchmark(Benchmark):
     description = "GenEval2: 800 prompts, Soft-TIFA / TIFA / VQAScore under a VQA judge (Qwen3-VL)"
-    options = ("judge",)
+    options = ("judge", "judge_url")
 
     def prompts(self, path: str | Path | None = None, split: str = "test") -> list[dict]:
         """The official 800 (test), or the 800 template prompts of geneval2-val (val), which a
@@ -26,9 +25,9 @@ class GenEval2Benchmark(Benchmark):
         return load_prompts(path or f"geneval2-{split}")
 
     def load_scorer(self):
-        from rewards.vqa import DEFAULT_JUDGE, VQAJudge
+        from rewards.vqa import load_judge
 
-        vqa = shared(VQAJudge, self.settings.get("judge") or DEFAULT_JUDGE, self.device, None, 16)
+        vqa = load_judge(self.settings.get("judge"), self.device, self.settings.get("judge_url"))
 
         def score(images, records, n):
             metas = [r for r in records for _ in range(n)]
