@@ -317,6 +317,10 @@ def run(
     gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
                                                 help="Memory knob: recompute the denoiser's activations "
                                                      "in the backward pass (train.gradient_checkpointing)."),
+    trained_precision: str = typer.Option(None, "--trained-precision",
+                                          help="auto (the model's: bf16 on a GPU) or fp32: the trained steps "
+                                               "(rollout's SDE window, update) in fp32 with fp32 weights, "
+                                               "bf16 elsewhere (train.trained_precision)."),
     offload_text_encoders: bool = typer.Option(None, "--offload-text-encoders/--no-offload-text-encoders",
                                                help="Memory knob: text encoders in host memory, prompt "
                                                     "embeddings cached there (train.offload_text_encoders, "
@@ -396,7 +400,8 @@ def run(
                                    group_size=group_size, steps=steps, micro_batch=micro_batch,
                                    rollout_batch=rollout_batch,
                                    gradient_checkpointing=gradient_checkpointing,
-                                   offload_text_encoders=offload_text_encoders).items() if v is not None}
+                                   offload_text_encoders=offload_text_encoders,
+                                   trained_precision=trained_precision).items() if v is not None}
     evals = dict(steps=steps, limit=eval_limit, ood_limit=ood_limit, final_limit=final_limit,
                  benchmarks=benches, ood_prompts=None if ood_prompts is None else str(ood_prompts))
     evals = {k: v for k, v in evals.items() if v is not None}
@@ -466,10 +471,9 @@ def export(
     flux2-klein: the LoRA as OUT/pytorch_lora_weights.safetensors, which a plain diffusers
     pipeline takes with `pipe.load_lora_weights(OUT)`. toy: the weights with the LoRA merged,
     for `bench sample --model toy --model-path OUT/toy.safetensors`."""
-    from harness.run import load_cell_policy
+    from harness.run import export_cell
 
-    model, config = load_cell_policy(cell)
-    path = model.export(out)
+    path, config = export_cell(cell, out)
     typer.echo(f"wrote {path} ({config['model']}, {config['method']}, seed {config['seed']})")
 
 

@@ -57,13 +57,33 @@ LOWER = {"rollout": "lower --rollout-batch", "decode": "lower --rollout-batch",
          "evaluation": "lower --eval-limit / --ood-limit / --final-limit"}
 
 
+PEAK_MEMORY_GB: dict[str, float] = {}
+"""On CUDA, the most GPU memory each phase has held in this process (GB, a phase includes
+the phases inside it: the rollout its decode); epoch rows carry it as `peak_gb/<phase>`."""
+_open_phases: list[list] = []  # [phase, peak so far] of the phases being measured, innermost last
+
+
 @contextmanager
 def memory_phase(phase: str):
-    """A CUDA out-of-memory error inside becomes one line naming `phase` and its knob."""
+    """A CUDA out-of-memory error inside becomes one line naming `phase` and its knob; on
+    CUDA the phase's peak memory goes to PEAK_MEMORY_GB."""
+    measure = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if measure:  # the peak counter restarts here: the enclosing phase keeps what it had
+        if _open_phases:
+            _open_phases[-1][1] = max(_open_phases[-1][1], torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        _open_phases.append([phase, 0])
     try:
         yield
     except torch.OutOfMemoryError:
         raise OutOfMemory(f"out of GPU memory in the {phase}: {LOWER[phase]}") from None
+    finally:
+        if measure:
+            name, peak = _open_phases.pop()
+            peak = max(peak, torch.cuda.max_memory_allocated())
+            if _open_phases:
+                _open_phases[-1][1] = max(_open_phases[-1][1], peak)
+            PEAK_MEMORY_GB[name] = max(PEAK_MEMORY_GB.get(name, 0.0), peak / 2**30)
 
 
 def place_text_encoders(model: FlowModel, cfg: TrainConfig) -> None:
@@ -101,6 +121,10 @@ class TrainConfig:
     offload_text_encoders: bool = False
     """Keep the text encoders in host memory and the prompts' embeddings in a cache there; the
     encoders visit the device only to encode prompts the cache lacks (SD3.5: ≈ 9.5 GB freed)."""
+    trained_precision: str = "auto"
+    """"auto": the model's precision everywhere (bf16 on a GPU, fp32 on the CPU); "fp32": the
+    trained steps (the rollout's SDE window and the update) in fp32 with fp32 weights, bf16
+    elsewhere, so that ρ and the KL are not set by bf16 rounding (docs/methods.md §8)."""
     prompt_cache_gb: float = 8.0
     """Host memory for that cache, least recently used prompts out first (SD3.5 at 256 text
     tokens: ≈ 2.7 MB a prompt, so 8 GB hold ≈ 3,000 prompts; 0: encode every time)."""
@@ -144,6 +168,7 @@ class TrainConfig:
             (self.micro_batch is None or self.micro_batch >= 1, "micro-batch must be at least 1"),
             (self.rollout_batch is None or self.rollout_batch >= 1, "rollout batch must be at least 1"),
             (self.prompt_cache_gb >= 0, "the prompt cache's size must be >= 0 GB"),
+            (self.trained_precision in ("auto", "fp32"), "trained_precision must be 'auto' or 'fp32'"),
             (self.lr > 0, "learning rate must be positive"),
             (self.beta >= 0, "beta must be >= 0"),
             (self.adv_std in ("group", "global"), "adv_std must be 'group' or 'global'"),
@@ -205,22 +230,29 @@ def _generator(*key: int) -> torch.Generator:
 
 
 def floor_warning(floor: dict, trust_region: dict) -> str | None:
-    """One line when the noise floor reaches 10 % of the method's ε (on |log ρ| ≈ |ρ − 1|) or δ
-    (on the KL): the trust region would then act on rounding rather than on policy change."""
-    checks = [("ratio_clip", "floor_logratio_abs_mean", "|log ρ|", "ε"), ("kl_threshold", "floor_kl_mean",
-                                                                            "KL(old ‖ new)", "δ")]
-    for region, key, what, sym in checks:
-        limit, value = trust_region.get(region), floor.get(key)
-        if limit and value is not None and value >= 0.1 * limit:
-            return (f"the ratio's noise floor ({what} {value:.2g} with unchanged weights) is "
-                    f"{value / limit:.0%} of {sym} = {limit:g}: the trust region acts on rounding, not only "
-                    "on policy change")
-    return None
+    """One line when a part of the ratio's noise floor reaches 10 % of the method's ε (on
+    |log ρ| ≈ |ρ − 1|) or δ (on the KL): the same-weights floor, or the rounding in a change
+    (run precision against fp32). The trust region would then act on rounding rather than on
+    policy change."""
+    parts = [("floor", "with unchanged weights"), ("rounding", "added by rounding to a change")]
+    checks = [("ratio_clip", "logratio_abs_mean", "|log ρ|", "ε"),
+              ("kl_threshold", "kl_mean", "KL(old ‖ new)", "δ")]
+    found = []
+    for part, how in parts:
+        for region, key, what, sym in checks:
+            limit, value = trust_region.get(region), floor.get(f"{part}_{key}")
+            if limit and value is not None and value >= 0.1 * limit:
+                found.append(f"{what} {value:.2g} {how} is {value / limit:.0%} of {sym} = {limit:g}")
+    if not found:
+        return None
+    return (f"the ratio's noise floor ({'; '.join(found)}): the trust region acts on rounding, not only on "
+            "policy change (train.trained_precision = \"fp32\" computes the trained steps in fp32)")
 
 
 class Trainer:
     """Trains one method on one model with one reward; the harness drives the epochs."""
 
+    _weights_before_update: dict[str, Tensor] | None = None
     max_skips_in_row = 8
     """Updates in a row whose loss or gradient is not finite before the run stops (each one
     is skipped, so the weights stay as the last finite update left them)."""
@@ -241,6 +273,9 @@ class Trainer:
                                    f"the mini-batch ({cfg.minibatch_size}) must divide by {n}, and the "
                                    f"mini-batch must divide the batch ({B}): every rank takes whole "
                                    "groups and an equal share of every mini-batch")
+        if cfg.trained_precision == "fp32" and model.weights_dtype != torch.float32:
+            raise TrainConfigError(f"fp32 trained steps need the denoiser's weights in fp32 (this model "
+                                   f"holds {model.weights_dtype}); bench run loads them so")
         torch.manual_seed(seed)  # peft draws the LoRA initialisation from the global RNG
         self.params = model.setup_training(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         if cfg.gradient_checkpointing:
@@ -253,6 +288,12 @@ class Trainer:
         self._step_fn = flow_sde_step if mc.sampler == "sde" else cps_step
         self._eta = mc.eta
         self._surrogate = mc.log_prob == "cps-surrogate"
+
+    def _precision(self, trained: bool = True):
+        """The precision of a step: fp32 for the trained steps when the config says so."""
+        if trained and self.cfg.trained_precision == "fp32":
+            return self.model.precision(torch.float32)
+        return nullcontext()
 
     # --- one stochastic step, shared by rollout and update --------------------------------
     def _step(self, x: Tensor, v: Tensor, k: int, sigmas: Tensor, **kw):
@@ -317,7 +358,8 @@ class Trainer:
         x = x.to(self.model.device)
         xs, nxt, means, stds, lps = [], [], [], [], []
         for k in range(self.cfg.steps):
-            v = self._velocity(x, k, sig, embeds)
+            with self._precision(k in window):
+                v = self._velocity(x, k, sig, embeds)
             if k in window:
                 r = self._step(x, v, k, sig, noise=noises[window.index(k)].to(x.device))
                 xs.append(x)
@@ -337,13 +379,16 @@ class Trainer:
         gen = _generator(self.seed, epoch, 2)
         diag: dict[str, list] = defaultdict(list)
         samples: dict[str, list[Tensor]] = defaultdict(list)
-        losses, grad_norms, skipped = [], [], 0
+        losses, grad_norms, skipped, rounding = [], [], 0, {}
         delta = self.method.trust_threshold
         n, rank = dist.world(), dist.rank()
+        before = self._weights_before_update
         for inner in range(cfg.inner_loops):
             order = torch.randperm(B, generator=gen)
             for batch in order.split(cfg.minibatch_size):
                 mb = batch[rank::n]  # this process's equal share of the global mini-batch
+                if before is not None and losses:  # the first off-policy mini-batch
+                    rounding, before = self.rounding_in_a_change(ro, mb, before), None
                 self.optimizer.zero_grad(set_to_none=True)
                 parts = mb.split(cfg.micro_batch or len(mb))  # gradients accumulate over them
                 total = 0.0
@@ -352,7 +397,8 @@ class Trainer:
                     for i, part in enumerate(parts):
                         # DDP averages the gradients once, at the last backward of the mini-batch
                         last = j == len(ro.window) - 1 and i == len(parts) - 1
-                        with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
+                        with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext(), \
+                                self._precision():
                             loss, part_values = self._step_loss(ro, j, k, part)
                             # the part's share of the mini-batch mean (a factor of exactly 1 when whole)
                             loss = loss.mean() * (len(part) / len(mb)) / len(ro.window)
@@ -378,9 +424,10 @@ class Trainer:
                 self.optimizer.step()
                 losses.append(total)
                 grad_norms.append(norm.item())
+        self._weights_before_update = None
         metrics = {"loss": float(np.mean(losses)) if losses else float("nan"),
                    "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-                   "skipped_updates": skipped}
+                   "skipped_updates": skipped, **rounding}
         for key, vals in diag.items():
             metrics[key] = float(np.mean(vals))
         return metrics, {k: torch.cat(v) for k, v in samples.items()}
@@ -472,17 +519,50 @@ class Trainer:
         log_ratio, kl = [], []
         for j, k in enumerate(ro.window):
             for idx in first.split(cfg.micro_batch or len(first)):
-                r, step_kl = self._recompute(ro, j, k, idx, self._velocity)
+                with self._precision():
+                    r, step_kl = self._recompute(ro, j, k, idx, self._velocity)
                 log_ratio.append((self._log_prob(r) - ro.old_log_prob[j][idx]).double())
                 kl.append(step_kl.double())
         lr, d = dist.gather(torch.cat(log_ratio)).abs(), dist.gather(torch.cat(kl))
         return {"floor_logratio_abs_mean": lr.mean().item(), "floor_logratio_abs_max": lr.max().item(),
                 "floor_kl_mean": d.mean().item(), "floor_kl_max": d.max().item()}
 
+    @torch.no_grad()
+    def rounding_in_a_change(self, ro: Rollout, mb: Tensor, before: dict[str, Tensor]) -> dict[str, float]:
+        """The ratio's rounding in a change (docs/methods.md §8): for an off-policy mini-batch,
+        log ρ and KL(old ‖ new) as the update computes them (the rollout's stored old step, the
+        new weights in the trained steps' precision) and both sides recomputed in fp32 from the
+        weights `before` the update and the current ones. The difference is what rounding adds
+        to the policy change the trust region is meant to see."""
+        now = self.model.trainable_state_dict()
+        new32, old32 = [], []
+        for state, out in ((now, new32), (before, old32)):
+            self.model.load_trainable_state_dict(state)
+            with self.model.precision(torch.float32):
+                out.extend(self._recompute(ro, j, k, mb, self._velocity)[0] for j, k in enumerate(ro.window))
+        self.model.load_trainable_state_dict(now)
+        lr, lr32, kl, kl32 = [], [], [], []
+        for j, k in enumerate(ro.window):
+            with self._precision():
+                r, step_kl = self._recompute(ro, j, k, mb, self._velocity)
+            lr.append((self._log_prob(r) - ro.old_log_prob[j][mb]).double())
+            kl.append(step_kl.double())
+            lr32.append((self._log_prob(new32[j]) - self._log_prob(old32[j])).double())
+            kl32.append(gaussian_kl(old32[j].mean, new32[j].mean, ro.std[j][mb]).double())
+        lr, lr32, kl, kl32 = (dist.gather(torch.cat(t)) for t in (lr, lr32, kl, kl32))
+        return {"change_logratio_abs_mean": lr.abs().mean().item(),
+                "change_logratio_abs_mean_fp32": lr32.abs().mean().item(),
+                "change_kl_mean": kl.mean().item(), "change_kl_mean_fp32": kl32.mean().item(),
+                "rounding_logratio_abs_mean": (lr - lr32).abs().mean().item(),
+                "rounding_kl_mean": (kl - kl32).abs().mean().item()}
+
     def train_epoch(self, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         t0 = time.perf_counter()
         ro = self.rollout(epoch)
         floor = self.noise_floor(ro) if epoch == 0 else {}  # once per cell, before the first update
+        off_policy = self.cfg.inner_loops > 1 or self.cfg.minibatch_size < len(ro.prompts)
+        if epoch == 0 and off_policy:  # kept for the rounding in a change, measured once per cell
+            self._weights_before_update = self.model.trainable_state_dict()
         t1 = time.perf_counter()
         with memory_phase("update"):
             metrics, samples = self.update(ro, epoch)
@@ -496,4 +576,5 @@ class Trainer:
         for name, scores in ro.reward_details.get("components", {}).items():
             metrics[f"reward/{name}"] = scores.mean().item()
         metrics.update(floor)
+        metrics.update({f"peak_gb/{name}": round(gb, 2) for name, gb in PEAK_MEMORY_GB.items()})
         return metrics, samples

@@ -11,7 +11,7 @@ import copy
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +119,27 @@ class FlowModel(ABC):
     default_preset: str = "default"  # what `bench run --model NAME` trains without --preset
     _frozen_reference: nn.Module | None = None
     prompt_cache: PromptCache | None = None  # set by offload_text_encoders
+    compute_dtype: torch.dtype = torch.float32
+    """What `velocity` computes in: float32, or bfloat16 under autocast (the diffusers models on
+    CUDA); `precision` changes it for a block."""
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @contextmanager
+    def precision(self, dtype: torch.dtype) -> Iterator[None]:
+        """Inside, `velocity` computes in `dtype` (fp32 needs fp32 weights)."""
+        saved, self.compute_dtype = self.compute_dtype, dtype
+        try:
+            yield
+        finally:
+            self.compute_dtype = saved
+
+    def _autocast(self):
+        if self.compute_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     @abstractmethod
     def encode_prompts(self, prompts: list[str], guidance: float = 1.0) -> PromptEmbeds:
@@ -190,11 +211,7 @@ class FlowModel(ABC):
         net = self.get_denoiser()
         net.requires_grad_(False)
         if lora_rank > 0:
-            from peft import LoraConfig
-
-            net.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank,
-                                       target_modules=list(targets or self.lora_targets),
-                                       init_lora_weights=True))
+            net.add_adapter(self.lora_config(lora_rank, lora_alpha, targets))
             params = [p for n, p in net.named_parameters() if "lora_" in n]
             for p in params:
                 p.requires_grad_(True)
@@ -204,6 +221,16 @@ class FlowModel(ABC):
             params = list(net.parameters())
         self.lora_rank = lora_rank
         return params
+
+    @classmethod
+    def lora_config(cls, lora_rank: int | None = None, lora_alpha: float | None = None,
+                    targets: tuple[str, ...] | None = None):
+        """peft's LoraConfig of a training config's LoRA fields (None: this adapter's defaults)."""
+        from peft import LoraConfig
+
+        rank = cls.default_lora_rank if lora_rank is None else lora_rank
+        return LoraConfig(r=rank, lora_alpha=lora_alpha or 2 * rank, init_lora_weights=True,
+                          target_modules=list(targets or cls.lora_targets))
 
     @contextmanager
     def reference(self) -> Iterator[None]:

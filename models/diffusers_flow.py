@@ -17,7 +17,9 @@ the pipelines by tests/test_real_models.py:
   spatial layout the pipeline draws its noise in and pack inside `velocity` (a
   permutation, so per-element log-probs and KLs are unchanged).
 - precision: bf16 weights and autocast on CUDA, fp32 on the CPU; the velocity comes
-  back in fp32 so the step math is fp32. LoRA weights are kept in fp32.
+  back in fp32 so the step math is fp32. LoRA weights are kept in fp32. fp32 weights on
+  CUDA (`dtype="float32"`, for fp32 trained steps) still compute in bf16 unless inside
+  `precision(torch.float32)`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,18 @@ from torch import Tensor, nn
 
 from harness.core.hub import load_pretrained
 from models.base import MODELS, FlowModel, ModelError, PromptEmbeds, register_model
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """A dtype, or its name as a run's JSON model options hold it."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value not in DTYPES:
+        raise ModelError(f"unknown dtype {value!r} (use {', '.join(DTYPES)})")
+    return DTYPES[value]
+
 
 ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
@@ -49,15 +62,18 @@ class DiffusersFlowModel(FlowModel):
 
     def __init__(self, pipe, device: str | torch.device = "cpu", *, resolution: int | None = None,
                  shift: float | None = None, max_sequence_length: int | None = None,
-                 max_batch: int | None = None, gradient_checkpointing: bool = False):
+                 max_batch: int | None = None, gradient_checkpointing: bool = False,
+                 compute_dtype: torch.dtype | str | None = None):
         """`pipe` in the dtype it was loaded in (`load` picks bf16 on CUDA, fp32 elsewhere).
         `resolution`: image side in pixels (default: the pipeline's). `shift`: overrides the
         scheduler's shift (for FLUX's dynamic shifting, `mu = log(shift)`). `max_sequence_length`:
         text tokens (default: the pipeline's). `max_batch`: largest batch one transformer or VAE
-        call sees when no gradient is taken (rollouts, sampling)."""
+        call sees when no gradient is taken (rollouts, sampling). `compute_dtype`: what the
+        transformer computes in (default: its weights' dtype; bf16 weights compute under autocast)."""
         self.device = torch.device(device)
         self.pipe = pipe.to(self.device)
         self.dtype = self.pipe.transformer.dtype
+        self.compute_dtype = _dtype(compute_dtype) or self.dtype
         self.pipe.set_progress_bar_config(disable=True)
         for module in self.pipe.components.values():
             if isinstance(module, nn.Module):
@@ -88,10 +104,13 @@ class DiffusersFlowModel(FlowModel):
         if local.exists():
             cls._check_directory(local)
         device = torch.device(device)
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        default = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = _dtype(dtype) or default
         pipe = load_pretrained(getattr(diffusers, cls.pipeline_class).from_pretrained, source,
                                cls.name, ModelError, weights=True, dtype=dtype)
-        return cls(pipe, device, **options)
+        # fp32 weights on a GPU (for fp32 trained steps) still compute in bf16 elsewhere
+        compute = options.pop("compute_dtype", None) or (torch.bfloat16 if device.type == "cuda" else dtype)
+        return cls(pipe, device, compute_dtype=compute, **options)
 
     @classmethod
     def _check_directory(cls, local: Path) -> None:
@@ -154,11 +173,6 @@ class DiffusersFlowModel(FlowModel):
             self._img_ids[key] = make()
         return self._img_ids[key]
 
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def _forward(self, x: Tensor, t: Tensor, cond: dict[str, Tensor], meta: dict, guidance: float) -> Tensor:
         """The transformer's velocity for latents `x` at pipeline timesteps `t` = σ·1000."""
         raise NotImplementedError
@@ -201,6 +215,10 @@ class DiffusersFlowModel(FlowModel):
     def get_denoiser(self) -> nn.Module:
         return self.pipe.transformer
 
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return self.dtype
+
     def text_encoders(self) -> list[nn.Module]:
         return [m for name, m in self.pipe.components.items()
                 if name.startswith("text_encoder") and isinstance(m, nn.Module)]
@@ -234,27 +252,32 @@ class DiffusersFlowModel(FlowModel):
                              f"{(str(e).splitlines() or [''])[0][:160]}") from None
 
     def export(self, out: str | Path) -> Path:
-        """The LoRA as `OUT/pytorch_lora_weights.safetensors`, written by the pipeline's own
-        `save_lora_weights` with peft's adapter config as metadata, so a plain diffusers
-        pipeline of the same family takes it with `pipe.load_lora_weights(OUT)`."""
+        """The LoRA as `OUT/pytorch_lora_weights.safetensors` (`write_lora`)."""
         if getattr(self, "lora_rank", 0) <= 0:
             raise ModelError(f"{self.name}: only a LoRA fine-tune can be exported (this policy has "
                              "no adapter)")
-        import tempfile
-
         from peft import get_peft_model_state_dict
 
         net = self.get_denoiser()
-        layers = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(net).items()}
+        return self.write_lora(get_peft_model_state_dict(net), net.peft_config["default"], out)
+
+    @classmethod
+    def write_lora(cls, layers: dict[str, Tensor], config, out: str | Path) -> Path:
+        """LoRA layers (peft's state-dict names, as a checkpoint holds them) and their peft
+        LoraConfig as `OUT/pytorch_lora_weights.safetensors`, written by the pipeline class's own
+        `save_lora_weights` with the config as metadata, so a plain diffusers pipeline of the same
+        family takes it with `pipe.load_lora_weights(OUT)`. No pipeline is loaded for this."""
+        import tempfile
+
+        pipeline = getattr(__import__("diffusers"), cls.pipeline_class)
+        layers = {k: v.detach().float().cpu() for k, v in layers.items()}
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        name = LORA_FILE
         with tempfile.TemporaryDirectory(dir=out, prefix=".export.") as tmp:  # atomic: rename in place
-            type(self.pipe).save_lora_weights(
-                tmp, transformer_lora_layers=layers, weight_name=name,
-                transformer_lora_adapter_metadata=net.peft_config["default"].to_dict())
-            os.replace(Path(tmp) / name, out / name)
-        return out / name
+            pipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_FILE,
+                                       transformer_lora_adapter_metadata=config.to_dict())
+            os.replace(Path(tmp) / LORA_FILE, out / LORA_FILE)
+        return out / LORA_FILE
 
 
 @register_model("sd35")

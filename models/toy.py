@@ -107,12 +107,13 @@ class ToyModel(FlowModel):
 
     def velocity(self, x: Tensor, sigma: Tensor, embeds: PromptEmbeds, guidance: float = 1.0) -> Tensor:
         c = embeds.cond
-        if guidance <= 1.0 or embeds.uncond is None:
-            return self.net(x, sigma, c["tokens"], c["pooled"])
-        u = embeds.uncond
-        v = self.net(torch.cat([x, x]), torch.cat([sigma, sigma]),
-                     torch.cat([u["tokens"], c["tokens"]]), torch.cat([u["pooled"], c["pooled"]]))
-        v_u, v_c = v.chunk(2)
+        with self._autocast():
+            if guidance <= 1.0 or embeds.uncond is None:
+                return self.net(x, sigma, c["tokens"], c["pooled"]).float()
+            u = embeds.uncond
+            v = self.net(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                         torch.cat([u["tokens"], c["tokens"]]), torch.cat([u["pooled"], c["pooled"]]))
+        v_u, v_c = v.float().chunk(2)
         return v_u + guidance * (v_c - v_u)
 
     @property

@@ -361,15 +361,18 @@ def write_run_tables(run_dir: str | Path) -> str:
     return md
 
 
-FLOOR_NOTE = ("The ratio's same-weights noise floor: the first mini-batch's trained steps recomputed before "
-              "the first update with the weights that sampled them (mean and max over steps and samples). "
-              "Rounding, not policy change: a trust region whose ε (on |log ρ|) or δ (on the KL) is within "
-              "10× of it acts on noise.")
+FLOOR_NOTE = ("The ratio's noise floor, in two parts. Same weights: the first mini-batch's trained steps "
+              "recomputed before the first update with the weights that sampled them (mean and max over "
+              "steps and samples). Rounding in a change: on the first off-policy mini-batch, |log ρ| and "
+              "KL(old ‖ new) as the update computes them minus both recomputed in fp32 (mean; – where no "
+              "mini-batch is off-policy). Rounding, not policy change: a trust region whose ε (on |log ρ|) "
+              "or δ (on the KL) is within 10× of either acts on noise.")
 
 
 def noise_floor_rows(cells) -> tuple[list[str], list[list[str]]]:
     """One row per cell that measured the floor (epoch 0 of metrics.jsonl): header, rows."""
-    header = ["model", "method", "seed", "abs log ρ mean", "abs log ρ max", "KL mean", "KL max", "ε or δ"]
+    header = ["model", "method", "seed", "abs log ρ mean", "abs log ρ max", "KL mean", "KL max",
+              "rounding abs log ρ", "rounding KL", "KL of the change (fp32)", "ε or δ"]
     rows = []
     for c in sorted(cells, key=lambda c: (c.model, c.method, c.seed)):
         first = next((m for m in c.metrics if m.get("epoch") == 0 and "floor_kl_mean" in m), None)
@@ -377,6 +380,7 @@ def noise_floor_rows(cells) -> tuple[list[str], list[list[str]]]:
             continue
         region = c.config.get("trust_region") or {}
         limit = ", ".join(f"{'ε' if k == 'ratio_clip' else 'δ'} {v:g}" for k, v in region.items()) or "–"
-        rows.append([c.model, c.method, str(c.seed)] + [f"{first[k]:.2e}" for k in (
-            "floor_logratio_abs_mean", "floor_logratio_abs_max", "floor_kl_mean", "floor_kl_max")] + [limit])
+        rows.append([c.model, c.method, str(c.seed)] + [f"{first[k]:.2e}" if k in first else "–" for k in (
+            "floor_logratio_abs_mean", "floor_logratio_abs_max", "floor_kl_mean", "floor_kl_max",
+            "rounding_logratio_abs_mean", "rounding_kl_mean", "change_kl_mean_fp32")] + [limit])
     return header, rows

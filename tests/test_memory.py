@@ -142,9 +142,13 @@ def test_a_noise_floor_near_the_threshold_is_one_warning_line():
     assert floor_warning(quiet, {"ratio_clip": 1e-4}) is None
     assert floor_warning(quiet, {"kl_threshold": 1e-5}) is None
     loud = floor_warning({"floor_logratio_abs_mean": 2.5e-6, "floor_kl_mean": 4e-8}, {"kl_threshold": 1e-7})
-    assert loud == ("the ratio's noise floor (KL(old ‖ new) 4e-08 with unchanged weights) is 40% of "
-                    "δ = 1e-07: the trust region acts on rounding, not only on policy change")
+    assert loud == ("the ratio's noise floor (KL(old ‖ new) 4e-08 with unchanged weights is 40% of "
+                    "δ = 1e-07): "
+                    "the trust region acts on rounding, not only on policy change "
+                    '(train.trained_precision = "fp32" computes the trained steps in fp32)')
     assert "20% of ε = 1e-05" in floor_warning({"floor_logratio_abs_mean": 2e-6}, {"ratio_clip": 1e-5})
+    both = floor_warning({"floor_kl_mean": 1e-12, "rounding_kl_mean": 4e-8}, {"kl_threshold": 1e-7})
+    assert "KL(old ‖ new) 4e-08 added by rounding to a change is 40% of δ" in both and "unchanged" not in both
     assert floor_warning({}, {"ratio_clip": 1e-5}) is None  # resumed past epoch 0: nothing measured
 
 
@@ -218,3 +222,86 @@ def test_offloaded_text_encoders_train_the_same(tiny_path):
                                torch.cat([p.grad.flatten() for p in b.params]), rtol=1e-5, atol=1e-7)
     with pytest.raises(TrainConfigError, match="prompt cache"):
         TrainConfig(prompt_cache_gb=-1).validate()
+
+
+def _bf16_trainer(tiny_path, **kw):
+    tr = _trainer(tiny_path, minibatch_size=6, lr=1e-4, **kw)  # 2 mini-batches: the second is off-policy
+    tr.model.compute_dtype = torch.bfloat16  # the run's precision on a GPU, under CPU autocast here
+    return tr
+
+
+def test_the_rounding_in_a_change_is_measured_on_the_first_off_policy_mini_batch(tiny_path):
+    """The same change in the run's precision and in fp32: 0 apart in fp32; in bf16 the
+    rounding, not the change, sets the KL (measured: 2.7e-7 against 7.8e-9 in fp32), and the
+    warning names it; fp32 trained steps remove it while the other steps stay in bf16."""
+    from methods.trainer import floor_warning
+
+    fp32 = _trainer(tiny_path, minibatch_size=6, lr=1e-4).train_epoch(0)[0]
+    assert fp32["rounding_kl_mean"] <= 1e-15 and fp32["rounding_logratio_abs_mean"] <= 1e-12
+    assert fp32["change_kl_mean_fp32"] > 1e-10 and fp32["change_kl_mean"] == fp32["change_kl_mean_fp32"]
+    bf16 = _bf16_trainer(tiny_path).train_epoch(0)[0]
+    assert bf16["rounding_kl_mean"] > 10 * bf16["change_kl_mean_fp32"]
+    assert bf16["change_kl_mean_fp32"] == pytest.approx(fp32["change_kl_mean_fp32"], rel=0.2)
+    assert "added by rounding to a change" in floor_warning(bf16, {"kl_threshold": 1e-6})
+    assert floor_warning(fp32, {"kl_threshold": 1e-6}) is None
+    tr = _bf16_trainer(tiny_path, trained_precision="fp32")
+    ro = tr.rollout(0)
+    trained = tr.train_epoch(0)[0]
+    assert trained["rounding_kl_mean"] <= 1e-15 and trained["floor_kl_mean"] == 0
+    assert tr.model.compute_dtype == torch.bfloat16  # the ODE steps and the decode stay in bf16
+    plain = _trainer(tiny_path, minibatch_size=6).rollout(0)
+    assert not torch.equal(ro.images, plain.images)  # ... so the images are bf16's
+    whole = _trainer(tiny_path).train_epoch(0)[0]  # one mini-batch a batch: nothing off-policy
+    assert not any(k.startswith(("rounding", "change")) for k in whole)
+
+
+def test_a_bf16_rollout_against_an_fp32_update_shows_the_floor(tiny_path):
+    """Where the rollout and the update compute differently, the same-weights floor is not 0."""
+    from methods.trainer import floor_warning
+
+    tr = _bf16_trainer(tiny_path)
+    ro = tr.rollout(0)
+    assert tr.noise_floor(ro)["floor_kl_mean"] == 0  # bf16 against bf16: alike on this CPU
+    with tr.model.precision(torch.float32):
+        floor = tr.noise_floor(ro)
+    assert floor["floor_kl_mean"] > 1e-9 and floor["floor_logratio_abs_mean"] > 1e-7
+    assert "with unchanged weights" in floor_warning(floor, {"kl_threshold": floor["floor_kl_mean"]})
+
+
+def test_fp32_trained_steps_need_fp32_weights(tiny_path, monkeypatch):
+    from models.toy import ToyModel
+
+    monkeypatch.setattr(ToyModel, "weights_dtype", property(lambda self: torch.bfloat16))
+    with pytest.raises(TrainConfigError, match="fp32 trained steps need the denoiser's weights in fp32"):
+        _trainer(tiny_path, trained_precision="fp32")
+    with pytest.raises(TrainConfigError, match="trained_precision"):
+        TrainConfig(trained_precision="fp16").validate()
+
+
+def test_each_phase_records_its_peak_memory_on_cuda(monkeypatch):
+    """The peak counter restarts at each phase; an enclosing phase keeps its own peak and its
+    inner phases'. CUDA's counters are simulated: allocations are a list of sizes."""
+    import methods.trainer as trainer
+
+    state = {"now": 0, "peak": 0}
+
+    def alloc(gb):
+        state["now"] += gb * 2**30
+        state["peak"] = max(state["peak"], state["now"])
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: state["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: state.update(peak=state["now"]))
+    monkeypatch.setattr(trainer, "PEAK_MEMORY_GB", {})
+    alloc(10)  # resident weights
+    with trainer.memory_phase("rollout"):
+        alloc(30)
+        alloc(-30)  # the rollout's 40 GB peak, gone before the decode
+        with trainer.memory_phase("decode"):
+            alloc(5)
+            alloc(-5)
+    with trainer.memory_phase("update"):
+        alloc(20)
+        alloc(-20)
+    assert trainer.PEAK_MEMORY_GB == {"rollout": 40.0, "decode": 15.0, "update": 30.0}

@@ -173,6 +173,30 @@ def test_bf16_autocast_path(saved, models):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
 
 
+def test_fp32_weights_compute_in_bf16_except_in_fp32_steps(saved, models):
+    """`trained_precision = "fp32"`: fp32 weights (the run's model option, a dtype name) that
+    compute in bf16 under autocast, and in fp32 inside `precision(float32)`, as the fp32 model."""
+    from methods import build_method
+    from methods.trainer import TrainConfig, TrainConfigError, Trainer
+    from rewards import build_reward
+
+    m = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
+                   dtype="float32", compute_dtype="bfloat16")
+    ref = models["sd35"]
+    x, s, e = _noise(m), torch.tensor([0.8, 0.4]), ref.encode_prompts(PROMPTS, 1.0)
+    v32 = ref.velocity(x, s, e)
+    assert m.weights_dtype == torch.float32 and not torch.equal(m.velocity(x, s, e), v32)
+    with m.precision(torch.float32):
+        torch.testing.assert_close(m.velocity(x, s, e), v32, rtol=0, atol=0)
+    half = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
+                      dtype="bfloat16")
+    with pytest.raises(TrainConfigError, match="weights in fp32"):
+        Trainer(half, build_method("dppo"), build_reward("toy-colour"), [{"prompt": p} for p in PROMPTS],
+                TrainConfig(prompts_per_epoch=2, trained_precision="fp32"))
+    with pytest.raises(ModelError, match="unknown dtype 'fp8'"):
+        load_model("sd35", str(saved["sd35"]), dtype="fp8")
+
+
 def test_missing_weights_are_one_line_model_errors(saved, tmp_path):
     with pytest.raises(ModelError) as e:
         load_model("sd35", str(tmp_path / "no-such-dir"))
@@ -252,7 +276,7 @@ KNOBS = ["--epochs", "2", "--prompts-per-epoch", "2", "--group-size", "2", "--st
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_the_published_recipe_end_to_end_on_a_saved_pipeline(saved, scorers, name, tmp_path):
+def test_the_published_recipe_end_to_end_on_a_saved_pipeline(saved, scorers, name, tmp_path, monkeypatch):
     """`bench run --model NAME --model-path DIR --preset <its recipe> --judge DIR --pickscore DIR`
     scaled down: GenEval2-template training prompts and the geneval2 reward, GenEval2 (val
     split) and PickScore between epochs, both on their test sets at the end, the KL, the
@@ -303,8 +327,14 @@ def test_the_published_recipe_end_to_end_on_a_saved_pipeline(saved, scorers, nam
     assert (out / "report" / "index.html").exists() and f"| {name} " in r.output
 
     cell = out / name / "dppo" / "seed0"
+    import harness.run.export as export
+
+    def no_pipeline(*args, **kwargs):
+        raise AssertionError("bench export loaded the pipeline")
+    monkeypatch.setattr(export, "load_model", no_pipeline)  # the LoRA comes from the checkpoint alone
     r = CliRunner().invoke(app, ["export", str(cell), "--out", str(tmp_path / "lora")])
     assert r.exit_code == 0, r.output
+    monkeypatch.undo()  # bench eval --run loads it
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
     scored = {}
     pipeline = ["--model", name, "--model-path", str(saved[name]), "--steps", "6",

@@ -194,7 +194,8 @@ def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_pat
         assert "half-pg@scale=2.0" in table and (run / "report" / "index.html").exists()
         floor = (run / "report" / "noise_floor.md").read_text().splitlines()
         assert [c.strip() for c in floor[0].split("|")[1:-1]] == [
-            "model", "method", "seed", "abs log ρ mean", "abs log ρ max", "KL mean", "KL max", "ε or δ"]
+            "model", "method", "seed", "abs log ρ mean", "abs log ρ max", "KL mean", "KL max",
+            "rounding abs log ρ", "rounding KL", "KL of the change (fp32)", "ε or δ"]
         assert sum(ln.startswith("| toy ") for ln in floor) == 2  # one row per cell, measured on epoch 0
         assert "Ratio noise floor" in (run / "report" / "index.html").read_text()
     finally:

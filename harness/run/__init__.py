@@ -22,9 +22,9 @@ from harness.run.config import (
 )
 from harness.run.evaluation import EVAL_SEED, Evaluation, kl_to_pretrained
 from harness.run.experiment import base_eval, recipe, run_experiment, versions
-from harness.run.export import load_cell_policy, read_cell
+from harness.run.export import export_cell, load_cell_policy, read_cell
 
 __all__ = ["CellRun", "EVAL_SEED", "EvalSettings", "Evaluation", "PRESETS", "Preset", "RunError",
-           "TOY_CALIBRATION", "base_eval", "checkpoint_files", "get_preset", "kl_to_pretrained",
-           "load_cell_policy", "load_preset", "method_variant", "read_cell", "recipe",
+           "TOY_CALIBRATION", "base_eval", "checkpoint_files", "export_cell", "get_preset",
+           "kl_to_pretrained", "load_cell_policy", "load_preset", "method_variant", "read_cell", "recipe",
            "read_checkpoint_state", "resolve", "run_experiment", "save_checkpoint", "to_toml", "versions"]

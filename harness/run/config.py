@@ -386,7 +386,8 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
         resolved = {**resolved, "eval": {**added, **resolved["eval"]}}
         if isinstance(resolved.get("train"), dict):  # the memory knobs: whole batches before them
             resolved["train"] = {"micro_batch": None, "rollout_batch": None, "gradient_checkpointing": False,
-                                 "offload_text_encoders": False, "prompt_cache_gb": 8.0, **resolved["train"]}
+                                 "offload_text_encoders": False, "prompt_cache_gb": 8.0,
+                                 "trained_precision": "auto", **resolved["train"]}
         if "method_overrides" in resolved:  # a whole preset, not a cell's config
             resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
             resolved.setdefault("model", "toy")

@@ -178,6 +178,8 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     _check_reward_prompts(p.reward, records, p.train_prompts)
     out = Path(out)
     model_options = {"resolution": p.resolution} if p.resolution is not None else {}
+    if p.train.trained_precision == "fp32" and model_name != "toy":  # the toy's weights are fp32
+        model_options["dtype"] = "float32"  # computing in bf16 still, but for the trained steps
     check_options(model_name, model_options)
     config = {"methods": methods, "model": model_name, "model_path": model_path, "seeds": seeds,
               "preset": p.name, "resolved": json.loads(json.dumps(asdict(p), default=str))}

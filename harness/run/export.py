@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.core.io import load_tensors
 from harness.run.cell import checkpoint_files, read_checkpoint_state
 from harness.run.config import RunError
-from models import load_model
+from models import MODELS, ModelError, load_model
 
 
 def read_cell(cell_dir: str | Path) -> tuple[dict, dict, Path]:
@@ -41,3 +41,20 @@ def load_cell_policy(cell_dir: str | Path, device: str = "cpu", resolution: int 
                          tuple(t["lora_targets"]) if t.get("lora_targets") else None)
     model.load_trainable_state_dict(load_tensors(weights))
     return model, config
+
+
+def export_cell(cell_dir: str | Path, out: str | Path) -> tuple[Path, dict]:
+    """`bench export`: a cell's fine-tuned policy where users load it without FlowArena. A
+    diffusers model's LoRA is written from the checkpoint's tensors alone (no pipeline is
+    loaded: SD3.5's would be ≈ 33 GB in fp32 on the CPU); the toy merges it into its weights."""
+    config, _, weights = read_cell(cell_dir)
+    model_cls, t = MODELS.get(config["model"]), config["train"]
+    if not hasattr(model_cls, "write_lora"):
+        model, config = load_cell_policy(cell_dir)
+        return model.export(out), config
+    if t["lora_rank"] == 0:
+        raise ModelError(f"{model_cls.name}: only a LoRA fine-tune can be exported (this cell trained "
+                         "the whole denoiser)")
+    lora = model_cls.lora_config(t["lora_rank"], t["lora_alpha"],
+                                 tuple(t["lora_targets"]) if t.get("lora_targets") else None)
+    return model_cls.write_lora(load_tensors(weights), lora, out), config
