@@ -156,7 +156,8 @@ def main() -> None:
     out, size, device = args.out, SIZES[args.size], torch.device(args.device)
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"size": args.size, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                    else "cpu", "torch": torch.__version__, "recipe": "sd35-geneval2", **size}
+                    else "cpu", "torch": torch.__version__, "recipe": "sd35-geneval2", **size,
+                    "precision": "bf16 autocast" if device.type == "cuda" else "fp32"}
     t0 = time.perf_counter()
     pipe = (build_sd35_medium if args.size == "medium" else build_tiny)(out / "pipeline", device)
     from tests.tiny_scorers import save_qwen3_vl
@@ -180,7 +181,7 @@ def main() -> None:
     result["seconds_per_epoch"] = round(last["rollout_s"] + last["update_s"], 2)
     result["rollout_images_per_s"] = round(images / last["rollout_s"], 3)
     result["peak_memory_gb"] = dict(PEAK_MEMORY_GB)
-    result["noise_floor_bf16"] = {k: v for k, v in rows[0].items()
+    result["noise_floor"] = {k: v for k, v in rows[0].items()
                                   if k.startswith(("floor_", "rounding_", "change_"))}
     write(out, result)
 

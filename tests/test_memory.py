@@ -305,3 +305,25 @@ def test_each_phase_records_its_peak_memory_on_cuda(monkeypatch):
         alloc(20)
         alloc(-20)
     assert trainer.PEAK_MEMORY_GB == {"rollout": 40.0, "decode": 15.0, "update": 30.0}
+
+
+def test_the_prepared_gpu_check_runs_its_whole_path_small(tmp_path):
+    """benchmarks/gpu_smoke.py on the tiny pipeline and the CPU: the same stages as on a GPU
+    (build, `bench run` of the scaled recipe, the bare forward + backward, fp32 trained steps)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
+    args = [sys.executable, str(script), "--out", str(tmp_path), "--size", "tiny", "--device", "cpu"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    assert len(result["epochs"]) == 2 and result["seconds_per_epoch"] > 0
+    assert result["rollout_images_per_s"] > 0
+    assert result["update_over_bare"] > 0 and result["peak_memory_gb"] == {}  # no CUDA here
+    assert {"floor_kl_mean", "rounding_kl_mean", "change_kl_mean_fp32"} <= set(result["noise_floor"])
+    fp32 = result["trained_fp32"]
+    assert fp32["rounding_kl_mean"] == 0 and fp32["seconds_per_epoch"] > 0

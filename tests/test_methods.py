@@ -22,6 +22,8 @@ def test_registry_lists_grpo_and_dppo_with_descriptions():
         build_method("grpo", delta=1.0)
     with pytest.raises(MethodError, match="delta"):
         build_method("dppo", delta=-1.0)
+    with pytest.raises(MethodError, match="clip_range must be >= 0"):
+        build_method("grpo", clip_range=-1.0)
 
 
 def test_clipped_loss_hand_built():
