@@ -318,7 +318,8 @@ def test_the_prepared_gpu_check_runs_its_whole_path_small(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
     args = [sys.executable, str(script), "--out", str(tmp_path), "--size", "tiny", "--device", "cpu"]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads((tmp_path / "gpu_smoke.json").read_text())
     assert len(result["epochs"]) == 2 and result["seconds_per_epoch"] > 0
