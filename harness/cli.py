@@ -95,6 +95,9 @@ def sample(
 
 JudgeOpt = typer.Option(None, "--judge", help="VQA judge of geneval2 / vqascore: a hub id or a directory "
                                              "(default Qwen/Qwen3-VL-8B-Instruct).")
+ReferenceOpt = typer.Option(None, "--reference",
+                            help="The method every other is compared with, paired over seeds and prompts "
+                                 "with 95 % intervals (default: grpo where it runs).")
 JudgeUrlOpt = typer.Option(None, "--judge-url",
                            help="Ask the --judge served at this OpenAI-compatible endpoint (vLLM, sglang; "
                                 "e.g. http://HOST:8000/v1) instead of loading it here.")
@@ -360,6 +363,7 @@ def run(
     log_to: str = typer.Option(None, "--log-to", help="Also stream the metrics live to "
                                                       "'tensorboard' (<out>/tensorboard) or 'wandb' "
                                                       "(offline without an account); optional extras."),
+    reference: str = ReferenceOpt,
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
 ):
     """Train every method on the same model, prompts, noise and budget; evaluate each on
@@ -372,7 +376,7 @@ def run(
     from dataclasses import replace
 
     from harness.run import recipe, run_experiment, to_toml
-    from reports.tables import run_table
+    from reports.tables import comparison, markdown_comparison
 
     names = None
     if methods is not None:
@@ -413,11 +417,19 @@ def run(
         typer.echo(to_toml(p), nl=False)
         return
     out = out or Path("runs") / (config.stem if config is not None else p.name)
+    ran = list(names or p.methods)
+    if reference is not None and reference not in ran:
+        raise BadInput(f"--reference {reference} is not among the methods run ({', '.join(ran)})")
     run_experiment(out, names, name, p, seeds, model_path, command="bench " + " ".join(sys.argv[1:]),
-                   device=device, log_to=log_to, reward_device=reward_device)  # p: overrides applied
+                   device=device, log_to=log_to, reward_device=reward_device,
+                   reference=reference)  # p: overrides applied
     if int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(run_table(out)[0])
-        typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'})")
+        c = comparison(out, reference)
+        typer.echo(markdown_comparison(c))
+        for alarm in c.alarms:
+            typer.echo(f"warning: {alarm.line()}")
+        typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'}"
+                   + (f", paired: {out / 'report' / 'paired.md'})" if c.paired else ")"))
 
 
 def _relaunch(nproc: int) -> int:
@@ -445,7 +457,8 @@ def _reward_options(**given) -> dict:
 
 @app.command()
 @friendly
-def report(run_dir: Path = typer.Argument(..., help="A run directory written by `bench run`.")):
+def report(run_dir: Path = typer.Argument(..., help="A run directory written by `bench run`."),
+           reference: str = ReferenceOpt):
     """Comparison tables (Markdown, CSV), learning curves, the reward–KL frontier, the ratio
     diagnostics and sample grids, in one self-contained report/index.html. Reads result files
     only; missing or half-written ones are listed and skipped."""
@@ -453,7 +466,13 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
 
     if not (run_dir / "manifest.json").is_file():
         raise BadInput(f"{run_dir} is not a run directory (no manifest.json)")
-    res = build_report(run_dir)
+    if reference is not None:
+        from harness.core.results import read_json
+
+        ran = read_json(run_dir / "manifest.json").get("config", {}).get("methods", [])
+        if reference not in ran:
+            raise BadInput(f"--reference {reference} is not among the run's methods ({', '.join(ran)})")
+    res = build_report(run_dir, reference)
     for m in res["missing"]:
         typer.echo(f"missing: {m}")
     typer.echo(f"{len(res['figures'])} figures; open {res['index']}")

@@ -13,12 +13,14 @@ from harness.core.results import Manifest
 from reports.figures import Run, load_run
 from reports.tables import (
     FLOOR_NOTE,
+    PAIRED_NOTE,
     Comparison,
     comparison,
     format_cell,
     headline_keys,
     markdown_comparison,
     noise_floor_rows,
+    paired_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,12 @@ def table_html(records: list[dict], cols: list[tuple], best: dict) -> str:
             + "\n".join(rows) + "</tbody></table></div>")
 
 
+def _rows_html(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{cells}</table>"
+
+
 def _img(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -103,7 +111,7 @@ def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run
     if figures is None:
         figures = [{"path": p, "caption": p.stem} for p in sorted((report / "figures").glob("*.png"))]
     try:
-        comp = comparison(run_dir)
+        comp = comparison(run_dir, run.reference)
         markdown = markdown_comparison(comp)
     except Exception as e:  # a malformed result.json must not cost the figures
         log.exception("comparison table failed")
@@ -117,11 +125,18 @@ def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run
     if markdown:
         body.append("<details><summary>The table as Markdown</summary>"
                     f"<pre>{html.escape(markdown)}</pre></details>")
+    if comp.alarms:
+        body += ["<h2>Reward hacking?</h2>", "<ul>" + "".join(f"<li>{html.escape(a.line())}</li>"
+                                                             for a in comp.alarms) + "</ul>"]
+    header, rows = paired_rows(comp)
+    if rows:
+        body += [f"<h2>Method against {html.escape(comp.reference or '')}, paired</h2>",
+                 _rows_html(header, rows),
+                 f"<p class=meta>{html.escape(PAIRED_NOTE)} The figure of paired intervals below draws "
+                 "them.</p>"]
     header, rows = noise_floor_rows(run.cells)
     if rows:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-        body += ["<h2>Ratio noise floor</h2>", f"<table><tr>{head}</tr>{cells}</table>",
+        body += ["<h2>Ratio noise floor</h2>", _rows_html(header, rows),
                  f"<p class=meta>{html.escape(FLOOR_NOTE)}</p>"]
     body.append("<h2>Figures</h2>")
     for f in figures:

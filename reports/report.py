@@ -13,14 +13,16 @@ from reports.tables import FLOOR_NOTE, markdown_table, noise_floor_rows, write_r
 log = logging.getLogger(__name__)
 
 
-def build_report(run_dir: str | Path) -> dict:
-    """Write report/tables.{md,csv}, report/figures/*.png and report/index.html under run_dir.
-    Absent or half-written result files are skipped; returns {"figures": [paths], "missing":
-    [what was skipped and why], "index": path}."""
+def build_report(run_dir: str | Path, reference: str | None = None) -> dict:
+    """Write report/tables.{md,csv}, report/paired.md, report/figures/*.png and
+    report/index.html under run_dir; `reference`: the method the others are paired against
+    (default: grpo where it ran). Absent or half-written result files are skipped; returns
+    {"figures": [paths], "missing": [what was skipped and why], "index": path}."""
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    run.reference = reference
     try:
-        write_run_tables(run_dir)
+        write_run_tables(run_dir, reference)
     except Exception as e:  # a malformed result.json must not cost the figures
         log.exception("tables failed")
         run.missing.append(f"report/tables.md: not written ({type(e).__name__}: {e})")

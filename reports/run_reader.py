@@ -42,6 +42,8 @@ class Run:
     bases: dict[tuple[str, int], EvalRecord]  # (model, seed) -> base eval.json
     base_samples: dict[tuple[str, int], Path]
     missing: list[str]
+    reference: str | None = None
+    """The method the paired comparisons are against (None: the default, Flow-GRPO)."""
 
     def models(self) -> list[str]:
         return sorted({c.model for c in self.cells} | {m for m, _ in self.bases})

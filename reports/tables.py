@@ -8,13 +8,15 @@ out-of-domain scores (secondary), the KL to the pretrained model and the trainin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from harness.core.results import CellResult, EvalRecord, Metric, ResultSchemaError, read_json
 from harness.core.soft_tifa import stderr
+from reports.alarms import HackingAlarm, reward_hacking
+from reports.paired import PairedDiff, paired_differences
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
@@ -145,17 +147,20 @@ def table_columns(records: list[dict], metrics: list[Metric] | None = None) -> l
                 for m in metrics if m.role == role]
     paired = next((m for m in metrics if m.paired and m.role == "primary"), None)
     delta = [Column(f"delta_{paired.key}", f"Δ{paired.title.split()[-1]} vs base", paired.digits, "max"),
-             Column("beats_base", "beats base", None, None)] if paired is not None else []
+             Column("beats_base", "beats base", None, None),
+             Column("vs_reference", f"Δ{paired.title.split()[-1]} vs reference [95 % CI]", None, None)
+             ] if paired is not None else []
     groups = list(dict.fromkeys(c.key.rpartition(":")[0] for c in of("detail")))
 
     def order(c):
         name = c.key.rpartition(":")[2]
         return groups.index(c.key.rpartition(":")[0]), (0, int(name), "") if name.isdigit() else (1, 0, name)
-    cost = [Column("kl", "KL to pretrained", None, "min"), Column("wall_min", "train min", 1, "min")]
+    cost = [Column("kl", "KL to pretrained", None, "min"), Column("wall_min", "train min", 1, "min"),
+            Column("alarm", "reward hacking?", None, None)]
     cols = ([Column("train_reward", "train reward (epoch 1 → last 3)", None, None)] + of("primary") + delta
             + sorted(of("detail"), key=order) + of("secondary") + cost)
     keys = {k for r in records for k in r}
-    known = {"model", "method", "seeds"} | {c.key for c in cols}
+    known = {"model", "method", "seeds", "reference"} | {c.key for c in cols}
     extra = [k for k in sorted(keys) if k not in known and not k.endswith("_stderr")
              and any(isinstance(r.get(k), (int, float)) for r in records)]
     cols += [Column(k, k, 3, None, headline=False) for k in extra]
@@ -214,9 +219,22 @@ def _reward_change(rs: list[CellResult]) -> str:
     return f"{first:.3f} ± {se:.3f} → {last:.3f}"
 
 
-def run_records(run_dir: Path, collected: tuple[dict, dict] | None = None) -> list[dict]:
+def _vs_reference(paired: list[PairedDiff], model: str, method: str, headline: Metric | None) -> str:
+    """The record's text for its headline's paired difference to the reference method."""
+    if headline is None:
+        return ""
+    if any(d.reference == method and d.model == model for d in paired):
+        return "reference"
+    d = next((d for d in paired if (d.model, d.method, d.key) == (model, method, headline.key)), None)
+    return "" if d is None else f"{d.text(headline.digits)} vs {d.reference}"
+
+
+def run_records(run_dir: Path, collected: tuple[dict, dict] | None = None,
+                paired: list[PairedDiff] | None = None,
+                alarms: list[HackingAlarm] | None = None) -> list[dict]:
     """One record per model × method (the base model first): mean and stderr of every metric
-    over the finished seeds, read from result files only (or from `_collect`'s output)."""
+    over the finished seeds, read from result files only (or from `_collect`'s output); with
+    the paired difference of its headline to the reference method and its alarms."""
     results, bases = collected or _collect(run_dir)
     records = []
     for model in sorted({m for m, _ in results}):
@@ -240,6 +258,9 @@ def run_records(run_dir: Path, collected: tuple[dict, dict] | None = None) -> li
                 rec["wall_min"] = float(np.mean([r.wall_seconds for r in rs])) / 60
                 if rs[0].train_reward:
                     rec["train_reward"] = _reward_change(rs)
+                rec["vs_reference"] = _vs_reference(paired or [], model, name, evals[0].paired)
+                flagged = [a for a in alarms or [] if (a.model, a.method) == (model, name)]
+                rec["alarm"] = f"{len(flagged)}/{len(rs)} seeds" if flagged else "no"
             records.append(rec)
     return records
 
@@ -247,7 +268,10 @@ def run_records(run_dir: Path, collected: tuple[dict, dict] | None = None) -> li
 NOTE = ("Train reward: the mean over the first epoch's rollouts (± its stderr) and over the last "
         "three epochs. Mean ± stderr (over seeds where there are several, else over eval prompts; ΔGM "
         "is paired with the base model on the same prompts and noise). 'beats base': ΔGM > its "
-        "stderr. Soft-TIFA, skills and GM by number of atoms 0-100; KL per element, summed over "
+        "stderr. 'vs reference': the difference to the reference method, paired over seeds and "
+        "prompts, with a 95 % two-way bootstrap interval (report/paired.md; * where it excludes 0). "
+        "'reward hacking?': seeds whose training reward rose while a held-out score fell by more than "
+        "its stderr. Soft-TIFA, skills and GM by number of atoms 0-100; KL per element, summed over "
         "sampling steps (lower is closer to the pretrained model); train min: minutes of training "
         "per seed. The best trained method per column is in bold.")
 
@@ -261,6 +285,11 @@ class Comparison:
     reward: str = ""
     scored_on: str = ""
     """Which prompts the final scores come from, where benchmarks have splits."""
+    reference: str | None = None
+    paired: list[PairedDiff] = field(default_factory=list)
+    alarms: list[HackingAlarm] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    """The run's metric descriptions (titles, digits)."""
 
     @property
     def note(self) -> str:
@@ -280,13 +309,25 @@ def _scored_on(collected) -> str:
     return ", ".join(parts)
 
 
-def comparison(run_dir: Path) -> Comparison:
-    """The comparison of a run directory, its result files read once."""
+def default_reference(methods: list[str]) -> str | None:
+    """Flow-GRPO where it ran (the method the others claim to improve on), else the first."""
+    return "grpo" if "grpo" in methods else (methods[0] if methods else None)
+
+
+def comparison(run_dir: Path, reference: str | None = None) -> Comparison:
+    """The comparison of a run directory, its result files read once; `reference`: the
+    method the others are paired against (default: `default_reference`)."""
     collected = _collect(run_dir)
-    records = run_records(run_dir, collected)
-    cols = table_columns(records, run_metrics(collected))
+    methods = sorted({method for _, method in collected[0]})
+    reference = reference or default_reference(methods)
+    paired = paired_differences(collected[0], reference) if reference in methods else []
+    alarms = reward_hacking(collected[0])
+    records = run_records(run_dir, collected, paired, alarms)
+    metrics = run_metrics(collected)
+    cols = table_columns(records, metrics)
     reward = next((r.reward for rs in collected[0].values() for r in rs), "")
-    return Comparison(records, cols, best_methods(records, cols), reward, _scored_on(collected))
+    return Comparison(records, cols, best_methods(records, cols), reward, _scored_on(collected),
+                      reference, paired, alarms, metrics)
 
 
 def run_table(run_dir: Path) -> tuple[str, list[dict]]:
@@ -343,17 +384,49 @@ def latex_table(c: Comparison, caption: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_run_tables(run_dir: str | Path) -> str:
+PAIRED_NOTE = ("Each method minus the reference on the same seeds, prompts and evaluation noise: the "
+               "mean of D[seed, prompt], with a 95 % percentile interval of a two-way bootstrap (seeds and "
+               "prompts resampled independently, 10,000 resamples, fixed generator); * where it excludes 0. "
+               "With one seed the interval covers the choice of prompts only, not training randomness; a "
+               "metric without per-prompt values (KL of older files) is resampled over seeds only. "
+               "'resolves': the smallest true difference this design detects with 80 % power at 5 % "
+               "(2.8 × the bootstrap's standard error); 'seeds for 1 point': about how many seeds a "
+               "difference of 1 (in the metric's units) would need, the prompts kept.")
+
+
+def paired_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
+    """The paired comparison as a table: header, rows (one per method × metric)."""
+    header = ["model", "method", "vs", "metric", "Δ [95 % CI]", "paired over", "resolves",
+              "seeds for 1 point"]
+    digits = {m.key: m.digits for m in c.metrics}
+    rows = []
+    for d in c.paired:
+        dg = digits.get(d.key, None if d.key == "kl" else 1)
+        over = f"{d.seeds} seeds" + (f" × {d.prompts} prompts" if d.prompts else "")
+        res = d.resolvable()
+        need = d.seeds_for(1.0) if dg is not None else None
+        rows.append([d.model, d.method, d.reference, d.title, d.text(dg), over,
+                     "–" if res is None else (f"{res:.{dg}f}" if dg is not None else f"{res:.1e}"),
+                     "–" if need is None else str(need)])
+    return header, rows
+
+
+def write_run_tables(run_dir: str | Path, reference: str | None = None) -> str:
     """report/tables.md, tables.csv (raw numbers) and tables.tex (booktabs) of a run directory."""
     import pandas as pd
 
     from harness.core.io import _atomic
 
     run_dir = Path(run_dir)
-    c = comparison(run_dir)
+    c = comparison(run_dir, reference)
     md = markdown_comparison(c)
     report = run_dir / "report"
     _atomic(report / "tables.md", lambda tmp: Path(tmp).write_text(md + "\n"))
+    header, rows = paired_rows(c)
+    if rows:
+        text = (f"Method against {c.reference}, paired\n\n" + markdown_table(header, rows) + "\n\n"
+                + PAIRED_NOTE + "\n")
+        _atomic(report / "paired.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     if c.records and not all(r["method"].startswith("base") for r in c.records):
         _atomic(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))
         tex = latex_table(c, caption=c.note)

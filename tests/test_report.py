@@ -139,9 +139,11 @@ def test_report_has_the_table_and_every_figure(report):
             assert im.format == "PNG" and min(im.size) > 200
     page = out["index"].read_text()
     assert out["index"] == run / "report" / "index.html"
-    # two tables (headline scores; skills and atom counts), each: header, base, grpo, dppo
-    assert page.count("<table") == 2 and page.count("<tr") == 2 * (1 + 3)
-    headline, detail = page.split("<table")[1:]
+    # two tables (headline scores; skills and atom counts), each: header, base, grpo, dppo; then
+    # dppo against grpo, paired: header and GM, AM, ood preference, KL
+    assert page.count("<table") == 3 and page.count("<tr") == 2 * (1 + 3) + 1 + 4
+    headline, detail, paired = page.split("<table")[1:]
+    assert "Method against grpo, paired" in page and "Soft-TIFA GM" in paired
     assert "Soft-TIFA GM" in headline and "GM @2 atoms" not in headline and "GM @2 atoms" in detail
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(out["figures"])
     assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
@@ -166,7 +168,8 @@ def test_missing_and_half_written_files_are_reported_not_fatal(tmp_path):
     assert f"toy/grpo/seed0/metrics.jsonl line {EPOCHS}" in missing
     assert "toy/grpo/seed0/diagnostics/epoch_0003.safetensors: unreadable" in missing
     assert "toy/dppo/seed0/samples/final.png: absent" in missing
-    assert len(out["figures"]) == len(FIGURES)  # everything that has data still renders
+    # everything that has data still renders: all but the paired intervals (dppo has no result)
+    assert len(out["figures"]) == len(FIGURES) - 1 and "figure toy_paired: no data yet" in missing
     page = out["index"].read_text()
     assert "<h2>Missing</h2>" in page and "toy/dppo/seed0/result.json" in page
     assert page.count("<tr") == 2 * (1 + 2)  # dppo is not finished: base and grpo only, in both tables

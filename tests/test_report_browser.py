@@ -55,7 +55,7 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
             browser.close()
 
     assert errors == []
-    assert tables == 2  # the headline scores, then skills and atom counts
+    assert tables == 3  # the headline scores, skills and atom counts, then the paired comparison
     assert headline_overflow <= 0  # the headline table fits a laptop screen without scrolling
     assert len(rows) == 3 and rows[0].startswith("toy") and "grpo" in rows[2]  # base, dppo, grpo
     assert len(images) == len(out["figures"]) == captions

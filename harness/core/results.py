@@ -124,7 +124,7 @@ def soft_tifa_metrics(t: dict, benchmark: str, name: str = "Soft-TIFA", prefix: 
     out = [Metric(f"{prefix}gm", f"{name} GM", t["gm"], t["gm_stderr"], t["n_prompts"], role="primary",
                   benchmark=benchmark, paired=True, per_prompt=t["per_prompt_gm"]),
            Metric(f"{prefix}am", f"{name} AM", t["am"], t["am_stderr"], t["n_prompts"], role="primary",
-                  benchmark=benchmark)]
+                  benchmark=benchmark, per_prompt=t.get("per_prompt_am"))]
     out += [Metric(f"{prefix}skill:{k}", k, v, role="detail", benchmark=benchmark)
             for k, v in t["per_skill"].items()]
     out += [Metric(f"{prefix}atoms:{k}", f"GM @{k} atoms", v, role="detail", benchmark=benchmark)
@@ -137,7 +137,8 @@ def toy_metrics(result: dict) -> list[Metric]:
     out = soft_tifa_metrics(result["soft_tifa"], "toy")
     if (p := result.get("preference_ood")) is not None:
         out.append(Metric("pref", "ood preference", p["mean"], p["stderr"], p["n"], digits=2,
-                          role="secondary", benchmark="toy", log_name="preference_ood"))
+                          role="secondary", benchmark="toy", log_name="preference_ood",
+                          per_prompt=p.get("per_prompt")))
     return out
 
 

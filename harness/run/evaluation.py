@@ -146,4 +146,4 @@ def kl_to_pretrained(model: FlowModel, records: list[dict], *, sampler: str = "s
             per_step.append(0.0)
         x = r.next_sample
     return {"mean": float(total.mean()), "stderr": stderr(total.numpy()), "per_step": per_step,
-            "n": len(prompts), "unit": "per-element KL summed over steps"}
+            "n": len(prompts), "unit": "per-element KL summed over steps", "per_prompt": total.tolist()}

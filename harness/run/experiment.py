@@ -149,11 +149,12 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                    preset: str | Path | Preset | None = None, seeds: int | None = None,
                    model_path: str | None = None, progress: bool = True, command: str | None = None,
                    device: str = "cpu", log_to: str | None = None, reward_device: str | None = None,
-                   **overrides) -> Path:
+                   reference: str | None = None, **overrides) -> Path:
     """Train and evaluate methods × seeds (None: the preset's) into the run directory `out`.
     `model_name` / `preset`: as `recipe` says; `overrides` (epochs, reward, reward_options,
     aggregation, train_prompts, resolution, train, eval) change the preset as `config.resolve` says.
-    `reward_device`: where rewards and scorers run (default: `device`)."""
+    `reward_device`: where rewards and scorers run (default: `device`); `reference`: the method
+    the report pairs the others against (default: grpo where it runs)."""
     from reports.report import build_report  # now, not after hours of training: the code of the start
 
     check_device(device)
@@ -226,7 +227,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                     save_manifest("running")  # a killed session still counts up to its last cell
         save_manifest("done")  # before the report, which shows the status
         if dist.is_main():
-            build_report(out)
+            build_report(out, reference)
     except BaseException:  # an interrupted or failed session still counts towards the wall time
         with contextlib.suppress(OSError):  # but a failed write must not hide why the run stopped
             save_manifest("stopped")

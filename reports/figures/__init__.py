@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.core.io import _atomic
 from reports.figures.curves import frontier, learning_curves
+from reports.figures.paired import paired_intervals
 from reports.figures.ratios import (
     kl_per_step,
     logratio_decomposition,
@@ -34,6 +35,9 @@ FIGURES = [
     ("frontier", frontier,
      "Reward-KL frontier: each evaluation's held-out GM against its KL to the pretrained model; every "
      "method starts at the base model (KL 0)."),
+    ("paired", paired_intervals,
+     "Each method minus the reference method, paired over seeds and evaluation prompts, with 95 % "
+     "two-way bootstrap intervals (report/paired.md); a filled marker: the interval excludes 0."),
     ("ratio_hist", ratio_histograms,
      "Distribution of ρ − 1 per trained timestep, first inner loop against later ones, with the clip range "
      "where the method has one."),
