@@ -376,7 +376,8 @@ def run(
     from dataclasses import replace
 
     from harness.run import recipe, run_experiment, to_toml
-    from reports.tables import comparison, markdown_comparison
+    from reports.summary import terminal_summary
+    from reports.tables import comparison
 
     names = None
     if methods is not None:
@@ -425,11 +426,12 @@ def run(
                    reference=reference)  # p: overrides applied
     if int(os.environ.get("RANK", "0")) == 0:
         c = comparison(out, reference)
-        typer.echo(markdown_comparison(c))
+        typer.echo(terminal_summary(c))
         for alarm in c.alarms:
             typer.echo(f"warning: {alarm.line()}")
-        typer.echo(f"\nresults in {out} (tables: {out / 'report' / 'tables.md'}"
-                   + (f", paired: {out / 'report' / 'paired.md'})" if c.paired else ")"))
+        report = out / "report"
+        paired = f"; paired: {report / 'paired.md'}" if c.paired else ""
+        typer.echo(f"\nfull tables: {report / 'tables.md'}{paired}; report: {report / 'index.html'}")
 
 
 def _relaunch(nproc: int) -> int:

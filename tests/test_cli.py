@@ -48,7 +48,9 @@ def test_smoke_run_in_a_subprocess(tmp_path):
     r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--preset", "smoke", "--out", str(out)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "beats base" in r.stdout and "grpo" in r.stdout and "dppo" in r.stdout
+    assert "Δ vs grpo [95 % CI]" in r.stdout and "| grpo " in r.stdout and "| dppo " in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines() if line.startswith("|")) <= 100
+    assert "[2/2] dppo seed0" in r.stderr and "cell 2/2 done" in r.stderr  # the run's progress
     for f in ("report/tables.md", "report/tables.csv", "report/index.html", "manifest.json",
               "toy/grpo/seed0/result.json", "toy/dppo/seed0/metrics.jsonl"):
         assert (out / f).exists(), f

@@ -62,7 +62,7 @@ def test_bench_run_nproc_2_matches_one_process(tiny_path, tmp_path):
                           str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=900)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("results in") == 1  # rank 0 prints, the other rank is quiet
+    assert two.stdout.count("full tables:") == 1  # rank 0 prints, the other rank is quiet
     one = subprocess.run([sys.executable, "-m", "harness.cli", *args, "--out", str(tmp_path / "one")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert one.returncode == 0, one.stderr[-3000:]

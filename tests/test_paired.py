@@ -120,3 +120,20 @@ def test_the_report_and_bench_report_carry_the_comparison(tmp_path):
     r = CliRunner().invoke(app, ["report", str(run), "--reference", "cps"])
     assert r.exit_code == 1
     assert "error: --reference cps is not among the run's methods (grpo, dppo)" in r.output
+
+
+def test_the_terminal_summary_fits_100_columns(tmp_path, monkeypatch):
+    from reports.summary import terminal_summary
+    from reports.tables import comparison
+    from tests import test_report
+
+    long = "dppo-sampled-kl@delta=3e-6"  # a variant's name, cut to fit
+    monkeypatch.setitem(test_report.METHOD_CONFIG, long, test_report.METHOD_CONFIG["dppo"])
+    run = test_report.make_run(tmp_path / "run", methods=("grpo", "dppo", long), seeds=(0, 1))
+    text = terminal_summary(comparison(run))
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100 and len(lines) == 2 + 4 + 1  # header, rule, 4 rows, legend
+    assert [h.strip() for h in lines[0].split("|")[1:5]] == ["method", "seeds", "GM", "Δ vs grpo [95 % CI]"]
+    assert "hacking?" in lines[0] and "reference" in text and "dppo-sampled-kl@d…" in text
+    narrow = terminal_summary(comparison(run), width=80)  # the ood score and the KL go first
+    assert "| KL" not in narrow and "ood" not in narrow and "hacking?" in narrow

@@ -81,6 +81,9 @@ class CellRun:
         self.model_name, self.model_path, self.method_name = model_name, model_path, method_name
         self.seed, self.preset, self.device, self.evaluation = seed, preset, device, evaluation
 
+    label = ""
+    """Where the cell stands in its run, e.g. "[2/6] ", before its progress bar's name."""
+
     @property
     def done(self) -> bool:
         return (self.dir / "result.json").exists()
@@ -141,7 +144,7 @@ class CellRun:
         """Epochs `start`… with an evaluation every `eval.every` and a checkpoint after each;
         returns the training wall time."""
         p, ckpt = self.preset, self.dir / "checkpoints" / "latest"
-        bar = tqdm(range(start, p.epochs), desc=f"{self.method_name} seed{self.seed}",
+        bar = tqdm(range(start, p.epochs), desc=f"{self.label}{self.method_name} seed{self.seed}",
                    disable=not progress or not dist.is_main(), initial=start, total=p.epochs)
         for epoch in bar:
             t0 = time.perf_counter()

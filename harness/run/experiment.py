@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from harness.core.io import _atomic, write_json
 from harness.core.prompts import load_prompts
@@ -216,15 +217,24 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
             write_json(manifest_path, manifest.to_json())
 
     save_manifest("running")
+    n_cells, trained, spent = seeds * len(methods), 0, 0.0  # this session's cells, for the time left
     try:
         for seed in range(seeds):
             base = base_eval(out, model_name, model_path, seed, evaluation, p.train, device, model_options)
-            for m in methods:
+            for i, m in enumerate(methods, start=seed * len(methods) + 1):
                 cell = CellRun(out, model_name, model_path, m, seed, p, evaluation, device, log_to,
                                model_options)
                 if not cell.done:
+                    cell.label = f"[{i}/{n_cells}] "
+                    t_cell = time.perf_counter()
                     cell.run(*base, progress=progress)
                     save_manifest("running")  # a killed session still counts up to its last cell
+                    trained, spent = trained + 1, spent + time.perf_counter() - t_cell
+                    if progress and dist.is_main():
+                        left = spent / trained * (n_cells - i)
+                        tqdm.write(f"cell {i}/{n_cells} done ({m} seed {seed}); "
+                                   f"{(time.perf_counter() - t0) / 60:.1f} min elapsed, about "
+                                   f"{left / 60:.0f} min left", file=sys.stderr)
         save_manifest("done")  # before the report, which shows the status
         if dist.is_main():
             build_report(out, reference)
