@@ -364,6 +364,9 @@ def run(
                                                       "'tensorboard' (<out>/tensorboard) or 'wandb' "
                                                       "(offline without an account); optional extras."),
     reference: str = ReferenceOpt,
+    shard: str = typer.Option(None, "--shard", help="Run every N-th cell from the I-th (I/N, e.g. 1/4): N "
+                                                    "processes or machines sharing --out run one experiment "
+                                                    "(a Slurm array); `bench report` merges their results."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
 ):
     """Train every method on the same model, prompts, noise and budget; evaluate each on
@@ -418,12 +421,13 @@ def run(
         typer.echo(to_toml(p), nl=False)
         return
     out = out or Path("runs") / (config.stem if config is not None else p.name)
+    part = _shard(shard)
     ran = list(names or p.methods)
     if reference is not None and reference not in ran:
         raise BadInput(f"--reference {reference} is not among the methods run ({', '.join(ran)})")
     run_experiment(out, names, name, p, seeds, model_path, command="bench " + " ".join(sys.argv[1:]),
                    device=device, log_to=log_to, reward_device=reward_device,
-                   reference=reference)  # p: overrides applied
+                   reference=reference, shard=part)  # p: overrides applied
     if int(os.environ.get("RANK", "0")) == 0:
         c = comparison(out, reference)
         typer.echo(terminal_summary(c))
@@ -432,6 +436,16 @@ def run(
         report = out / "report"
         paired = f"; paired: {report / 'paired.md'}" if c.paired else ""
         typer.echo(f"\nfull tables: {report / 'tables.md'}{paired}; report: {report / 'index.html'}")
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    """`--shard I/N` as (I, N); (1, 1) when absent."""
+    if text is None:
+        return 1, 1
+    i, _, n = text.partition("/")
+    if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise BadInput(f"--shard {text!r} must be I/N with 1 <= I <= N, e.g. 1/4")
+    return int(i), int(n)
 
 
 def _relaunch(nproc: int) -> int:

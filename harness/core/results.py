@@ -195,14 +195,15 @@ class Manifest:
     """One per session: its start and seconds; `seconds` is their total."""
     seconds: float = 0.0
     processes: int = 1
+    shards: dict[str, str] = field(default_factory=dict)
+    """`--shard I/N` runs: each shard's status ("1/2": "done"); `status` is "done" once all are."""
     schema: int = SCHEMA
 
     def to_json(self) -> dict:
         d = asdict(self)
-        if not d["resumed"]:
-            d.pop("resumed")
-        if d["processes"] == 1:
-            d.pop("processes")
+        for key, empty in (("resumed", []), ("processes", 1), ("shards", {})):
+            if d[key] == empty:
+                d.pop(key)
         return {"schema": d.pop("schema"), **d}
 
     @classmethod

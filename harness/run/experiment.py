@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from dataclasses import asdict
@@ -27,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.core.io import _atomic, write_json
+from harness.core.locks import LockError, describe, holder, release, try_lock, wait_lock
 from harness.core.prompts import load_prompts
 from harness.core.results import EvalRecord, Manifest, read_json
 from harness.live import check_log_to
@@ -150,12 +153,14 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                    preset: str | Path | Preset | None = None, seeds: int | None = None,
                    model_path: str | None = None, progress: bool = True, command: str | None = None,
                    device: str = "cpu", log_to: str | None = None, reward_device: str | None = None,
-                   reference: str | None = None, **overrides) -> Path:
+                   reference: str | None = None, shard: tuple[int, int] = (1, 1), **overrides) -> Path:
     """Train and evaluate methods × seeds (None: the preset's) into the run directory `out`.
     `model_name` / `preset`: as `recipe` says; `overrides` (epochs, reward, reward_options,
     aggregation, train_prompts, resolution, train, eval) change the preset as `config.resolve` says.
     `reward_device`: where rewards and scorers run (default: `device`); `reference`: the method
-    the report pairs the others against (default: grpo where it runs)."""
+    the report pairs the others against (default: grpo where it runs); `shard` (I, N): only every
+    N-th cell from the I-th, so that N processes, on one machine or many sharing the directory,
+    run one experiment (`bench run --shard I/N`); a lock per cell keeps two from training one."""
     from reports.report import build_report  # now, not after hours of training: the code of the start
 
     check_device(device)
@@ -188,6 +193,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     if model_options:  # absent otherwise, so that runs written before the option still resume
         config["model_options"] = model_options
     manifest_path = out / "manifest.json"
+    run_lock = _take_run_lock(out, shard) if dist.is_main() else None  # before reading the manifest
     old = None
     if manifest_path.exists() and any(out.glob("*/*/seed*/*")):  # a run without results can start over
         old = Manifest.from_json(read_json(manifest_path), str(manifest_path))
@@ -202,39 +208,68 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     now = time.strftime("%Y-%m-%d %H:%M:%S")
     manifest = Manifest(command or " ".join(sys.argv), config, versions(), started=now,
                         processes=dist.world())
-    earlier = []  # the sessions of a resumed run, so that "seconds" is the whole run's wall time
     if old is not None:
         manifest.started, manifest.resumed = old.started or now, [*old.resumed, now]
-        earlier = old.sessions
+    # the sessions of earlier and of concurrent (sharded) processes, so that "seconds" is the whole
+    # run's wall time; a run that starts over forgets the aborted one's
+    keep_sessions = old is not None or shard[1] > 1
+    session = {"id": f"{socket.gethostname()}:{os.getpid()}:{now}", "started": now}
+    label = f"{shard[0]}/{shard[1]}"
     dist.barrier()  # every rank has read the old manifest before rank 0 replaces it
     t0 = time.perf_counter()
 
     def save_manifest(status: str) -> None:
-        if dist.is_main():
-            manifest.status = status
-            manifest.sessions = [*earlier, {"started": now, "seconds": round(time.perf_counter() - t0, 1)}]
+        if not dist.is_main():
+            return
+        wait_lock(out / LOCKS / "manifest.lock", poll=0.2)  # shards rewrite one file
+        try:
+            disk = _read_manifest(manifest_path) if keep_sessions else None
+            others = [s for s in (disk.sessions if disk else []) if s.get("id") != session["id"]]
+            manifest.sessions = [*others, {**session, "seconds": round(time.perf_counter() - t0, 1)}]
             manifest.seconds = round(sum(s["seconds"] for s in manifest.sessions), 1)
+            if shard[1] > 1:
+                manifest.shards = {**(disk.shards if disk else {}), label: status}
+                states = [manifest.shards.get(f"{i}/{shard[1]}") for i in range(1, shard[1] + 1)]
+                status = ("done" if all(s == "done" for s in states)  # not started counts as running
+                          else "stopped" if "stopped" in states else "running")
+            manifest.status = status
             write_json(manifest_path, manifest.to_json())
+        finally:
+            release(out / LOCKS / "manifest.lock")
 
     save_manifest("running")
-    n_cells, trained, spent = seeds * len(methods), 0, 0.0  # this session's cells, for the time left
+    cells = [(seed, m) for seed in range(seeds) for m in methods]
+    mine = cells[shard[0] - 1::shard[1]]
+    trained, spent = 0, 0.0  # this session's cells, for the time left
     try:
-        for seed in range(seeds):
+        for seed in sorted({s for s, _ in mine}):
             base = base_eval(out, model_name, model_path, seed, evaluation, p.train, device, model_options)
-            for i, m in enumerate(methods, start=seed * len(methods) + 1):
+            for m in [m for s, m in mine if s == seed]:
+                i = cells.index((seed, m)) + 1
                 cell = CellRun(out, model_name, model_path, m, seed, p, evaluation, device, log_to,
                                model_options)
-                if not cell.done:
-                    cell.label = f"[{i}/{n_cells}] "
-                    t_cell = time.perf_counter()
-                    cell.run(*base, progress=progress)
-                    save_manifest("running")  # a killed session still counts up to its last cell
-                    trained, spent = trained + 1, spent + time.perf_counter() - t_cell
-                    if progress and dist.is_main():
-                        left = spent / trained * (n_cells - i)
-                        tqdm.write(f"cell {i}/{n_cells} done ({m} seed {seed}); "
-                                   f"{(time.perf_counter() - t0) / 60:.1f} min elapsed, about "
-                                   f"{left / 60:.0f} min left", file=sys.stderr)
+                lock = cell.dir / ".lock"
+                busy = dist.any_true(not cell.done and not try_lock(lock) if dist.is_main() else False)
+                if busy:  # another process of this run (a shard, a second machine) trains it
+                    if dist.is_main():
+                        tqdm.write(f"cell {i}/{len(cells)} ({m} seed {seed}) is being trained by "
+                                   f"{describe(holder(lock) or {}, lock)}: skipped", file=sys.stderr)
+                    continue
+                try:
+                    if not cell.done:
+                        cell.label = f"[{i}/{len(cells)}] "
+                        t_cell = time.perf_counter()
+                        cell.run(*base, progress=progress)
+                        save_manifest("running")  # a killed session still counts up to its last cell
+                        trained, spent = trained + 1, spent + time.perf_counter() - t_cell
+                        if progress and dist.is_main():
+                            left = spent / trained * (len(mine) - mine.index((seed, m)) - 1)
+                            tqdm.write(f"cell {i}/{len(cells)} done ({m} seed {seed}); "
+                                       f"{(time.perf_counter() - t0) / 60:.1f} min elapsed, about "
+                                       f"{left / 60:.0f} min left", file=sys.stderr)
+                finally:
+                    if dist.is_main():
+                        release(lock)
         save_manifest("done")  # before the report, which shows the status
         if dist.is_main():
             build_report(out, reference)
@@ -242,5 +277,33 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
         with contextlib.suppress(OSError):  # but a failed write must not hide why the run stopped
             save_manifest("stopped")
         raise
+    finally:
+        if run_lock is not None:
+            release(run_lock)
     dist.barrier()
     return out
+
+
+LOCKS = ".locks"  # a run directory's locks: the run's (or each shard's) and the manifest's
+
+
+def _take_run_lock(out: Path, shard: tuple[int, int]) -> Path:
+    """The run's lock, or its shard's: a second `bench run` on a directory in use is one line.
+    Shards of one run may share it; an unsharded run and a shard may not."""
+    locks = out / LOCKS
+    whole = locks / "run.lock"
+    mine = whole if shard[1] == 1 else locks / f"shard-{shard[0]}-of-{shard[1]}.lock"
+    others = [whole] if shard[1] > 1 else sorted(locks.glob("shard-*.lock"))
+    for other in others:
+        if (info := holder(other)) is not None:
+            raise LockError(f"{out} is in use by a bench run on {describe(info, other)}")
+    if not try_lock(mine):
+        raise LockError(f"{out} is in use by a bench run on {describe(holder(mine) or {}, mine)}")
+    return mine
+
+
+def _read_manifest(path: Path) -> Manifest | None:
+    try:
+        return Manifest.from_json(read_json(path), str(path))
+    except (OSError, ValueError):
+        return None

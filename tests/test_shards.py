@@ -1,0 +1,87 @@
+"""One experiment across processes (`bench run --shard I/N`) and the locks that keep two
+processes from writing the same run or cell (harness/core/locks.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.core.locks import LockError, holder, release, try_lock
+from harness.run import run_experiment
+from tests.test_run import PRESET
+
+METHODS = ["grpo", "dppo"]
+
+
+def _finals(run) -> dict:
+    """Each cell's final evaluation and training reward, the results that must not depend on sharding."""
+    out = {}
+    for path in sorted(run.glob("toy/*/seed*/result.json")):
+        r = json.loads(path.read_text())
+        out[(r["method"], r["seed"])] = (r["final"]["metrics"], r["train_reward"])
+    return out
+
+
+def test_two_shards_equal_one_unsharded_run(tiny_path, tmp_path):
+    whole = run_experiment(tmp_path / "whole", METHODS, "toy", PRESET, 2, tiny_path, progress=False)
+    for i in (1, 2):
+        sharded = run_experiment(tmp_path / "sharded", METHODS, "toy", PRESET, 2, tiny_path, progress=False,
+                                 shard=(i, 2))
+        manifest = json.loads((sharded / "manifest.json").read_text())
+        assert manifest["shards"] == ({"1/2": "done"} if i == 1 else {"1/2": "done", "2/2": "done"})
+        assert manifest["status"] == ("running" if i == 1 else "done")  # shard 2 has yet to run
+    assert len(_finals(whole)) == 4 and _finals(sharded) == _finals(whole)
+    assert len(manifest["sessions"]) == 2  # one per shard, both counted in the run's seconds
+    assert manifest["seconds"] == pytest.approx(sum(s["seconds"] for s in manifest["sessions"]), abs=0.2)
+    assert (sharded / "report" / "tables.md").read_text().count("| toy ") == 3  # base, dppo, grpo
+    assert not list((sharded / ".locks").glob("*.lock"))  # every lock released
+    assert not list(sharded.glob("toy/*/seed*/.lock"))
+
+
+def test_a_second_run_on_a_directory_in_use_is_one_line(tiny_path, tmp_path):
+    out = tmp_path / "run"
+    held = out / ".locks" / "run.lock"
+    assert try_lock(held)  # this test process stands in for a bench run that is still going
+    try:
+        who = f"{socket.gethostname()} \\(pid {os.getpid()}, since .*\\); if that process is gone, delete"
+        with pytest.raises(LockError, match=f"is in use by a bench run on {who}"):
+            run_experiment(out, METHODS, "toy", PRESET, 1, tiny_path, progress=False)
+        with pytest.raises(LockError, match="in use"):  # a shard may not join an unsharded run either
+            run_experiment(out, METHODS, "toy", PRESET, 1, tiny_path, progress=False, shard=(1, 2))
+        args = ["run", "--preset", "smoke", "--model-path", tiny_path, "--out", str(out)]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 1 and r.output.count("\n") == 1 and r.output.startswith("error: ")
+        assert not (out / "manifest.json").exists()  # nothing written
+    finally:
+        release(held)
+    assert not held.exists()
+
+
+def test_a_stale_lock_is_taken_over_and_a_busy_cell_is_skipped(tiny_path, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True)
+    stale = {"host": socket.gethostname(), "pid": int(dead.stdout), "since": "2026-12-01 00:00:00"}
+    out = tmp_path / "run"
+    (out / ".locks").mkdir(parents=True)
+    (out / ".locks" / "run.lock").write_text(json.dumps(stale))  # a killed run's
+    assert holder(out / ".locks" / "run.lock") is None
+    busy = out / "toy" / "dppo" / "seed0" / ".lock"  # another machine trains this cell
+    busy.parent.mkdir(parents=True)
+    busy.write_text(json.dumps({"host": "node-7", "pid": 1, "since": "2026-12-03 10:00:00"}))
+    run_experiment(out, METHODS, "toy", PRESET, 1, tiny_path, progress=False)
+    assert (out / "toy" / "grpo" / "seed0" / "result.json").exists()
+    assert not (out / "toy" / "dppo" / "seed0" / "result.json").exists()  # left to its owner
+    assert busy.exists() and not (out / ".locks" / "run.lock").exists()
+
+
+def test_the_shard_option_is_checked():
+    for bad in ("3/2", "0/2", "1of2", "a/b"):
+        r = CliRunner().invoke(app, ["run", "--shard", bad])
+        assert r.exit_code == 1 and f"--shard '{bad}' must be I/N with 1 <= I <= N" in r.output
