@@ -193,7 +193,6 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     if model_options:  # absent otherwise, so that runs written before the option still resume
         config["model_options"] = model_options
     manifest_path = out / "manifest.json"
-    run_lock = _take_run_lock(out, shard) if dist.is_main() else None  # before reading the manifest
     old = None
     if manifest_path.exists() and any(out.glob("*/*/seed*/*")):  # a run without results can start over
         old = Manifest.from_json(read_json(manifest_path), str(manifest_path))
@@ -237,11 +236,18 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
         finally:
             release(out / LOCKS / "manifest.lock")
 
-    save_manifest("running")
     cells = [(seed, m) for seed in range(seeds) for m in methods]
     mine = cells[shard[0] - 1::shard[1]]
     trained, spent = 0, 0.0  # this session's cells, for the time left
+    run_lock, refused = None, None
+    try:  # before the first write; rank 0 takes it and every rank learns the answer
+        run_lock = _take_run_lock(out, shard) if dist.is_main() else None
+    except LockError as e:
+        refused = e
+    if dist.any_true(refused is not None):
+        raise refused or LockError(f"{out} is in use by another bench run (rank 0 says why)")
     try:
+        save_manifest("running")
         for seed in sorted({s for s, _ in mine}):
             base = base_eval(out, model_name, model_path, seed, evaluation, p.train, device, model_options)
             for m in [m for s, m in mine if s == seed]:
