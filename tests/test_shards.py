@@ -79,6 +79,7 @@ def test_a_stale_lock_is_taken_over_and_a_busy_cell_is_skipped(tiny_path, tmp_pa
     assert (out / "toy" / "grpo" / "seed0" / "result.json").exists()
     assert not (out / "toy" / "dppo" / "seed0" / "result.json").exists()  # left to its owner
     assert busy.exists() and not (out / ".locks" / "run.lock").exists()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"  # its owner finishes it
 
 
 def test_the_shard_option_is_checked():

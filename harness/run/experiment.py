@@ -238,7 +238,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
 
     cells = [(seed, m) for seed in range(seeds) for m in methods]
     mine = cells[shard[0] - 1::shard[1]]
-    trained, spent = 0, 0.0  # this session's cells, for the time left
+    trained, spent, skipped = 0, 0.0, 0  # this session's cells, for the time left
     run_lock, refused = None, None
     try:  # before the first write; rank 0 takes it and every rank learns the answer
         run_lock = _take_run_lock(out, shard) if dist.is_main() else None
@@ -260,6 +260,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                     if dist.is_main():
                         tqdm.write(f"cell {i}/{len(cells)} ({m} seed {seed}) is being trained by "
                                    f"{describe(holder(lock) or {}, lock)}: skipped", file=sys.stderr)
+                    skipped += 1
                     continue
                 try:
                     if not cell.done:
@@ -276,7 +277,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                 finally:
                     if dist.is_main():
                         release(lock)
-        save_manifest("done")  # before the report, which shows the status
+        save_manifest("running" if skipped else "done")  # before the report, which shows the status
         if dist.is_main():
             build_report(out, reference)
     except BaseException:  # an interrupted or failed session still counts towards the wall time
