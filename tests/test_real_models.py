@@ -324,7 +324,8 @@ def test_the_published_recipe_end_to_end_on_a_saved_pipeline(saved, scorers, nam
 
     titles = [ax.get_title() for ax in learning_curves(load_run(out), name).axes]
     assert "Held-out Soft-TIFA GM" in titles and "Held-out PickScore" in titles
-    assert (out / "report" / "index.html").exists() and f"| {name} " in r.output
+    assert (out / "report" / "index.html").exists() and "| dppo " in r.output and "Δ vs grpo" in r.output
+    assert f"| {name} " in (out / "report" / "tables.md").read_text()
 
     cell = out / name / "dppo" / "seed0"
     import harness.run.export as export
