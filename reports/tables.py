@@ -402,7 +402,8 @@ def paired_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     rows = []
     for d in c.paired:
         dg = digits.get(d.key, None if d.key == "kl" else 1)
-        over = f"{d.seeds} seeds" + (f" × {d.prompts} prompts" if d.prompts else "")
+        over = f"{d.seeds} seed{'s' if d.seeds > 1 else ''}"
+        over += f" × {d.prompts} prompts" if d.prompts else ""
         res = d.resolvable()
         need = d.seeds_for(1.0) if dg is not None else None
         rows.append([d.model, d.method, d.reference, d.title, d.text(dg), over,
