@@ -125,6 +125,9 @@ class TrainConfig:
     """"auto": the model's precision everywhere (bf16 on a GPU, fp32 on the CPU); "fp32": the
     trained steps (the rollout's SDE window and the update) in fp32 with fp32 weights, bf16
     elsewhere, so that ρ and the KL are not set by bf16 rounding (docs/methods.md §8)."""
+    ode_precision: str = "auto"
+    """The rollout's ODE steps (outside the SDE window, never in ρ): "auto" as the model computes,
+    "bf16" under bf16 autocast (a CPU with bf16 units runs the toy UNet ≈ 1.8× faster)."""
     prompt_cache_gb: float = 8.0
     """Host memory for that cache, least recently used prompts out first (SD3.5 at 256 text
     tokens: ≈ 2.7 MB a prompt, so 8 GB hold ≈ 3,000 prompts; 0: encode every time)."""
@@ -169,6 +172,7 @@ class TrainConfig:
             (self.rollout_batch is None or self.rollout_batch >= 1, "rollout batch must be at least 1"),
             (self.prompt_cache_gb >= 0, "the prompt cache's size must be >= 0 GB"),
             (self.trained_precision in ("auto", "fp32"), "trained_precision must be 'auto' or 'fp32'"),
+            (self.ode_precision in ("auto", "bf16"), "ode_precision must be 'auto' or 'bf16'"),
             (self.lr > 0, "learning rate must be positive"),
             (self.beta >= 0, "beta must be >= 0"),
             (self.adv_std in ("group", "global"), "adv_std must be 'group' or 'global'"),
@@ -290,9 +294,12 @@ class Trainer:
         self._surrogate = mc.log_prob == "cps-surrogate"
 
     def _precision(self, trained: bool = True):
-        """The precision of a step: fp32 for the trained steps when the config says so."""
+        """The precision of a step: fp32 for the trained steps, bf16 for the rollout's ODE
+        steps, where the config says so; else the model's."""
         if trained and self.cfg.trained_precision == "fp32":
             return self.model.precision(torch.float32)
+        if not trained and self.cfg.ode_precision == "bf16":
+            return self.model.precision(torch.bfloat16)
         return nullcontext()
 
     # --- one stochastic step, shared by rollout and update --------------------------------

@@ -328,3 +328,34 @@ def test_the_prepared_gpu_check_runs_its_whole_path_small(tmp_path):
     assert {"floor_kl_mean", "rounding_kl_mean", "change_kl_mean_fp32"} <= set(result["noise_floor"])
     fp32 = result["trained_fp32"]
     assert fp32["rounding_kl_mean"] == 0 and fp32["seconds_per_epoch"] > 0
+
+
+def test_bf16_ode_steps_leave_the_ratio_exact(tiny_path):
+    """`ode_precision = "bf16"`: the untrained ODE steps run under bf16 autocast, the trained
+    steps do not, so the first mini-batch is still exactly on-policy while the images change."""
+    fast, plain = _trainer(tiny_path, ode_precision="bf16"), _trainer(tiny_path)
+    ro, ref = fast.rollout(0), plain.rollout(0)
+    assert not torch.equal(ro.images, ref.images)
+    torch.testing.assert_close(ro.images, ref.images, atol=0.05, rtol=0)  # bf16 rounding, not a new sample
+    floor = fast.noise_floor(ro)
+    assert floor["floor_kl_mean"] == 0 and floor["floor_logratio_abs_mean"] == 0
+    assert fast.model.compute_dtype == torch.float32  # only inside those steps
+    with pytest.raises(TrainConfigError, match="ode_precision"):
+        TrainConfig(ode_precision="fp16").validate()
+
+
+def test_bf16_evaluation_images_keep_the_kl_in_the_model_precision(tiny_path):
+    from dataclasses import replace
+
+    from harness.run import EvalSettings, Evaluation, RunError
+
+    settings = EvalSettings(every=1, limit=8, ood_limit=4, steps=3, kl_prompts=2, samples=2)
+    model, method = load_toy(tiny_path), build_method("dppo")
+    model.setup_training(4, 8.0)
+    plain = Evaluation(settings)(model, method, CFG)
+    fast = Evaluation(replace(settings, precision="bf16"))(model, method, CFG)
+    assert fast.kl_to_pretrained == plain.kl_to_pretrained
+    a, b = plain.metric("gm"), fast.metric("gm")
+    assert a.per_prompt != b.per_prompt and abs(a.value - b.value) < a.stderr
+    with pytest.raises(RunError, match="eval.precision"):
+        Evaluation(replace(settings, precision="fp8"))

@@ -61,6 +61,9 @@ class EvalSettings:
     """Prompts whose trajectories measure the KL to the pretrained model."""
     samples: int = 8
     """Prompts drawn in the sample grids."""
+    precision: str = "auto"
+    """The evaluation images: "auto" as the model computes, "bf16" under bf16 autocast (faster
+    on a CPU with bf16 units; the KL to the pretrained model stays in the model's precision)."""
 
 
 # The toy world's trust-region thresholds: on the `default` setting (I = 1, so the second
@@ -382,12 +385,12 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
     that code used (so an interrupted run of an older version resumes). A cell's config
     has the same `eval` table."""
     if isinstance(resolved, dict) and isinstance(resolved.get("eval"), dict):
-        added = {"benchmarks": ["toy"], "final_limit": None, "ood_prompts": None}
+        added = {"benchmarks": ["toy"], "final_limit": None, "ood_prompts": None, "precision": "auto"}
         resolved = {**resolved, "eval": {**added, **resolved["eval"]}}
         if isinstance(resolved.get("train"), dict):  # the memory knobs: whole batches before them
             resolved["train"] = {"micro_batch": None, "rollout_batch": None, "gradient_checkpointing": False,
                                  "offload_text_encoders": False, "prompt_cache_gb": 8.0,
-                                 "trained_precision": "auto", **resolved["train"]}
+                                 "trained_precision": "auto", "ode_precision": "auto", **resolved["train"]}
         if "method_overrides" in resolved:  # a whole preset, not a cell's config
             resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
             resolved.setdefault("model", "toy")

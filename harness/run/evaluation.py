@@ -4,6 +4,7 @@ seed and epoch is evaluated on the same prompts and the same noise (`EVAL_SEED`)
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class Evaluation:
         """`device`: where the scorers (judge, PickScore) run; a run's rewards use it too
         (`bench run --reward-device`), so they may sit on a GPU of their own."""
         self.settings, self.device = settings, device
+        if settings.precision not in ("auto", "bf16"):
+            raise RunError(f"eval.precision must be 'auto' or 'bf16', not {settings.precision!r}")
         options = options or {}
         self.benchmarks: list[Benchmark] = []
         for name in settings.benchmarks:
@@ -63,7 +66,8 @@ class Evaluation:
 
     def _score(self, model: FlowModel, benchmarks: list[Benchmark], final: bool) -> dict[str, dict]:
         ev = self.settings
-        with memory_phase("evaluation"):
+        fast = model.precision(torch.bfloat16) if ev.precision == "bf16" else contextlib.nullcontext()
+        with memory_phase("evaluation"), fast:
             return {b.name: b.evaluate(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
                                        **b.run_options(ev, final)) for b in benchmarks}
 
