@@ -367,6 +367,8 @@ def run(
     shard: str = typer.Option(None, "--shard", help="Run every N-th cell from the I-th (I/N, e.g. 1/4): N "
                                                     "processes or machines sharing --out run one experiment "
                                                     "(a Slurm array); `bench report` merges their results."),
+    jobs: int = typer.Option(None, "--jobs", help="Cells at once on this machine: N processes (shards) of "
+                                                  "one thread each, so the results do not depend on N."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
 ):
     """Train every method on the same model, prompts, noise and budget; evaluate each on
@@ -425,9 +427,18 @@ def run(
     ran = list(names or p.methods)
     if reference is not None and reference not in ran:
         raise BadInput(f"--reference {reference} is not among the methods run ({', '.join(ran)})")
-    run_experiment(out, names, name, p, seeds, model_path, command="bench " + " ".join(sys.argv[1:]),
-                   device=device, log_to=log_to, reward_device=reward_device,
-                   reference=reference, shard=part)  # p: overrides applied
+    if jobs is not None and JOB not in os.environ:
+        if jobs < 1:
+            raise BadInput("--jobs must be at least 1")
+        if shard is not None or nproc > 1:
+            raise BadInput("--jobs starts shards of its own: give it without --shard and --nproc")
+        _run_jobs(jobs, out, len(ran) * (p.seeds if seeds is None else seeds), reference)
+    else:
+        run_experiment(out, names, name, p, seeds, model_path, command="bench " + " ".join(sys.argv[1:]),
+                       device=device, log_to=log_to, reward_device=reward_device,
+                       reference=reference, shard=part)  # p: overrides applied
+    if JOB in os.environ:
+        return  # a job of --jobs: its parent prints the comparison
     if int(os.environ.get("RANK", "0")) == 0:
         c = comparison(out, reference)
         typer.echo(terminal_summary(c))
@@ -446,6 +457,57 @@ def _shard(text: str | None) -> tuple[int, int]:
     if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
         raise BadInput(f"--shard {text!r} must be I/N with 1 <= I <= N, e.g. 1/4")
     return int(i), int(n)
+
+
+JOB = "FLOWARENA_JOB"  # set in the processes `bench run --jobs` starts
+
+
+def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
+    """This `bench run` as `jobs` shards at once (one thread each), their output in out/logs/;
+    the run's progress from the cells' result files; then the report of all of them."""
+    import subprocess
+    import sys
+    import time
+
+    from reports.report import build_report
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a in ("--jobs", "--out", "-o"):
+            skip = True
+        elif not a.startswith(("--jobs=", "--out=")):
+            args.append(a)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, JOB: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = []
+    for k in range(1, jobs + 1):
+        log = open(logs / f"job-{k}-of-{jobs}.log", "w")  # noqa: SIM115 - open while the job runs
+        cmd = [sys.executable, "-m", "harness.cli", *args, "--out", str(out), "--shard", f"{k}/{jobs}"]
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    def finished() -> int:
+        return len(list(out.glob("*/*/seed*/result.json")))
+
+    t0, before = time.perf_counter(), finished()
+    shown = before
+    while any(proc.poll() is None for proc, _ in procs):
+        time.sleep(2)
+        if (done := finished()) != shown:
+            shown, elapsed = done, time.perf_counter() - t0
+            left = elapsed / max(done - before, 1) * (cells - done)
+            typer.echo(f"{done}/{cells} cells done; {elapsed / 60:.1f} min elapsed, about "
+                       f"{left / 60:.0f} min left", err=True)
+    for k, (proc, log) in enumerate(procs, start=1):
+        log.close()
+        if proc.returncode:
+            path = logs / f"job-{k}-of-{jobs}.log"
+            lines = [ln.strip("│╭╮╰╯─ ") for ln in path.read_text().splitlines()]  # typer's boxes too
+            last = ([ln for ln in lines if ln] or [""])[-1]
+            why = last.removeprefix("error: ")
+            raise BadInput(f"job {k} of {jobs} stopped (exit {proc.returncode}): {why} (its log: {path})")
+    build_report(out, reference)
 
 
 def _relaunch(nproc: int) -> int:

@@ -86,3 +86,27 @@ def test_the_shard_option_is_checked():
     for bad in ("3/2", "0/2", "1of2", "a/b"):
         r = CliRunner().invoke(app, ["run", "--shard", bad])
         assert r.exit_code == 1 and f"--shard '{bad}' must be I/N with 1 <= I <= N" in r.output
+
+
+def test_jobs_1_and_jobs_2_give_the_same_tables(tiny_path, tmp_path):
+    """`--jobs N`: N shards at once, one thread each, so the cells' results do not depend on N."""
+    import pandas as pd
+
+    args = [sys.executable, "-m", "harness.cli", "run", "--preset", "smoke", "--epochs", "1", "--seeds", "2",
+            "--model-path", tiny_path]
+    runs = {}
+    for jobs in (1, 2):  # as a user types it: the jobs rerun this command line
+        out = tmp_path / f"jobs{jobs}"
+        r = subprocess.run([*args, "--jobs", str(jobs), "--out", str(out)], capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "| dppo " in r.stdout and "4/4 cells done" in r.stderr
+        assert len(list((out / "logs").glob("job-*.log"))) == jobs
+        runs[jobs] = out
+    assert _finals(runs[1]) == _finals(runs[2]) and len(_finals(runs[1])) == 4
+    tables = [pd.read_csv(runs[j] / "report" / "tables.csv").drop(columns=["wall_min"]) for j in (1, 2)]
+    pd.testing.assert_frame_equal(*tables)  # every column but the training time
+    manifest = json.loads((runs[2] / "manifest.json").read_text())
+    assert manifest["status"] == "done" and set(manifest["shards"]) == {"1/2", "2/2"}
+    r = CliRunner().invoke(app, ["run", "--jobs", "2", "--shard", "1/2"])
+    assert r.exit_code == 1 and "--jobs starts shards of its own" in r.output

@@ -89,6 +89,7 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
     if not dist.is_main():
         dist.barrier()
         return read(path)
+    wait_lock(path / ".lock")  # another shard evaluating this seed: wait for it, then read
     try:
         if all((path / n).exists() for n in names):
             return read(path)
@@ -108,6 +109,7 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
         write_json(path / "eval.json", ev.to_json())
         return ev, final
     finally:
+        release(path / ".lock")
         dist.barrier()
 
 
