@@ -4,12 +4,13 @@ Two measurements on the shipped toy model, fp32 and bf16 alternated side by side
 the machine's other load falls on both alike:
 
 1. the evaluation of the `default` preset (96 eval / 48 ood prompts, 10 steps) of the base
-   model: seconds, and every score with its stderr (`eval.precision = "bf16"` keeps a score
-   only if it lands within its stderr of fp32);
+   model and of any trained cells given (`--cell runs/quick/toy/dppo/seed0`): seconds, and
+   every score with its stderr (`eval.precision = "bf16"` keeps a score only if it lands
+   within its stderr of fp32);
 2. one training epoch of the `default` preset (8 × 8 rollouts, grpo): the rollout's seconds
    with its ODE steps in fp32 and in bf16 (`train.ode_precision`), the trained steps in fp32.
 
-    python benchmarks/bf16_speed.py [--repeats 2]
+    python benchmarks/bf16_speed.py [--repeats 2] [--cell DIR ...]
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.core.prompts import load_prompts  # noqa: E402
-from harness.run import Evaluation, get_preset  # noqa: E402
+from harness.run import Evaluation, get_preset, load_cell_policy  # noqa: E402
 from methods import build_method  # noqa: E402
 from methods.trainer import Trainer  # noqa: E402
 from models import load_model  # noqa: E402
 from rewards import build_rewards  # noqa: E402
 
 
-def evaluate(precision: str):
+def evaluate(precision: str, cell: str | None = None):
     p = get_preset("default")
-    model = load_model("toy")
+    model = load_model("toy") if cell is None else load_cell_policy(cell)[0]
     t0 = time.perf_counter()
     record = Evaluation(replace(p.eval, precision=precision))(model, None, p.train)
     return time.perf_counter() - t0, {m.key: (m.value, m.stderr) for m in record.metrics
@@ -51,9 +52,17 @@ def epoch(ode: str) -> dict:
     return metrics
 
 
+def report(scores: dict) -> None:
+    for key, (value, se) in scores["auto"].items():
+        fast = scores["bf16"][key][0]
+        verdict = "within" if abs(fast - value) <= se else "OUTSIDE"
+        print(f"  {key:6s} fp32 {value:7.2f} ± {se:.2f}   bf16 {fast:7.2f}   ({verdict} its stderr)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--cell", action="append", default=[], help="a trained cell to check as well")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     times = {"auto": [], "bf16": []}
@@ -63,12 +72,12 @@ def main() -> None:
             seconds, scores[precision] = evaluate(precision)
             times[precision].append(seconds)
     print("evaluation of the base model (default preset's settings):")
-    for key, (value, se) in scores["auto"].items():
-        fast = scores["bf16"][key][0]
-        verdict = "within" if abs(fast - value) <= se else "OUTSIDE"
-        print(f"  {key:6s} fp32 {value:7.2f} ± {se:.2f}   bf16 {fast:7.2f}   ({verdict} its stderr)")
+    report(scores)
     a, b = statistics.median(times["auto"]), statistics.median(times["bf16"])
     print(f"  seconds: fp32 {a:.1f}, bf16 {b:.1f}: bf16 takes {b / a:.2f} of the time")
+    for cell in args.cell:
+        print(f"evaluation of the trained policy {cell}:")
+        report({precision: evaluate(precision, cell)[1] for precision in ("auto", "bf16")})
     roll = {"auto": [], "bf16": []}
     for _ in range(args.repeats):
         for ode in ("auto", "bf16"):
