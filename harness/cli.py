@@ -469,16 +469,10 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
     import sys
     import time
 
+    from harness.run.experiment import time_left
     from reports.report import build_report
 
-    args, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif a in ("--jobs", "--out", "-o"):
-            skip = True
-        elif not a.startswith(("--jobs=", "--out=")):
-            args.append(a)
+    args = _argv_without("--jobs", "--out", "-o")
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, JOB: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -496,9 +490,8 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
         time.sleep(2)
         if (done := finished()) != shown:
             shown, elapsed = done, time.perf_counter() - t0
-            left = elapsed / max(done - before, 1) * (cells - done)
-            typer.echo(f"{done}/{cells} cells done; {elapsed / 60:.1f} min elapsed, about "
-                       f"{left / 60:.0f} min left", err=True)
+            typer.echo(f"{done}/{cells} cells done; {time_left(elapsed, done - before, cells - done)}",
+                       err=True)
     for k, (proc, log) in enumerate(procs, start=1):
         log.close()
         if proc.returncode:
@@ -510,19 +503,27 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
     build_report(out, reference)
 
 
-def _relaunch(nproc: int) -> int:
-    """This `bench run` again, without --nproc, as `torchrun --standalone --nproc_per_node N`."""
-    import subprocess
+def _argv_without(*options: str) -> list[str]:
+    """This command line's arguments less `options` and their values (to launch it again)."""
     import sys
 
     args, skip = [], False
     for a in sys.argv[1:]:
         if skip:
             skip = False
-        elif a == "--nproc":
+        elif a in options:
             skip = True
-        elif not a.startswith("--nproc="):
+        elif not a.startswith(tuple(f"{o}=" for o in options)):
             args.append(a)
+    return args
+
+
+def _relaunch(nproc: int) -> int:
+    """This `bench run` again, without --nproc, as `torchrun --standalone --nproc_per_node N`."""
+    import subprocess
+    import sys
+
+    args = _argv_without("--nproc")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "harness.cli", *args]
     return subprocess.run(cmd).returncode

@@ -9,13 +9,9 @@ the same prompts and noise where the result files hold per-prompt values).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
-
-from harness.core.soft_tifa import stderr
-from reports.paired import table_scale
+from reports.paired import delta_vs
 
 
 @dataclass(frozen=True)
@@ -48,16 +44,12 @@ class HackingAlarm:
 
 def _fall(final, base, m) -> Fall | None:
     """The metric `m` of `final` below `base`'s by more than the difference's stderr."""
-    b = base.metric(m.key)
-    if b is None or m.higher_is_better is None:
+    found = delta_vs(final, base, m.key)
+    if found is None or m.higher_is_better is None:
         return None
-    if m.per_prompt and b.per_prompt and len(m.per_prompt) == len(b.per_prompt):
-        d = (np.subtract(m.per_prompt, b.per_prompt)) * table_scale(final, m.key)
-        delta, se = float(d.mean()), stderr(d)
-    else:
-        delta, se = m.value - b.value, math.hypot(m.stderr or 0.0, b.stderr or 0.0)
+    delta, se = found
     worse = -delta if m.higher_is_better else delta
-    return Fall(m.title, b.value, m.value, se) if worse > se else None
+    return Fall(m.title, base.metric(m.key).value, m.value, se) if worse > se else None
 
 
 def reward_hacking(results: dict) -> list[HackingAlarm]:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.core.soft_tifa import stderr
+
 RESAMPLES = 10_000
 Z_POWER = 1.96 + 0.84  # a two-sided 5 % test with 80 % power
 
@@ -48,10 +50,7 @@ class PairedDiff:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
     def text(self, digits: int | None = 1) -> str:
-        if digits is None:
-            fmt = "{:+.1e}"
-        else:
-            fmt = "{:+." + str(digits) + "f}"
+        fmt = "{:+.1e}" if digits is None else f"{{:+.{digits}f}}"
         if self.low is None:
             return fmt.format(self.mean) + " (no interval)"
         mark = " *" if self.excludes_zero else ""
@@ -139,6 +138,18 @@ def _difference(model, method, reference, key, title, pairs) -> PairedDiff | Non
         return PairedDiff(model, method, reference, key, title, mean, None, None, len(pairs), prompts, None)
     low, high, se = bootstrap_mean(d)
     return PairedDiff(model, method, reference, key, title, mean, low, high, len(pairs), prompts, se)
+
+
+def delta_vs(record, other, key: str) -> tuple[float, float] | None:
+    """`record`'s metric `key` minus `other`'s, in table units, with its stderr: paired over
+    prompts where both hold per-prompt values on the same prompts, else from the two stderrs."""
+    m, b = record.metric(key), other.metric(key)
+    if m is None or b is None:
+        return None
+    if m.per_prompt and b.per_prompt and len(m.per_prompt) == len(b.per_prompt):
+        d = np.subtract(m.per_prompt, b.per_prompt) * table_scale(record, key)
+        return float(d.mean()), stderr(d)
+    return m.value - b.value, math.hypot(m.stderr or 0.0, b.stderr or 0.0)
 
 
 def table_scale(record, key: str) -> float:

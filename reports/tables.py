@@ -16,7 +16,7 @@ import numpy as np
 from harness.core.results import CellResult, EvalRecord, Metric, ResultSchemaError, read_json
 from harness.core.soft_tifa import stderr
 from reports.alarms import HackingAlarm, reward_hacking
-from reports.paired import PairedDiff, paired_differences
+from reports.paired import PairedDiff, delta_vs, paired_differences
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
@@ -107,11 +107,8 @@ def _summary(evals: list[EvalRecord], bases: list[EvalRecord]) -> dict[str, tupl
     """Metric -> (mean, stderr): over seeds when there are several, else over prompts (skills
     and atom counts have no per-prompt stderr in the result files: 0 for one seed)."""
     per = [_metric_values(e) for e in evals]
-    deltas = []
-    for e, b in zip(evals, bases):
-        if e.paired is not None and b.paired is not None:
-            d = np.array(e.paired.per_prompt) - np.array(b.paired.per_prompt)
-            deltas.append((100 * d.mean(), 100 * stderr(d)))
+    deltas = [d for e, b in zip(evals, bases) if e.paired is not None and b.paired is not None
+              and (d := delta_vs(e, b, e.paired.key)) is not None]
     out = {}
     for k in per[0]:
         if len(per) == 1:

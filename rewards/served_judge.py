@@ -35,7 +35,7 @@ from PIL import Image
 
 from harness.core.hub import load_pretrained
 from rewards.base import RewardError
-from rewards.vqa import _HOW, SUFFIX, Judge, answer_forms
+from rewards.vqa import _HOW, SUFFIX, Judge
 
 
 def data_url(image: Image.Image) -> str:
@@ -59,17 +59,7 @@ class ServedJudge(Judge):
         self.top_logprobs, self.concurrency, self.timeout = top_logprobs, concurrency, timeout
         self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model, f"VQA judge {model}",
                                          RewardError, _HOW)
-        self._forms: dict[str, tuple[set[str], set[str]]] = {}
-
-    def accepted(self, answer: str) -> tuple[set[str], set[str]]:
-        """The accepted forms' first tokens as the server names them (their text), and the
-        lower-cased forms the most likely token must be."""
-        if answer not in self._forms:
-            forms = answer_forms(answer)
-            firsts = {self.tokenizer.decode([self.tokenizer.encode(f, add_special_tokens=False)[0]])
-                      for f in forms}
-            self._forms[answer] = (firsts, {f.lower() for f in forms})
-        return self._forms[answer]
+        self._forms = {}
 
     def _token(self, entry: dict) -> str:
         """vLLM's `return_tokens_as_token_ids` names a token `token_id:N`; others by its text."""
@@ -128,7 +118,8 @@ class ServedJudge(Judge):
             replies = list(pool.map(self._ask, images, [q + suffix for q in questions]))
         soft, hard = np.zeros(len(questions)), np.zeros(len(questions), dtype=bool)
         for j, (ranked, expected) in enumerate(zip(replies, answers)):
-            firsts, forms = self.accepted(expected)
+            ids, forms = self.accepted(expected)
+            firsts = {self.tokenizer.decode([i]) for i in ids}  # as the server names tokens: their text
             soft[j] = sum(math.exp(lp) for token, lp in ranked if token in firsts)
             hard[j] = ranked[0][0].lower() in forms
         return soft, hard

@@ -88,6 +88,18 @@ class Judge:
         image asked several questions is the same object in `images` each time."""
         raise NotImplementedError
 
+    tokenizer = None  # the judge's, which names the answers' first tokens
+    _forms: dict[str, tuple[list[int], set[str]]]  # set by each judge's __init__
+
+    def accepted(self, answer: str) -> tuple[list[int], set[str]]:
+        """The first-token ids whose probabilities sum to the soft score, and the lower-cased
+        forms the most likely token must be for TIFA's hard answer."""
+        if answer not in self._forms:
+            forms = answer_forms(answer)
+            ids = {self.tokenizer.encode(f, add_special_tokens=False)[0] for f in forms}
+            self._forms[answer] = (sorted(ids), {f.lower() for f in forms})
+        return self._forms[answer]
+
     def judge_batch(self, images: Tensor, vqa_lists: list[list]) -> tuple[list[list[float]], ...]:
         """Every question of every image in one stream of batches: (soft, hard) per image."""
         pils = [to_pil(im) for im in images]
@@ -150,16 +162,7 @@ class VQAJudge(Judge):
         # transformers that take the vision tower's output precomputed: each image encoded once
         # for all its questions (older ones encode it once per question)
         self.encode_once = "mm_encoder_outputs" in takes
-        self._forms: dict[str, tuple[Tensor, set[str]]] = {}
-
-    def accepted(self, answer: str) -> tuple[Tensor, set[str]]:
-        """The first-token ids whose probabilities sum to the soft score, and the lower-cased
-        forms the argmax token must be for TIFA's hard answer."""
-        if answer not in self._forms:
-            forms = answer_forms(answer)
-            ids = {self.tokenizer.encode(f, add_special_tokens=False)[0] for f in forms}
-            self._forms[answer] = (torch.tensor(sorted(ids)), {f.lower() for f in forms})
-        return self._forms[answer]
+        self._forms = {}
 
     def _text(self, question: str, n_image_tokens: int) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]

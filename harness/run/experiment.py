@@ -272,10 +272,10 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                         save_manifest("running")  # a killed session still counts up to its last cell
                         trained, spent = trained + 1, spent + time.perf_counter() - t_cell
                         if progress and dist.is_main():
-                            left = spent / trained * (len(mine) - mine.index((seed, m)) - 1)
+                            left = len(mine) - mine.index((seed, m)) - 1
                             tqdm.write(f"cell {i}/{len(cells)} done ({m} seed {seed}); "
-                                       f"{(time.perf_counter() - t0) / 60:.1f} min elapsed, about "
-                                       f"{left / 60:.0f} min left", file=sys.stderr)
+                                       f"{time_left(time.perf_counter() - t0, trained, left, spent)}",
+                                       file=sys.stderr)
                 finally:
                     if dist.is_main():
                         release(lock)
@@ -291,6 +291,13 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
             release(run_lock)
     dist.barrier()
     return out
+
+
+def time_left(elapsed: float, finished: int, remaining: int, spent: float | None = None) -> str:
+    """"3.1 min elapsed, about 6 min left": `remaining` cells at the mean time of the `finished`
+    ones (`spent` seconds on them; default: all of `elapsed`)."""
+    per_cell = (elapsed if spent is None else spent) / max(finished, 1)
+    return f"{elapsed / 60:.1f} min elapsed, about {per_cell * remaining / 60:.0f} min left"
 
 
 LOCKS = ".locks"  # a run directory's locks: the run's (or each shard's) and the manifest's
