@@ -35,7 +35,7 @@ from harness.core.results import diag_key
 from methods import dist
 from methods.base import Method, StepTensors
 from methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
-from models.base import FlowModel, PromptEmbeds
+from models.base import PRECISIONS, FlowModel, PromptEmbeds
 from rewards.base import Reward
 
 
@@ -127,7 +127,8 @@ class TrainConfig:
     elsewhere, so that ρ and the KL are not set by bf16 rounding (docs/methods.md §8)."""
     ode_precision: str = "auto"
     """The rollout's ODE steps (outside the SDE window, never in ρ): "auto" as the model computes,
-    "bf16" under bf16 autocast (a CPU with bf16 units runs the toy UNet ≈ 1.8× faster)."""
+    "bf16" under bf16 autocast, "bf16-native" bf16 only on hardware with bf16 units (there the
+    toy UNet runs ≈ 1.8× faster; elsewhere bf16 is emulated and far slower)."""
     prompt_cache_gb: float = 8.0
     """Host memory for that cache, least recently used prompts out first (SD3.5 at 256 text
     tokens: ≈ 2.7 MB a prompt, so 8 GB hold ≈ 3,000 prompts; 0: encode every time)."""
@@ -172,7 +173,7 @@ class TrainConfig:
             (self.rollout_batch is None or self.rollout_batch >= 1, "rollout batch must be at least 1"),
             (self.prompt_cache_gb >= 0, "the prompt cache's size must be >= 0 GB"),
             (self.trained_precision in ("auto", "fp32"), "trained_precision must be 'auto' or 'fp32'"),
-            (self.ode_precision in ("auto", "bf16"), "ode_precision must be 'auto' or 'bf16'"),
+            (self.ode_precision in PRECISIONS, f"ode_precision must be one of {', '.join(PRECISIONS)}"),
             (self.lr > 0, "learning rate must be positive"),
             (self.beta >= 0, "beta must be >= 0"),
             (self.adv_std in ("group", "global"), "adv_std must be 'group' or 'global'"),
@@ -298,8 +299,8 @@ class Trainer:
         steps, where the config says so; else the model's."""
         if trained and self.cfg.trained_precision == "fp32":
             return self.model.precision(torch.float32)
-        if not trained and self.cfg.ode_precision == "bf16":
-            return self.model.precision(torch.bfloat16)
+        if not trained:
+            return self.model.precision_of(self.cfg.ode_precision)
         return nullcontext()
 
     # --- one stochastic step, shared by rollout and update --------------------------------

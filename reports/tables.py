@@ -287,6 +287,19 @@ class Comparison:
     alarms: list[HackingAlarm] = field(default_factory=list)
     metrics: list[Metric] = field(default_factory=list)
     """The run's metric descriptions (titles, digits)."""
+    precisions: dict[str, int] = field(default_factory=dict)
+    """How many cells' final scores were computed in each precision (eval.precision)."""
+
+    @property
+    def mixed_precision(self) -> str:
+        """A warning when cells were scored in different precisions (a sharded run on
+        machines with and without bf16 units, under "bf16-native"), else ""."""
+        if len(self.precisions) < 2:
+            return ""
+        counts = ", ".join(f"{n} in {p}" for p, n in sorted(self.precisions.items()))
+        return (f"Warning: the cells' scores were computed in different precisions ({counts}); "
+                f"bf16 moves a cell's GM by up to 0.7 (docs/results.md), so differences between "
+                f"cells of different precisions include that rounding.")
 
     @property
     def note(self) -> str:
@@ -304,6 +317,15 @@ def _scored_on(collected) -> str:
         if "split" in result:
             parts.append(f"{name} {result['split']}" + (f" ({n} prompts)" if n else ""))
     return ", ".join(parts)
+
+
+def _precisions(collected) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for rs in collected[0].values():
+        for r in rs:
+            for p in {b.get("precision", "unrecorded") for b in r.final.benchmarks.values()}:
+                counts[p] = counts.get(p, 0) + 1
+    return counts
 
 
 def default_reference(methods: list[str]) -> str | None:
@@ -324,7 +346,7 @@ def comparison(run_dir: Path, reference: str | None = None) -> Comparison:
     cols = table_columns(records, metrics)
     reward = next((r.reward for rs in collected[0].values() for r in rs), "")
     return Comparison(records, cols, best_methods(records, cols), reward, _scored_on(collected),
-                      reference, paired, alarms, metrics)
+                      reference, paired, alarms, metrics, _precisions(collected))
 
 
 def run_table(run_dir: Path) -> tuple[str, list[dict]]:
@@ -423,7 +445,7 @@ def write_run_tables(run_dir: str | Path, reference: str | None = None) -> str:
     header, rows = paired_rows(c)
     if rows:
         text = (f"Method against {c.reference}, paired\n\n" + markdown_table(header, rows) + "\n\n"
-                + PAIRED_NOTE + "\n")
+                + PAIRED_NOTE + "\n" + (f"\n{c.mixed_precision}\n" if c.mixed_precision else ""))
         _atomic(report / "paired.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     if c.records and not all(r["method"].startswith("base") for r in c.records):
         _atomic(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))

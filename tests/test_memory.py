@@ -231,14 +231,17 @@ def _bf16_trainer(tiny_path, **kw):
 
 
 def test_the_rounding_in_a_change_is_measured_on_the_first_off_policy_mini_batch(tiny_path):
-    """The same change in the run's precision and in fp32: 0 apart in fp32; in bf16 the
-    rounding, not the change, sets the KL (measured: 2.7e-7 against 7.8e-9 in fp32), and the
-    warning names it; fp32 trained steps remove it while the other steps stay in bf16."""
+    """The same change in the run's precision and in fp32: apart by fp32's rounding only (0 on
+    an AVX-512 CPU, 4e-14 on an AVX2 one, whose kernels depend on the batch's shape); in bf16
+    the rounding, not the change, sets the KL (measured: 2.7e-7 against 7.8e-9 in fp32), and
+    the warning names it; fp32 trained steps remove it while the other steps stay in bf16."""
     from methods.trainer import floor_warning
 
     fp32 = _trainer(tiny_path, minibatch_size=6, lr=1e-4).train_epoch(0)[0]
-    assert fp32["rounding_kl_mean"] <= 1e-15 and fp32["rounding_logratio_abs_mean"] <= 1e-12
-    assert fp32["change_kl_mean_fp32"] > 1e-10 and fp32["change_kl_mean"] == fp32["change_kl_mean_fp32"]
+    negligible = 1e-4 * fp32["change_kl_mean_fp32"]
+    assert fp32["rounding_kl_mean"] <= negligible and fp32["rounding_logratio_abs_mean"] <= 1e-8
+    assert fp32["change_kl_mean_fp32"] > 1e-10
+    assert fp32["change_kl_mean"] == pytest.approx(fp32["change_kl_mean_fp32"], rel=1e-4)
     bf16 = _bf16_trainer(tiny_path).train_epoch(0)[0]
     assert bf16["rounding_kl_mean"] > 10 * bf16["change_kl_mean_fp32"]
     assert bf16["change_kl_mean_fp32"] == pytest.approx(fp32["change_kl_mean_fp32"], rel=0.2)
@@ -247,7 +250,7 @@ def test_the_rounding_in_a_change_is_measured_on_the_first_off_policy_mini_batch
     tr = _bf16_trainer(tiny_path, trained_precision="fp32")
     ro = tr.rollout(0)
     trained = tr.train_epoch(0)[0]
-    assert trained["rounding_kl_mean"] <= 1e-15 and trained["floor_kl_mean"] == 0
+    assert trained["rounding_kl_mean"] <= negligible and trained["floor_kl_mean"] <= negligible
     assert tr.model.compute_dtype == torch.bfloat16  # the ODE steps and the decode stay in bf16
     plain = _trainer(tiny_path, minibatch_size=6).rollout(0)
     assert not torch.equal(ro.images, plain.images)  # ... so the images are bf16's
@@ -359,3 +362,31 @@ def test_bf16_evaluation_images_keep_the_kl_in_the_model_precision(tiny_path):
     assert a.per_prompt != b.per_prompt and abs(a.value - b.value) < a.stderr
     with pytest.raises(RunError, match="eval.precision"):
         Evaluation(replace(settings, precision="fp8"))
+    assert {r["precision"] for r in plain.benchmarks.values()} == {"float32"}
+    assert {r["precision"] for r in fast.benchmarks.values()} == {"bfloat16"}
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_bf16_native_uses_bf16_only_where_the_hardware_has_it(tiny_path, monkeypatch, units):
+    """"bf16-native" is bf16 on a CPU with bf16 units and the model's fp32 elsewhere, where
+    bf16 would be emulated (20–24x slower on an AVX2 CPU); the evaluation records which it was."""
+    from dataclasses import replace
+
+    from harness.run import EvalSettings, Evaluation
+    from models.base import native_bf16, resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: units)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16("cpu") is units
+    assert resolve_precision("bf16-native", "cpu") == (torch.bfloat16 if units else None)
+    assert resolve_precision("bf16", "cpu") == torch.bfloat16 and resolve_precision("auto", "cpu") is None
+    settings = EvalSettings(every=1, limit=4, ood_limit=2, steps=2, kl_prompts=2, samples=2)
+    record = Evaluation(replace(settings, precision="bf16-native"))(load_toy(tiny_path), None, CFG)
+    assert {r["precision"] for r in record.benchmarks.values()} == {"bfloat16" if units else "float32"}
+    seen = []
+    tr = _trainer(tiny_path, ode_precision="bf16-native")
+    velocity = tr.model.velocity
+    tr.model.velocity = lambda *a, **k: seen.append(tr.model.compute_dtype) or velocity(*a, **k)
+    window = tr.rollout(0).window
+    assert {d for k, d in enumerate(seen) if k not in window} == {torch.bfloat16 if units else torch.float32}
+    assert {d for k, d in enumerate(seen) if k in window} == {torch.float32}  # the trained steps never

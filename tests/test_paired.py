@@ -137,3 +137,20 @@ def test_the_terminal_summary_fits_100_columns(tmp_path, monkeypatch):
     assert "hacking?" in lines[0] and "reference" in text and "dppo-sampled-kl@d…" in text
     narrow = terminal_summary(comparison(run), width=80)  # the ood score and the KL go first
     assert "| KL" not in narrow and "ood" not in narrow and "hacking?" in narrow
+
+
+def test_cells_scored_in_different_precisions_are_flagged():
+    """Under "bf16-native" a sharded run on machines with and without bf16 units scores its
+    cells in different precisions: the comparison says so, a uniform run does not."""
+    from reports.tables import Comparison, _precisions
+
+    results = _results(0.0)
+    cells = [c for rs in results.values() for c in rs]
+    for c in cells:
+        c.final.benchmarks["toy"] = {"precision": "float32"}
+    uniform = Comparison([], [], {}, precisions=_precisions((results,)))
+    assert uniform.precisions == {"float32": len(cells)} and uniform.mixed_precision == ""
+    cells[0].final.benchmarks["toy"]["precision"] = "bfloat16"
+    mixed = Comparison([], [], {}, precisions=_precisions((results,)))
+    assert "1 in bfloat16" in mixed.mixed_precision
+    assert f"{len(cells) - 1} in float32" in mixed.mixed_precision

@@ -62,8 +62,10 @@ class EvalSettings:
     samples: int = 8
     """Prompts drawn in the sample grids."""
     precision: str = "auto"
-    """The evaluation images: "auto" as the model computes, "bf16" under bf16 autocast (faster
-    on a CPU with bf16 units; the KL to the pretrained model stays in the model's precision)."""
+    """The evaluation images: "auto" as the model computes, "bf16" under bf16 autocast,
+    "bf16-native" bf16 only on hardware with bf16 units (a CUDA card, a CPU with AVX-512-BF16 or
+    AMX; elsewhere bf16 is emulated and far slower). The KL to the pretrained model stays in the
+    model's precision; each benchmark's result records the precision it was computed in."""
 
 
 # The toy world's trust-region thresholds: on the `default` setting (I = 1, so the second

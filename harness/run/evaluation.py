@@ -4,7 +4,6 @@ seed and epoch is evaluated on the same prompts and the same noise (`EVAL_SEED`)
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from harness.core.soft_tifa import stderr
 from harness.run.config import EvalSettings, RunError
 from methods import Method
 from methods.trainer import TrainConfig, memory_phase
-from models.base import FlowModel
+from models.base import PRECISIONS, FlowModel
 from reports.grid import save_grid
 
 EVAL_SEED = 1234  # the evaluation noise: the same for every method, seed and epoch
@@ -34,8 +33,9 @@ class Evaluation:
         """`device`: where the scorers (judge, PickScore) run; a run's rewards use it too
         (`bench run --reward-device`), so they may sit on a GPU of their own."""
         self.settings, self.device = settings, device
-        if settings.precision not in ("auto", "bf16"):
-            raise RunError(f"eval.precision must be 'auto' or 'bf16', not {settings.precision!r}")
+        if settings.precision not in PRECISIONS:
+            raise RunError(f"eval.precision must be one of {', '.join(PRECISIONS)}, "
+                           f"not {settings.precision!r}")
         options = options or {}
         self.benchmarks: list[Benchmark] = []
         for name in settings.benchmarks:
@@ -66,10 +66,12 @@ class Evaluation:
 
     def _score(self, model: FlowModel, benchmarks: list[Benchmark], final: bool) -> dict[str, dict]:
         ev = self.settings
-        fast = model.precision(torch.bfloat16) if ev.precision == "bf16" else contextlib.nullcontext()
-        with memory_phase("evaluation"), fast:
-            return {b.name: b.evaluate(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
-                                       **b.run_options(ev, final)) for b in benchmarks}
+        with memory_phase("evaluation"), model.precision_of(ev.precision):
+            # recorded, so that a report can tell cells scored in different precisions apart
+            computed = str(model.compute_dtype).removeprefix("torch.")
+            return {b.name: {**b.evaluate(model, steps=ev.steps, guidance=ev.guidance, seed=EVAL_SEED,
+                                          **b.run_options(ev, final)), "precision": computed}
+                    for b in benchmarks}
 
     def _record(self, results: dict[str, dict], kl_ref: dict) -> EvalRecord:
         metrics = [m for b in self.benchmarks for m in b.metrics(results[b.name])]

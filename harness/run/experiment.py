@@ -39,6 +39,7 @@ from harness.run.evaluation import Evaluation
 from methods import dist
 from methods.trainer import place_text_encoders
 from models import MODELS, check_device, check_options, load_model
+from models.base import native_bf16
 from rewards import check_rewards
 
 
@@ -47,6 +48,7 @@ def versions() -> dict:
     import peft
 
     return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": torch.backends.cpu.get_cpu_capability(),  # AVX2 / AVX512: what bf16 costs there
             "diffusers": diffusers.__version__, "peft": peft.__version__, "flowarena": code_version()}
 
 
@@ -185,6 +187,11 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     evaluation = Evaluation(p.eval, scorer_device, p.reward_options)  # unknown benchmarks fail here
     check_rewards(p.reward, p.reward_options, evaluation.options)
     _check_reward_prompts(p.reward, records, p.train_prompts)
+    for key, setting in (("eval.precision", p.eval.precision),
+                         ("train.ode_precision", p.train.ode_precision)):
+        if setting == "bf16" and not native_bf16(device):
+            print(f"warning: {key} = 'bf16' on {device} without bf16 units: emulated, many times slower "
+                  f"than fp32 ('bf16-native' uses bf16 only where the hardware has it)", file=sys.stderr)
     out = Path(out)
     model_options = {"resolution": p.resolution} if p.resolution is not None else {}
     if p.train.trained_precision == "fp32" and model_name != "toy":  # the toy's weights are fp32
