@@ -1,8 +1,9 @@
 """Before/after wall time of a toy preset's `bench run` (not a test; timings never gate CI).
 
 "Before" is the code of an older commit (`--before`, default e5ad8c1: the last commit before
-issue 19's speed work), checked out in a temporary git worktree and run with `--jobs 1`; "after"
-is this tree with `--jobs J`. Both run the same command (the preset cut to a few methods, seeds
+issue 19's speed work), checked out in a temporary git worktree and run as one process on all
+the cores (the plain `bench run`); "after" is this tree with `--jobs J` (J processes, one thread
+each). Both run the same command (the preset cut to a few methods, seeds
 and epochs, its evaluation settings kept) into fresh directories, alternated ABBA so that drift
 in the machine's load falls on both alike. Prints each run's seconds, the median ratio
 after / before, and what the host computes bf16 with (the presets use bf16 only on hardware
@@ -32,10 +33,12 @@ sys.path.insert(0, str(ROOT))
 from models.base import native_bf16  # noqa: E402
 
 
-def bench_run(tree: Path, out: Path, args, jobs: int) -> float:
-    """Seconds of one `bench run` from `tree`'s code (its directory first on the path)."""
+def bench_run(tree: Path, out: Path, args, jobs: int | None) -> float:
+    """Seconds of one `bench run` from `tree`'s code (its directory first on the path); `jobs`
+    None: the plain run, one process on all the cores (`--jobs 1` would mean one thread)."""
     cmd = [sys.executable, "-m", "harness.cli", "run", "--preset", args.preset, "--methods", args.methods,
-           "--seeds", str(args.seeds), "--epochs", str(args.epochs), "--jobs", str(jobs), "--out", str(out)]
+           "--seeds", str(args.seeds), "--epochs", str(args.epochs), "--out", str(out)]
+    cmd += [] if jobs is None else ["--jobs", str(jobs)]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -63,10 +66,11 @@ def main() -> None:
         try:
             order = ["before", "after", "after", "before"] * args.repeats
             for i, side in enumerate(order):
-                tree, jobs = (old, 1) if side == "before" else (ROOT, args.jobs)
+                tree, jobs = (old, None) if side == "before" else (ROOT, args.jobs)
                 seconds = bench_run(tree, Path(tmp) / f"run{i}", args, jobs)
                 times[side].append(seconds)
-                print(f"{side:6s} (--jobs {jobs}): {seconds:6.1f} s", flush=True)
+                how = "one process" if jobs is None else f"--jobs {jobs}"
+                print(f"{side:6s} ({how}): {seconds:6.1f} s", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
     before, after = statistics.median(times["before"]), statistics.median(times["after"])
