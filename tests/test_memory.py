@@ -390,3 +390,22 @@ def test_bf16_native_uses_bf16_only_where_the_hardware_has_it(tiny_path, monkeyp
     window = tr.rollout(0).window
     assert {d for k, d in enumerate(seen) if k not in window} == {torch.bfloat16 if units else torch.float32}
     assert {d for k, d in enumerate(seen) if k in window} == {torch.float32}  # the trained steps never
+
+
+def test_plain_bf16_on_a_cpu_without_bf16_units_is_warned_about(monkeypatch):
+    """`bench run` names each setting that asks for emulated bf16; "bf16-native" is not one."""
+    from dataclasses import replace
+
+    from harness.run import get_preset
+    from harness.run.experiment import emulated_bf16
+
+    p = get_preset("default")
+    assert (p.eval.precision, p.train.ode_precision) == ("bf16-native", "bf16-native")
+    asked = replace(p, eval=replace(p.eval, precision="bf16"), train=replace(p.train, ode_precision="bf16"))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert emulated_bf16(p, "cpu") == []
+    lines = emulated_bf16(asked, "cpu")
+    assert [line.split(" =")[0] for line in lines] == ["eval.precision", "train.ode_precision"]
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert emulated_bf16(asked, "cpu") == []
