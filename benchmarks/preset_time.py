@@ -61,8 +61,10 @@ def main() -> None:
     times: dict[str, list[float]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="preset-time-") as tmp:
         old = Path(tmp) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.before], cwd=ROOT, check=True,
-                       capture_output=True)
+        added = subprocess.run(["git", "worktree", "add", "--detach", str(old), args.before], cwd=ROOT,
+                               capture_output=True, text=True)
+        if added.returncode != 0:
+            sys.exit(f"cannot check out --before {args.before}: {added.stderr.strip().splitlines()[-1]}")
         try:
             order = ["before", "after", "after", "before"] * args.repeats
             for i, side in enumerate(order):

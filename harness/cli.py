@@ -444,6 +444,8 @@ def run(
         typer.echo(terminal_summary(c))
         for alarm in c.alarms:
             typer.echo(f"warning: {alarm.line()}")
+        if c.mixed_precision:
+            typer.echo(f"warning: {c.mixed_precision}")
         report = out / "report"
         paired = f"; paired: {report / 'paired.md'}" if c.paired else ""
         typer.echo(f"\nfull tables: {report / 'tables.md'}{paired}; report: {report / 'index.html'}")

@@ -297,13 +297,14 @@ class Comparison:
         if len(self.precisions) < 2:
             return ""
         counts = ", ".join(f"{n} in {p}" for p, n in sorted(self.precisions.items()))
-        return (f"Warning: the cells' scores were computed in different precisions ({counts}); "
+        return (f"the cells' scores were computed in different precisions ({counts}); "
                 f"bf16 moves a cell's GM by up to 0.7 (docs/results.md), so differences between "
                 f"cells of different precisions include that rounding.")
 
     @property
     def note(self) -> str:
-        return NOTE + (f" Final scores on {self.scored_on}." if self.scored_on else "")
+        return (NOTE + (f" Final scores on {self.scored_on}." if self.scored_on else "")
+                + (f" Warning: {self.mixed_precision}" if self.mixed_precision else ""))
 
 
 def _scored_on(collected) -> str:
@@ -445,7 +446,7 @@ def write_run_tables(run_dir: str | Path, reference: str | None = None) -> str:
     header, rows = paired_rows(c)
     if rows:
         text = (f"Method against {c.reference}, paired\n\n" + markdown_table(header, rows) + "\n\n"
-                + PAIRED_NOTE + "\n" + (f"\n{c.mixed_precision}\n" if c.mixed_precision else ""))
+                + PAIRED_NOTE + "\n" + (f"\nWarning: {c.mixed_precision}\n" if c.mixed_precision else ""))
         _atomic(report / "paired.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     if c.records and not all(r["method"].startswith("base") for r in c.records):
         _atomic(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))

@@ -154,3 +154,4 @@ def test_cells_scored_in_different_precisions_are_flagged():
     mixed = Comparison([], [], {}, precisions=_precisions((results,)))
     assert "1 in bfloat16" in mixed.mixed_precision
     assert f"{len(cells) - 1} in float32" in mixed.mixed_precision
+    assert mixed.mixed_precision in mixed.note and uniform.note == uniform.note.split(" Warning:")[0]
