@@ -205,6 +205,9 @@ class Rollout:
     rewards: Tensor  # [B]
     advantages: Tensor  # [B]
     reward_details: dict = field(default_factory=dict)
+    group_size: int | None = None
+    """Set when a group shares its initial noise: then its G samples share x_k up to the first
+    window step, and their velocity there is computed once per group (same maths, G× fewer rows)."""
 
 
 def group_advantages(rewards: Tensor, group_size: int, *, std: str = "global",
@@ -338,7 +341,8 @@ class Trainer:
         noises = [torch.randn(x_init.shape, generator=gen)[own] for _ in window]  # the SDE steps' noise
         with memory_phase("rollout"):
             chunks = [self._trajectories(x_init[part], embeds.select(part),
-                                         [z[part - own[0]] for z in noises], window, sig)
+                                         [z[part - own[0]] for z in noises], window, sig,
+                                         part // G if cfg.group_noise == "shared" else None)
                       for part in own.split(cfg.rollout_batch or len(own))]
         xs, nxt, means, stds, lps = ([torch.cat(ts) for ts in zip(*(c[i] for c in chunks))] for i in range(5))
         images = torch.cat([c[5] for c in chunks])
@@ -357,18 +361,23 @@ class Trainer:
             details["components"] = components
         xs, nxt, means, stds, lps = ([dist.gather(t) for t in ts] for ts in (xs, nxt, means, stds, lps))
         return Rollout(prompts, records, embeds, window, sig, xs, nxt, means, stds, lps, x_init, images,
-                       scores, adv.to(self.model.device), details)
+                       scores, adv.to(self.model.device), details,
+                       G if cfg.group_noise == "shared" else None)
 
     def _trajectories(self, x: Tensor, embeds: PromptEmbeds, noises: list[Tensor], window: list[int],
-                      sig: Tensor) -> tuple[list[Tensor], ...]:
+                      sig: Tensor, groups: Tensor | None = None) -> tuple[list[Tensor], ...]:
         """One rollout batch from its initial noise: ODE steps outside the window, the method's
         SDE step (with the given noise) inside; per window step x_k, x_{k+1}, mean, std and
-        log-prob, and the decoded images."""
+        log-prob, and the decoded images. `groups`: each row's group when a group shares its
+        initial noise; until the first SDE step its rows are one computation."""
         x = x.to(self.model.device)
         xs, nxt, means, stds, lps = [], [], [], [], []
         for k in range(self.cfg.steps):
             with self._precision(k in window):
-                v = self._velocity(x, k, sig, embeds)
+                if groups is not None and k <= window[0]:
+                    v = self._shared_velocity(x, k, sig, embeds, groups, self._velocity)
+                else:
+                    v = self._velocity(x, k, sig, embeds)
             if k in window:
                 r = self._step(x, v, k, sig, noise=noises[window.index(k)].to(x.device))
                 xs.append(x)
@@ -463,10 +472,23 @@ class Trainer:
     def _recompute(self, ro: Rollout, j: int, k: int, idx: Tensor, velocity):
         """Window step j (timestep k) of the trajectories `idx` under the current weights: the
         step's distribution at the stored x_k (evaluated at the stored x_{k+1}) and KL(old ‖ new)."""
-        x = ro.x[j][idx]
-        r = self._step(x, velocity(x, k, ro.sigmas, ro.embeds.select(idx)), k, ro.sigmas,
-                       next_sample=ro.x_next[j][idx])
+        x, embeds = ro.x[j][idx], ro.embeds.select(idx)
+        if j == 0 and ro.group_size:  # x_k is the group's until its first SDE step
+            v = self._shared_velocity(x, k, ro.sigmas, embeds, idx // ro.group_size, velocity)
+        else:
+            v = velocity(x, k, ro.sigmas, embeds)
+        r = self._step(x, v, k, ro.sigmas, next_sample=ro.x_next[j][idx])
         return r, gaussian_kl(ro.old_mean[j][idx], r.mean, ro.std[j][idx])
+
+    @staticmethod
+    def _shared_velocity(x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds, groups: Tensor,
+                         velocity) -> Tensor:
+        """The velocity of rows whose group shares x_k and the prompt: computed on one row per
+        group and handed to the others (autograd sums their gradients into it)."""
+        unique, inverse = torch.unique(groups, return_inverse=True)
+        rows = torch.arange(len(groups))
+        first = torch.full((len(unique),), len(groups)).scatter_reduce(0, inverse, rows, "amin")
+        return velocity(x[first], k, sigmas, embeds.select(first))[inverse.to(x.device)]
 
     def _train_velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
         """The velocity whose gradient trains the policy: through DDP when distributed."""

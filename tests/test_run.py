@@ -163,6 +163,47 @@ def test_shared_group_noise_starts_each_group_from_one_noise(tiny_path):
     assert not torch.equal(imgs[0, 0], imgs[0, 1])
 
 
+def test_a_shared_group_computes_its_first_steps_once(tiny_path, monkeypatch):
+    """With shared group noise the steps up to the first SDE step run on one row per group, in
+    the rollout and in the update's first trained step: the same trajectories, log-probs and
+    gradients as computing every row, on G× fewer rows there."""
+    from dataclasses import replace
+
+    cfg = replace(PRESET.train, group_noise="shared")
+    P, G = cfg.prompts_per_epoch, cfg.group_size
+    runs = {}
+    for shared in (True, False):
+        tr = Trainer(load_toy(tiny_path), build_method("grpo"), build_reward("toy-colour"),
+                     load_toy_split("train"), cfg, seed=0)
+        rows, velocity = [], tr.model.velocity
+
+        def counting(x, *a, rows=rows, velocity=velocity, **k):
+            rows.append(len(x))
+            return velocity(x, *a, **k)
+
+        monkeypatch.setattr(tr.model, "velocity", counting)
+        if not shared:  # the reference: every row computed
+            monkeypatch.setattr(Trainer, "_shared_velocity",
+                                staticmethod(lambda x, k, sig, e, groups, velocity: velocity(x, k, sig, e)))
+        ro = tr.rollout(0)
+        first = ro.window[0]
+        counted = list(rows)
+        idx = torch.tensor([0, G, 1, 2 * G - 1, 2])  # three rows of group 0, two of group 1
+        r, kl = tr._recompute(ro, 0, first, idx, tr._train_velocity)
+        (r.log_prob.sum() + r.mean.square().sum()).backward()
+        runs[shared] = ro, counted, sum(rows[len(counted):]), r, [p.grad.clone() for p in tr.params]
+        monkeypatch.undo()
+    (ro, counted, update_rows, r, grads), (ro0, counted0, update_rows0, r0, grads0) = runs[True], runs[False]
+    assert ro.group_size == G and counted[:first + 1] == [P] * (first + 1)
+    assert counted0 == [P * G] * cfg.steps and update_rows == 2 and update_rows0 == 5
+    for a, b in zip(ro.x + ro.old_mean + ro.old_log_prob, ro0.x + ro0.old_mean + ro0.old_log_prob):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(ro.images, ro0.images, atol=1e-5)
+    assert torch.allclose(r.mean, r0.mean, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, grads0))
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
 def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_path):
     """The trainer and harness need no edit for a new method: register one here and run it."""
     from dataclasses import dataclass
