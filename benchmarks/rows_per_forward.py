@@ -21,14 +21,24 @@ import torch
 from models import load_model
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated row counts, not {text!r}") from None
+    if not all(0 < s <= 128 for s in sizes):
+        raise argparse.ArgumentTypeError(f"row counts between 1 and 128, not {text!r}")
+    return sizes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--sizes", default="16,32,64,128")
+    ap.add_argument("--sizes", type=_sizes, default="16,32,64,128")
     ap.add_argument("--repeats", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = args.sizes
     model, n = load_model("toy"), 128
     embeds = model.embed(["a red square", "two blue circles"] * (n // 2), 1.0)
     x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
