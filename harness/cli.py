@@ -467,6 +467,7 @@ JOB = "FLOWARENA_JOB"  # set in the processes `bench run --jobs` starts
 def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
     """This `bench run` as `jobs` shards at once (one thread each), their output in out/logs/;
     the run's progress from the cells' result files; then the report of all of them."""
+    import signal
     import subprocess
     import sys
     import time
@@ -488,12 +489,30 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
 
     t0, before = time.perf_counter(), finished()
     shown = before
-    while any(proc.poll() is None for proc, _ in procs):
-        time.sleep(2)
-        if (done := finished()) != shown:
-            shown, elapsed = done, time.perf_counter() - t0
-            typer.echo(f"{done}/{cells} cells done; {time_left(elapsed, done - before, cells - done)}",
-                       err=True)
+    # SIGTERM (a scheduler's stop) ends the jobs as Ctrl-C does: they are this process's children,
+    # and a kill of the parent alone would leave them training on
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while any(proc.poll() is None for proc, _ in procs):
+            time.sleep(2)
+            if (done := finished()) != shown:
+                shown, elapsed = done, time.perf_counter() - t0
+                typer.echo(f"{done}/{cells} cells done; {time_left(elapsed, done - before, cells - done)}",
+                           err=True)
+    except KeyboardInterrupt:
+        for proc, _ in procs:
+            proc.terminate()  # every write is atomic and a stale cell lock is taken over on resume
+        for proc, log in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        raise BadInput(f"stopped with {finished()}/{cells} cells done; "
+                       "the same command resumes the run") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for k, (proc, log) in enumerate(procs, start=1):
         log.close()
         if proc.returncode:
@@ -503,6 +522,10 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
             why = last.removeprefix("error: ")
             raise BadInput(f"job {k} of {jobs} stopped (exit {proc.returncode}): {why} (its log: {path})")
     build_report(out, reference)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _argv_without(*options: str) -> list[str]:

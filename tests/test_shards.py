@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -110,3 +112,41 @@ def test_jobs_1_and_jobs_2_give_the_same_tables(tiny_path, tmp_path):
     assert manifest["status"] == "done" and set(manifest["shards"]) == {"1/2", "2/2"}
     r = CliRunner().invoke(app, ["run", "--jobs", "2", "--shard", "1/2"])
     assert r.exit_code == 1 and "--jobs starts shards of its own" in r.output
+
+
+def _jobs_of(out) -> list[int]:
+    """Pids of the `--jobs` shards writing into `out` (from /proc: the test runs on Linux)."""
+    pids = []
+    for proc in os.scandir("/proc"):
+        try:
+            cmd = open(f"/proc/{proc.name}/cmdline", "rb").read().split(b"\0")
+        except (OSError, ValueError):
+            continue  # not a process, or one that just ended
+        if b"--shard" in cmd and str(out).encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopping_a_jobs_run_stops_its_jobs(tiny_path, tmp_path, sig):
+    """Ctrl-C or a scheduler's SIGTERM sent to `bench run --jobs 2` alone ends its jobs too, with
+    one line that says how to resume, instead of leaving them training on."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--preset", "smoke", "--seeds", "2",
+           "--model-path", tiny_path, "--jobs", "2", "--out", str(out)]
+    parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_jobs_of(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        assert len(_jobs_of(out)) == 2, "the jobs did not start"
+        parent.send_signal(sig)
+        _, err = parent.communicate(timeout=60)
+        assert parent.returncode == 1
+        assert err.strip().splitlines()[-1].startswith("error: stopped with ")
+        assert "the same command resumes the run" in err
+        assert _jobs_of(out) == []
+    finally:  # a failing run leaves no process behind
+        parent.kill()
+        for pid in _jobs_of(out):
+            os.kill(pid, signal.SIGKILL)
