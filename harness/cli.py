@@ -31,7 +31,7 @@ class BadInput(FlowArenaError, ValueError):
 
 
 def friendly(fn):
-    """Turn the project's user-facing errors into one line and exit code 1."""
+    """Turn the project's user-facing errors into one line and exit code 1 (Ctrl-C: 130)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -42,6 +42,10 @@ def friendly(fn):
         except OSError as e:  # unwritable output directory, disk full
             typer.echo(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # Ctrl-C: every file is written atomically, so nothing half-written
+            typer.echo("error: interrupted; `bench run` and `bench pretrain` continue where they stopped "
+                       "when run again", err=True)
+            raise typer.Exit(130) from None
     return wrapper
 
 
@@ -509,8 +513,9 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
                 proc.kill()
                 proc.wait()
             log.close()
-        raise BadInput(f"stopped with {finished()}/{cells} cells done; "
-                       "the same command resumes the run") from None
+        typer.echo(f"error: stopped with {finished()}/{cells} cells done; the same command resumes the run",
+                   err=True)
+        raise typer.Exit(130) from None  # 128 + SIGINT, the shell's code for an interrupted command
     finally:
         signal.signal(signal.SIGTERM, previous)
     for k, (proc, log) in enumerate(procs, start=1):

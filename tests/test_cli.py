@@ -54,3 +54,17 @@ def test_smoke_run_in_a_subprocess(tmp_path):
     for f in ("report/tables.md", "report/tables.csv", "report/index.html", "manifest.json",
               "toy/grpo/seed0/result.json", "toy/dppo/seed0/metrics.jsonl"):
         assert (out / f).exists(), f
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, tmp_path):
+    """A Ctrl-C mid-command ends with one `error:` line (no traceback) and the shell's 130."""
+    import harness.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness.cli, "_load", interrupted)
+    r = run("sample", "--prompt", "a red circle", "--out", tmp_path / "grid.png")
+    assert r.exit_code == 130
+    assert r.output.strip().splitlines() == [
+        "error: interrupted; `bench run` and `bench pretrain` continue where they stopped when run again"]

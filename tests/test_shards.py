@@ -142,7 +142,7 @@ def test_stopping_a_jobs_run_stops_its_jobs(tiny_path, tmp_path, sig):
         assert len(_jobs_of(out)) == 2, "the jobs did not start"
         parent.send_signal(sig)
         _, err = parent.communicate(timeout=60)
-        assert parent.returncode == 1
+        assert parent.returncode == 130
         assert err.strip().splitlines()[-1].startswith("error: stopped with ")
         assert "the same command resumes the run" in err
         assert _jobs_of(out) == []
