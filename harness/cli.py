@@ -483,20 +483,20 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, JOB: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = []
-    for k in range(1, jobs + 1):
-        log = open(logs / f"job-{k}-of-{jobs}.log", "w")  # noqa: SIM115 - open while the job runs
-        cmd = [sys.executable, "-m", "harness.cli", *args, "--out", str(out), "--shard", f"{k}/{jobs}"]
-        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     def finished() -> int:
         return len(list(out.glob("*/*/seed*/result.json")))
 
     t0, before = time.perf_counter(), finished()
     shown = before
+    procs = []
     # SIGTERM (a scheduler's stop) ends the jobs as Ctrl-C does: they are this process's children,
     # and a kill of the parent alone would leave them training on
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        for k in range(1, jobs + 1):
+            log = open(logs / f"job-{k}-of-{jobs}.log", "w")  # noqa: SIM115 - open while the job runs
+            cmd = [sys.executable, "-m", "harness.cli", *args, "--out", str(out), "--shard", f"{k}/{jobs}"]
+            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         while any(proc.poll() is None for proc, _ in procs):
             time.sleep(2)
             if (done := finished()) != shown:
