@@ -489,35 +489,42 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
     t0, before = time.perf_counter(), finished()
     shown = before
     procs = []
-    # SIGTERM (a scheduler's stop) ends the jobs as Ctrl-C does: they are this process's children,
-    # and a kill of the parent alone would leave them training on
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C, or a scheduler's SIGTERM to this process alone, ends the jobs too: they are this
+    # process's children and would train on. The handlers only note the stop, so that no signal
+    # lands inside a Popen whose child has started but is not yet in `procs`.
+    stops: list[int] = []
+
+    def note_stop(signum, _frame) -> None:
+        stops.append(signum)
+
+    previous = {s: signal.signal(s, note_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for k in range(1, jobs + 1):
             log = open(logs / f"job-{k}-of-{jobs}.log", "w")  # noqa: SIM115 - open while the job runs
             cmd = [sys.executable, "-m", "harness.cli", *args, "--out", str(out), "--shard", f"{k}/{jobs}"]
             procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        while any(proc.poll() is None for proc, _ in procs):
-            time.sleep(2)
+        while not stops and any(proc.poll() is None for proc, _ in procs):
+            time.sleep(0.5)
             if (done := finished()) != shown:
                 shown, elapsed = done, time.perf_counter() - t0
                 typer.echo(f"{done}/{cells} cells done; {time_left(elapsed, done - before, cells - done)}",
                            err=True)
-    except KeyboardInterrupt:
-        for proc, _ in procs:
-            proc.terminate()  # every write is atomic and a stale cell lock is taken over on resume
-        for proc, log in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-        typer.echo(f"error: stopped with {finished()}/{cells} cells done; the same command resumes the run",
-                   err=True)
-        raise typer.Exit(130) from None  # 128 + SIGINT, the shell's code for an interrupted command
+        if stops:
+            for proc, _ in procs:
+                proc.terminate()  # every write is atomic and a stale cell lock is taken over on resume
+            for proc, log in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                log.close()
+            typer.echo(f"error: stopped with {finished()}/{cells} cells done; the same command resumes the "
+                       "run", err=True)
+            raise typer.Exit(130)  # 128 + SIGINT, the shell's code for an interrupted command
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     for k, (proc, log) in enumerate(procs, start=1):
         log.close()
         if proc.returncode:
@@ -527,10 +534,6 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
             why = last.removeprefix("error: ")
             raise BadInput(f"job {k} of {jobs} stopped (exit {proc.returncode}): {why} (its log: {path})")
     build_report(out, reference)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _argv_without(*options: str) -> list[str]:

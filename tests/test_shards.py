@@ -150,3 +150,32 @@ def test_stopping_a_jobs_run_stops_its_jobs(tiny_path, tmp_path, sig):
         parent.kill()
         for pid in _jobs_of(out):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stop_while_a_job_starts_stops_that_job_too(tmp_path, monkeypatch):
+    """The race CI once hit: Ctrl-C lands inside `Popen` after the second job has started but
+    before `bench run --jobs` holds it. That job must be stopped with the others, not orphaned."""
+    import typer
+
+    from harness import cli
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen_then_ctrl_c(cmd, **kwargs):  # a stand-in job that would outlive a forgotten stop
+        started.append(real_popen([sys.executable, "-c", "import time; time.sleep(120)"], **kwargs))
+        if len(started) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Python acts on it before this call returns
+            time.sleep(0.1)
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_ctrl_c)
+    monkeypatch.setattr(sys, "argv", ["bench", "run", "--preset", "smoke", "--jobs", "2"])
+    try:
+        with pytest.raises(typer.Exit) as stop:
+            cli._run_jobs(2, tmp_path, 2, None)
+        assert stop.value.exit_code == 130
+        assert len(started) == 2 and all(p.poll() is not None for p in started)
+    finally:
+        for p in started:
+            p.kill()
