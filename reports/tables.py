@@ -289,6 +289,9 @@ class Comparison:
     """The run's metric descriptions (titles, digits)."""
     precisions: dict[str, int] = field(default_factory=dict)
     """How many cells' final scores were computed in each precision (eval.precision)."""
+    mixed_seeds: int = 0
+    """Seeds whose trained cells were scored in more than one precision: only there does a
+    paired difference (method − reference, seed by seed) include bf16's rounding."""
 
     @property
     def mixed_precision(self) -> str:
@@ -297,9 +300,12 @@ class Comparison:
         if len(self.precisions) < 2:
             return ""
         counts = ", ".join(f"{n} in {p}" for p, n in sorted(self.precisions.items()))
+        pairs = (f"on {self.mixed_seeds} seed(s) the methods' cells differ, so their paired differences "
+                 f"include it" if self.mixed_seeds else
+                 "every seed's cells share one precision, so the paired differences between methods "
+                 "do not include it (the spread over seeds and the differences to the base model may)")
         return (f"the cells' scores were computed in different precisions ({counts}); "
-                f"bf16 moves a cell's GM by up to 0.7 (docs/results.md), so differences between "
-                f"cells of different precisions include that rounding.")
+                f"bf16 moves a cell's GM by up to 0.7 (docs/results.md): {pairs}.")
 
     @property
     def note(self) -> str:
@@ -320,13 +326,26 @@ def _scored_on(collected) -> str:
     return ", ".join(parts)
 
 
+def _precision(r) -> set[str]:
+    return {b.get("precision", "unrecorded") for b in r.final.benchmarks.values()}
+
+
 def _precisions(collected) -> dict[str, int]:
     counts: dict[str, int] = {}
     for rs in collected[0].values():
         for r in rs:
-            for p in {b.get("precision", "unrecorded") for b in r.final.benchmarks.values()}:
+            for p in _precision(r):
                 counts[p] = counts.get(p, 0) + 1
     return counts
+
+
+def _mixed_seeds(collected) -> int:
+    """How many (model, seed) have trained cells scored in different precisions."""
+    per_seed: dict[tuple, set] = {}
+    for (model, _), rs in collected[0].items():
+        for r in rs:
+            per_seed.setdefault((model, r.seed), set()).update(_precision(r))
+    return sum(len(p) > 1 for p in per_seed.values())
 
 
 def default_reference(methods: list[str]) -> str | None:
@@ -347,7 +366,7 @@ def comparison(run_dir: Path, reference: str | None = None) -> Comparison:
     cols = table_columns(records, metrics)
     reward = next((r.reward for rs in collected[0].values() for r in rs), "")
     return Comparison(records, cols, best_methods(records, cols), reward, _scored_on(collected),
-                      reference, paired, alarms, metrics, _precisions(collected))
+                      reference, paired, alarms, metrics, _precisions(collected), _mixed_seeds(collected))
 
 
 def run_table(run_dir: Path) -> tuple[str, list[dict]]:
