@@ -118,6 +118,8 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
     assert len(last["sessions"]) == 3 and last["sessions"][0]["started"] == first["sessions"][0]["started"]
     assert last["seconds"] == pytest.approx(sum(s["seconds"] for s in last["sessions"]), abs=0.11)
     assert last["seconds"] >= first["seconds"] > 0
+    assert all(s["cpu"] == last["versions"]["cpu"] and s["flowarena"] == last["versions"]["flowarena"]
+               for s in last["sessions"])  # where and with what code each session ran
 
 
 def test_mismatched_resume_is_refused(tiny_path, tmp_path):

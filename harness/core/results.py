@@ -192,7 +192,7 @@ class Manifest:
     started: str = ""
     resumed: list[str] = field(default_factory=list)
     sessions: list[dict] = field(default_factory=list)
-    """One per session: its start and seconds; `seconds` is their total."""
+    """One per session: its start, seconds, CPU and code version; `seconds` is their total."""
     seconds: float = 0.0
     processes: int = 1
     shards: dict[str, str] = field(default_factory=dict)

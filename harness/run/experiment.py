@@ -228,7 +228,10 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     # the sessions of earlier and of concurrent (sharded) processes, so that "seconds" is the whole
     # run's wall time; a run that starts over forgets the aborted one's
     keep_sessions = old is not None or shard[1] > 1
-    session = {"id": f"{socket.gethostname()}:{os.getpid()}:{now}", "started": now}
+    # each session's host and code too: a run resumed elsewhere (another CPU, a later commit)
+    # keeps the record of where its earlier cells ran; `versions` holds the last session's
+    session = {"id": f"{socket.gethostname()}:{os.getpid()}:{now}", "started": now,
+               "cpu": manifest.versions["cpu"], "flowarena": manifest.versions["flowarena"]}
     label = f"{shard[0]}/{shard[1]}"
     dist.barrier()  # every rank has read the old manifest before rank 0 replaces it
     t0 = time.perf_counter()
