@@ -109,6 +109,8 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
 
     # finished cells are not recomputed; the manifest keeps the first start and lists the resumptions
     first = json.loads((c / "manifest.json").read_text())
+    first["sessions"][0]["cpu"] = "AVX2"  # as if the first session had run on another host
+    (c / "manifest.json").write_text(json.dumps(first))
     monkeypatch.setattr(CellRun, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
     run_experiment(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
     last = json.loads((c / "manifest.json").read_text())
@@ -118,8 +120,9 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
     assert len(last["sessions"]) == 3 and last["sessions"][0]["started"] == first["sessions"][0]["started"]
     assert last["seconds"] == pytest.approx(sum(s["seconds"] for s in last["sessions"]), abs=0.11)
     assert last["seconds"] >= first["seconds"] > 0
-    assert all(s["cpu"] == last["versions"]["cpu"] and s["flowarena"] == last["versions"]["flowarena"]
-               for s in last["sessions"])  # where and with what code each session ran
+    # where and with what code each session ran: the earlier ones keep theirs
+    assert last["sessions"][0]["cpu"] == "AVX2" and last["sessions"][-1]["cpu"] == last["versions"]["cpu"]
+    assert all(s["flowarena"] == last["versions"]["flowarena"] for s in last["sessions"])
 
 
 def test_mismatched_resume_is_refused(tiny_path, tmp_path):
