@@ -500,7 +500,11 @@ def _run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
     previous = {s: signal.signal(s, note_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for k in range(1, jobs + 1):
-            log = open(logs / f"job-{k}-of-{jobs}.log", "w")  # noqa: SIM115 - open while the job runs
+            # appended to, never truncated: a refused second command on a directory in use, or a
+            # resumption, must not wipe the logs of the jobs that ran (or still run) there
+            log = open(logs / f"job-{k}-of-{jobs}.log", "a")  # noqa: SIM115 - open while the job runs
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: job {k} of {jobs} starts ---\n")
+            log.flush()
             cmd = [sys.executable, "-m", "harness.cli", *args, "--out", str(out), "--shard", f"{k}/{jobs}"]
             procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         while not stops and any(proc.poll() is None for proc, _ in procs):

@@ -112,6 +112,14 @@ def test_jobs_1_and_jobs_2_give_the_same_tables(tiny_path, tmp_path):
     assert manifest["status"] == "done" and set(manifest["shards"]) == {"1/2", "2/2"}
     r = CliRunner().invoke(app, ["run", "--jobs", "2", "--shard", "1/2"])
     assert r.exit_code == 1 and "--jobs starts shards of its own" in r.output
+    # another configuration on the same directory: refused in one line, the jobs' logs kept
+    logs = {path: path.read_text() for path in (runs[2] / "logs").glob("job-*.log")}
+    r = subprocess.run([*args, "--epochs", "2", "--jobs", "2", "--out", str(runs[2])], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 1 and "holds a run with another configuration" in r.stderr
+    assert all(path.read_text().startswith(text) and len(path.read_text()) > len(text)
+               for path, text in logs.items())
+    assert _finals(runs[2]) == _finals(runs[1])
 
 
 def _jobs_of(out) -> list[int]:
