@@ -10,7 +10,7 @@ recipe), GenEval2 between epochs on 8 val prompts and at the end on 8 test promp
 by the tests' tiny Qwen3-VL. Flow-DPPO only. Then one epoch again with fp32 trained steps.
 Writes OUT/gpu_smoke.json after every stage, so a run cut short keeps what it measured:
 
-- peak GPU memory per phase (rollout with its decode, reward, update, evaluation), GB;
+- peak GPU memory per phase (rollout with its decode, reward, update, evaluation) and device, GB;
 - seconds per epoch (rollout, update), images per second of the rollout;
 - the update's time over a bare forward + backward of the same micro-batches;
 - the ratio's noise floor in bf16 (same weights; rounding in a change against fp32);
@@ -163,14 +163,15 @@ def main() -> None:
     from tests.tiny_scorers import save_qwen3_vl
 
     judge = save_qwen3_vl(out / "judge")
+    micro = 8 if args.size == "medium" else 2  # the recipe samples and trains in one batch shape
     (out / "minibatch.toml").write_text(
         f'base = "sd35-geneval2"\n[train]\nminibatch_size = {size["minibatch"]}\n'
-        f'micro_batch = {8 if args.size == "medium" else 2}\n[eval]\nsteps = {size["eval_steps"]}\n'
+        f'micro_batch = {micro}\nrollout_batch = {micro}\n[eval]\nsteps = {size["eval_steps"]}\n'
         "every = 1\nkl_prompts = 2\nsamples = 2\n")
     result["build_s"] = round(time.perf_counter() - t0, 1)
     write(out, result)
 
-    from methods.trainer import PEAK_MEMORY_GB
+    from methods.memory import PEAK_MEMORY_GB
 
     t0 = time.perf_counter()
     rows = bench_run(args, pipe, judge, out / "run", size, 2)
@@ -180,7 +181,7 @@ def main() -> None:
     last = rows[-1]  # the second epoch: kernels compiled, allocator warm
     result["seconds_per_epoch"] = round(last["rollout_s"] + last["update_s"], 2)
     result["rollout_images_per_s"] = round(images / last["rollout_s"], 3)
-    result["peak_memory_gb"] = dict(PEAK_MEMORY_GB)
+    result["peak_memory_gb"] = json.loads(json.dumps(PEAK_MEMORY_GB))  # the last cell's, per device
     result["noise_floor"] = {k: v for k, v in rows[0].items()
                                   if k.startswith(("floor_", "rounding_", "change_"))}
     write(out, result)
@@ -197,7 +198,7 @@ def main() -> None:
             "seconds_per_epoch": round(fp32["rollout_s"] + fp32["update_s"], 2),
             "over_bf16_first_epoch": round((fp32["rollout_s"] + fp32["update_s"])
                                            / (rows[0]["rollout_s"] + rows[0]["update_s"]), 2),
-            "peak_memory_gb": dict(PEAK_MEMORY_GB),
+            "peak_memory_gb": json.loads(json.dumps(PEAK_MEMORY_GB)),
             **{k: v for k, v in fp32.items() if k.startswith(("rounding_", "change_"))}}
         write(out, result)
     print(json.dumps(result, indent=2))

@@ -34,6 +34,7 @@ from harness.core.errors import FlowArenaError
 from harness.core.results import diag_key
 from methods import dist
 from methods.base import Method, StepTensors
+from methods.memory import memory_phase, peak_metrics, reset_peaks
 from methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
 from models.base import PRECISIONS, FlowModel, PromptEmbeds
 from rewards.base import Reward
@@ -47,49 +48,14 @@ class TrainingFault(RuntimeError):
     """Too many updates in a row with a non-finite loss or gradient: the run stops."""
 
 
-class OutOfMemory(FlowArenaError, RuntimeError):
-    """The accelerator ran out of memory; the message names the phase and the knob that lowers it."""
-
-
-LOWER = {"rollout": "lower --rollout-batch", "decode": "lower --rollout-batch",
-         "reward": "score with a smaller judge batch or give the reward models their own device",
-         "update": "lower --micro-batch or add --gradient-checkpointing",
-         "evaluation": "lower --eval-limit / --ood-limit / --final-limit"}
-
-
-PEAK_MEMORY_GB: dict[str, float] = {}
-"""On CUDA, the most GPU memory each phase has held in this process (GB, a phase includes
-the phases inside it: the rollout its decode); epoch rows carry it as `peak_gb/<phase>`."""
-_open_phases: list[list] = []  # [phase, peak so far] of the phases being measured, innermost last
-
-
-@contextmanager
-def memory_phase(phase: str):
-    """A CUDA out-of-memory error inside becomes one line naming `phase` and its knob; on
-    CUDA the phase's peak memory goes to PEAK_MEMORY_GB."""
-    measure = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if measure:  # the peak counter restarts here: the enclosing phase keeps what it had
-        if _open_phases:
-            _open_phases[-1][1] = max(_open_phases[-1][1], torch.cuda.max_memory_allocated())
-        torch.cuda.reset_peak_memory_stats()
-        _open_phases.append([phase, 0])
-    try:
-        yield
-    except torch.OutOfMemoryError:
-        raise OutOfMemory(f"out of GPU memory in the {phase}: {LOWER[phase]}") from None
-    finally:
-        if measure:
-            name, peak = _open_phases.pop()
-            peak = max(peak, torch.cuda.max_memory_allocated())
-            if _open_phases:
-                _open_phases[-1][1] = max(_open_phases[-1][1], peak)
-            PEAK_MEMORY_GB[name] = max(PEAK_MEMORY_GB.get(name, 0.0), peak / 2**30)
-
-
 def place_text_encoders(model: FlowModel, cfg: TrainConfig) -> None:
     """The text encoders off the device when the config says so (training and evaluation alike)."""
     if cfg.offload_text_encoders and model.prompt_cache is None:
         model.offload_text_encoders(int(cfg.prompt_cache_gb * 2**30))
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 @dataclass
@@ -563,23 +529,28 @@ class Trainer:
         """The ratio's rounding in a change (docs/methods.md §8): for an off-policy mini-batch,
         log ρ and KL(old ‖ new) as the update computes them (the rollout's stored old step, the
         new weights in the trained steps' precision) and both sides recomputed in fp32 from the
-        weights `before` the update and the current ones. The difference is what rounding adds
-        to the policy change the trust region is meant to see."""
+        weights `before` the update and the current ones (bf16 weights, as on a GPU, are read
+        in fp32 layer by layer: `models.base.fp32_over`). The difference is what rounding adds
+        to the policy change the trust region is meant to see. In the update's micro-batches,
+        so it needs no more memory than the update."""
+        micro = mb.split(self.cfg.micro_batch or len(mb))
+        parts = [(j, k, idx) for j, k in enumerate(ro.window) for idx in micro]
         now = self.model.trainable_state_dict()
-        new32, old32 = [], []
-        for state, out in ((now, new32), (before, old32)):
+        fp32 = {}  # per side: each part's (log-prob, mean) in fp32
+        for side, state in (("new", now), ("old", before)):
             self.model.load_trainable_state_dict(state)
             with self.model.precision(torch.float32):
-                out.extend(self._recompute(ro, j, k, mb, self._velocity)[0] for j, k in enumerate(ro.window))
+                fp32[side] = [(self._log_prob(r), r.mean) for r, _ in
+                              (self._recompute(ro, j, k, idx, self._velocity) for j, k, idx in parts)]
         self.model.load_trainable_state_dict(now)
         lr, lr32, kl, kl32 = [], [], [], []
-        for j, k in enumerate(ro.window):
+        for (j, k, idx), (new_lp, new_mean), (old_lp, old_mean) in zip(parts, fp32["new"], fp32["old"]):
             with self._precision():
-                r, step_kl = self._recompute(ro, j, k, mb, self._velocity)
-            lr.append((self._log_prob(r) - ro.old_log_prob[j][mb]).double())
+                r, step_kl = self._recompute(ro, j, k, idx, self._velocity)
+            lr.append((self._log_prob(r) - ro.old_log_prob[j][idx]).double())
             kl.append(step_kl.double())
-            lr32.append((self._log_prob(new32[j]) - self._log_prob(old32[j])).double())
-            kl32.append(gaussian_kl(old32[j].mean, new32[j].mean, ro.std[j][mb]).double())
+            lr32.append((new_lp - old_lp).double())
+            kl32.append(gaussian_kl(old_mean, new_mean, ro.std[j][idx]).double())
         lr, lr32, kl, kl32 = (dist.gather(torch.cat(t)) for t in (lr, lr32, kl, kl32))
         return {"change_logratio_abs_mean": lr.abs().mean().item(),
                 "change_logratio_abs_mean_fp32": lr32.abs().mean().item(),
@@ -607,5 +578,5 @@ class Trainer:
         for name, scores in ro.reward_details.get("components", {}).items():
             metrics[f"reward/{name}"] = scores.mean().item()
         metrics.update(floor)
-        metrics.update({f"peak_gb/{name}": round(gb, 2) for name, gb in PEAK_MEMORY_GB.items()})
+        metrics.update(peak_metrics())
         return metrics, samples

@@ -59,6 +59,51 @@ def resolve_precision(setting: str, device: torch.device | str) -> torch.dtype |
     return None
 
 
+def _low_precision(t: Tensor | None) -> bool:
+    return t is not None and t.is_floating_point() and t.dtype != torch.float32
+
+
+@contextmanager
+def fp32_over(net: nn.Module) -> Iterator[None]:
+    """Inside, `net` computes in fp32 although its weights are bf16 (or fp16), without an fp32
+    copy of it: each module's own low-precision parameters and buffers are upcast for the
+    span of its forward only (one layer's fp32 copy at a time), and its floating inputs cast
+    to fp32. The values are the bf16 weights' exactly, so this is the same policy computed
+    without rounding. Only without gradient: autograd would keep the swapped tensors."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("fp32_over computes without gradient only")
+    stashed: dict[int, list[tuple[dict, str, Tensor]]] = {}  # per module: (its table, name, original)
+
+    def up(t):
+        return t.float() if isinstance(t, Tensor) and _low_precision(t) else t
+
+    def before(module, args, kwargs):
+        mine = stashed.setdefault(id(module), [])
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if _low_precision(t):
+                    mine.append((table, name, t))
+                    table[name] = nn.Parameter(t.float(), False) if isinstance(t, nn.Parameter) else t.float()
+        return tuple(up(a) for a in args), {k: up(v) for k, v in kwargs.items()}
+
+    def restore(module, *_):  # this module's own only: an enclosing module is still in its forward
+        for table, name, t in reversed(stashed.pop(id(module), [])):
+            table[name] = t
+
+    owners = [m for m in net.modules()
+              if any(_low_precision(t) for t in (*m._parameters.values(), *m._buffers.values()))]
+    handles = [h for m in owners for h in (m.register_forward_pre_hook(before, with_kwargs=True),
+                                           m.register_forward_hook(restore, always_call=True))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for entries in stashed.values():  # after an exception inside a forward
+            for table, name, t in reversed(entries):
+                table[name] = t
+
+
 @dataclass
 class PromptEmbeds:
     """Encoded prompts: conditional tensors and, for CFG, the unconditional ones (batch-first)."""
@@ -154,7 +199,8 @@ class FlowModel(ABC):
 
     @contextmanager
     def precision(self, dtype: torch.dtype) -> Iterator[None]:
-        """Inside, `velocity` computes in `dtype` (fp32 needs fp32 weights)."""
+        """Inside, `velocity` computes in `dtype`. fp32 over bf16 weights (a GPU run's) is for
+        measurements without gradient (`fp32_over`); trained fp32 steps need fp32 weights."""
         saved, self.compute_dtype = self.compute_dtype, dtype
         try:
             yield
@@ -168,7 +214,9 @@ class FlowModel(ABC):
 
     def _autocast(self):
         if self.compute_dtype == torch.float32:
-            return nullcontext()
+            if self.weights_dtype == torch.float32 or torch.is_grad_enabled():
+                return nullcontext()
+            return fp32_over(self.get_denoiser())  # bf16 weights (a GPU run), fp32 arithmetic
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     @abstractmethod

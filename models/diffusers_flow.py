@@ -104,13 +104,23 @@ class DiffusersFlowModel(FlowModel):
         if local.exists():
             cls._check_directory(local)
         device = torch.device(device)
-        default = torch.bfloat16 if device.type == "cuda" else torch.float32
-        dtype = _dtype(dtype) or default
+        default_weights, default_compute = cls.default_dtypes(device)
+        dtype = _dtype(dtype) or default_weights
         pipe = load_pretrained(getattr(diffusers, cls.pipeline_class).from_pretrained, source,
                                cls.name, ModelError, weights=True, dtype=dtype)
         # fp32 weights on a GPU (for fp32 trained steps) still compute in bf16 elsewhere
-        compute = options.pop("compute_dtype", None) or (torch.bfloat16 if device.type == "cuda" else dtype)
+        compute = options.pop("compute_dtype", None) or (
+            default_compute if default_compute != torch.float32 else dtype)
         return cls(pipe, device, compute_dtype=compute, **options)
+
+    @staticmethod
+    def default_dtypes(device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+        """(weights, computation) a pipeline loads in on `device`: bf16 weights under bf16
+        autocast on a GPU, fp32 on the CPU. The GPU-configuration tests run the GPU's answer
+        on the CPU (tests/test_gpu_config.py)."""
+        if device.type == "cuda":
+            return torch.bfloat16, torch.bfloat16
+        return torch.float32, torch.float32
 
     @classmethod
     def _check_directory(cls, local: Path) -> None:

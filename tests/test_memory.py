@@ -90,7 +90,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_path):
 @pytest.mark.parametrize("phase,target", [("rollout", "velocity"), ("decode", "decode"),
                                           ("update", "update")])
 def test_out_of_memory_is_one_line_naming_the_phase_and_knob(tiny_path, monkeypatch, phase, target):
-    from methods.trainer import OutOfMemory
+    from methods.memory import OutOfMemory
 
     tr = _trainer(tiny_path)
 
@@ -281,33 +281,48 @@ def test_fp32_trained_steps_need_fp32_weights(tiny_path, monkeypatch):
         TrainConfig(trained_precision="fp16").validate()
 
 
-def test_each_phase_records_its_peak_memory_on_cuda(monkeypatch):
-    """The peak counter restarts at each phase; an enclosing phase keeps its own peak and its
-    inner phases'. CUDA's counters are simulated: allocations are a list of sizes."""
-    import methods.trainer as trainer
+def test_each_phase_records_its_peak_memory_per_device_and_cell(monkeypatch, tiny_path):
+    """The peak counters restart at each phase; an enclosing phase keeps its own peak and its
+    inner phases'; each device counts apart (the reward models on cuda:1); a new cell's trainer
+    starts afresh. CUDA's counters are simulated: allocations are a list of sizes per device."""
+    import methods.memory as memory
 
-    state = {"now": 0, "peak": 0}
+    now, peak = [0, 0], [0, 0]
 
-    def alloc(gb):
-        state["now"] += gb * 2**30
-        state["peak"] = max(state["peak"], state["now"])
+    def alloc(gb, device=0):
+        now[device] += gb * 2**30
+        peak[device] = max(peak[device], now[device])
+
+    def reset(device):
+        peak[device] = now[device]
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: state["peak"])
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: state.update(peak=state["now"]))
-    monkeypatch.setattr(trainer, "PEAK_MEMORY_GB", {})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: peak[device])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
     alloc(10)  # resident weights
-    with trainer.memory_phase("rollout"):
+    alloc(18, device=1)  # the judge and PickScore on a card of their own
+    memory.reset_peaks()
+    with memory.memory_phase("rollout"):
         alloc(30)
         alloc(-30)  # the rollout's 40 GB peak, gone before the decode
-        with trainer.memory_phase("decode"):
+        with memory.memory_phase("decode"):
             alloc(5)
             alloc(-5)
-    with trainer.memory_phase("update"):
+        with memory.memory_phase("reward"):
+            alloc(6, device=1)
+            alloc(-6, device=1)
+    with memory.memory_phase("update"):
         alloc(20)
         alloc(-20)
-    assert trainer.PEAK_MEMORY_GB == {"rollout": 40.0, "decode": 15.0, "update": 30.0}
+    assert memory.PEAK_MEMORY_GB == {"rollout": {"cuda:0": 40.0, "cuda:1": 24.0},
+                                     "decode": {"cuda:0": 15.0, "cuda:1": 18.0},
+                                     "reward": {"cuda:0": 10.0, "cuda:1": 24.0},
+                                     "update": {"cuda:0": 30.0, "cuda:1": 18.0}}
+    assert memory.peak_metrics()["peak_gb/reward/cuda:1"] == 24.0
+    _trainer(tiny_path)  # the next cell: none of this cell's peaks
+    assert memory.PEAK_MEMORY_GB == {} and memory.peak_metrics() == {}
 
 
 def test_the_prepared_gpu_check_runs_its_whole_path_small(tmp_path):

@@ -16,7 +16,8 @@ from harness.core.results import EvalRecord
 from harness.core.soft_tifa import stderr
 from harness.run.config import EvalSettings, RunError
 from methods import Method
-from methods.trainer import TrainConfig, memory_phase
+from methods.memory import memory_phase
+from methods.trainer import TrainConfig
 from models.base import PRECISIONS, FlowModel
 from reports.grid import save_grid
 

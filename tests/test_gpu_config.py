@@ -1,0 +1,119 @@
+"""The real recipes in the configuration a GPU runs them in, on the CPU.
+
+On CUDA a diffusers pipeline loads in bf16 and computes under bf16 autocast, while the LoRA
+weights, their gradients and AdamW's state stay fp32 and log-probabilities float64. The
+other real-model tests hold fp32 weights, a configuration no GPU run has, and so could not
+see a dtype fault: a bf16 pipeline on the CPU crashed at the first off-policy mini-batch
+(the rounding check's fp32 recomputation met the bf16 patch embedding). Here
+`DiffusersFlowModel.default_dtypes` gives the CPU the GPU's answer, and each family's
+published recipe, scaled down with the size knobs but keeping its batch structure (two
+optimizer updates an epoch, the second off-policy; micro-batches; rollout batches in the
+update's shape), runs through `bench run`, `bench export` and `bench eval --run`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from harness.cli import app
+from models.diffusers_flow import DiffusersFlowModel
+from tests.tiny_pipelines import RESOLUTION, save_tiny
+
+NAMES = ("sd35", "flux1-dev", "flux2-klein")
+RECIPES = {"sd35": "sd35-geneval2", "flux1-dev": "flux1-dev-geneval2", "flux2-klein": "flux2-klein-geneval2"}
+# the recipe's structure at a tiny size: 8 rollouts an epoch, two mini-batches of 4 (the second
+# off-policy), micro-batches of 2, sampled 2 at a time (the update's shape)
+SCALED = """base = "{recipe}"
+[train]
+prompts_per_epoch = 2
+group_size = 4
+steps = 6
+minibatch_size = 4
+micro_batch = 2
+rollout_batch = 2
+[eval]
+steps = 4
+every = 1
+limit = 4
+ood_limit = 2
+final_limit = 4
+kl_prompts = 2
+samples = 2
+"""
+
+pytestmark = pytest.mark.usefixtures("offline_single_thread")
+
+
+@pytest.fixture
+def gpu_dtypes(monkeypatch):
+    """Every pipeline loads as on CUDA: bf16 weights computing under bf16 autocast."""
+    monkeypatch.setattr(DiffusersFlowModel, "default_dtypes",
+                        staticmethod(lambda device: (torch.bfloat16, torch.bfloat16)))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelines")
+    return {name: save_tiny(name, root / name) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def scorers(tmp_path_factory):
+    from tests.tiny_scorers import save_clip, save_qwen3_vl
+
+    root = tmp_path_factory.mktemp("scorers")
+    return {"judge": save_qwen3_vl(root / "judge"), "pickscore": save_clip(root / "pickscore")}
+
+
+def _checkpoint(cell):
+    ckpt = cell / "checkpoints" / "latest"
+    state = json.loads((ckpt / "state.json").read_text())
+    return (load_file(ckpt / state["files"]["weights"]), load_file(ckpt / state["files"]["optimizer"]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_recipe_runs_in_the_gpu_configuration(saved, scorers, gpu_dtypes, name, tmp_path):
+    out, config = tmp_path / "run", tmp_path / "scaled.toml"
+    config.write_text(SCALED.format(recipe=RECIPES[name]))
+    scorer_args = ["--judge", str(scorers["judge"]), "--pickscore", str(scorers["pickscore"])]
+    r = CliRunner().invoke(app, ["run", "--model", name, "--model-path", str(saved[name]), "--config",
+                                 str(config), "--epochs", "2", "--resolution", str(RESOLUTION),
+                                 "--methods", "grpo,dppo", *scorer_args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for method in ("grpo", "dppo"):
+        cell = out / name / method / "seed0"
+        rows = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+        assert [row["epoch"] for row in rows] == [0, 1]
+        first = rows[0]
+        # the noise floor: rolled out and recomputed in one batch shape, the same bf16 kernels
+        assert first["floor_kl_mean"] == 0 and first["floor_logratio_abs_mean"] == 0
+        # the rounding check ran on the off-policy mini-batch, in bf16 against fp32 arithmetic
+        assert first["change_kl_mean_fp32"] > 0 and math.isfinite(first["rounding_kl_mean"])
+        assert first["change_kl_mean"] != first["change_kl_mean_fp32"]  # bf16 rounding is visible
+        assert all(math.isfinite(row["loss"]) and row["skipped_updates"] == 0 for row in rows)
+        weights, optimizer = _checkpoint(cell)
+        assert weights and {t.dtype for t in weights.values()} == {torch.float32}  # fp32 LoRA
+        moments = [t for k, t in optimizer.items() if t.dim() > 0]
+        assert moments and {t.dtype for t in moments} == {torch.float32}  # fp32 AdamW state
+        for when in ("1", "final"):  # measured by the bf16 policy, which the record says
+            scores = json.loads((cell / "eval" / f"{when}.json").read_text())["benchmarks"]
+            assert scores["geneval2"]["precision"] == "bfloat16"
+    assert (out / "report" / "tables.md").is_file()
+
+    cell = out / name / "dppo" / "seed0"
+    r = CliRunner().invoke(app, ["export", str(cell), "--out", str(tmp_path / "lora")])
+    assert r.exit_code == 0, r.output
+    exported = load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+    assert exported and all(torch.isfinite(t).all() for t in exported.values())
+    r = CliRunner().invoke(app, ["eval", "--run", str(cell), "--benchmark", "geneval2", "--judge",
+                                 str(scorers["judge"]), "--limit", "2", "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    scored = json.loads((tmp_path / "e.json").read_text())
+    gm = scored["soft_tifa"]["per_prompt_gm"]
+    assert len(gm) == 2 and all(0 <= g <= 1 for g in gm)
