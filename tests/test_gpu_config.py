@@ -117,3 +117,29 @@ def test_the_recipe_runs_in_the_gpu_configuration(saved, scorers, gpu_dtypes, na
     scored = json.loads((tmp_path / "e.json").read_text())
     gm = scored["soft_tifa"]["per_prompt_gm"]
     assert len(gm) == 2 and all(0 <= g <= 1 for g in gm)
+
+
+def test_fp32_over_bf16_weights_is_the_fp32_policy(saved):
+    """`precision(float32)` on bf16 weights (the rounding check's reference) computes what fp32
+    weights holding the same values compute, without keeping an fp32 copy, and leaves the
+    bf16 weights as they were."""
+    from models import load_model
+
+    half = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=32,
+                      dtype="bfloat16", compute_dtype="bfloat16")
+    full = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=32)
+    net = half.get_denoiser()
+    full.get_denoiser().load_state_dict({k: v.float() for k, v in net.state_dict().items()})
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = half.initial_noise(2, torch.Generator().manual_seed(0))
+    s, embeds = torch.tensor([0.8, 0.4]), full.encode_prompts(["a red circle", "two blue squares"])
+    with torch.no_grad():
+        v_bf16 = half.velocity(x, s, embeds)
+        with half.precision(torch.float32):
+            v_over = half.velocity(x, s, embeds)
+        v_fp32 = full.velocity(x, s, embeds)
+    torch.testing.assert_close(v_over, v_fp32, rtol=0, atol=1e-6)
+    assert (v_bf16 - v_fp32).abs().max() > 100 * (v_over - v_fp32).abs().max()  # bf16 rounding is gone
+    after = net.state_dict()
+    assert all(after[k].dtype == torch.bfloat16 and torch.equal(after[k], v) for k, v in before.items())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())  # nothing left behind
