@@ -8,6 +8,11 @@ so log ρ̃ = s·mean(ε·Δμ/s) is centred on zero at every timestep, and ε =
 symmetrically. `s` is the batch's mean transition std at this step, as in flow_grpo's
 GRPO-Guard script. Gradient reweighting divides each step's loss by |dt| (the script's
 `mean(sqrt(−dt))²`), evening out the gradient scale across timesteps; Flow-Factory omits it.
+
+`bias`: b per sample (verl-omni, Flow-Factory; the default) or one b per step and
+micro-batch, the mean of the per-sample b's: the authors' script (flow_grpo PR #175,
+`train_sd3_GRPO_Guard.py`) reduces Δμ² with `.mean(dim=tuple(range(1, log_prob.ndim)))`
+on a [B] log-prob, i.e. `dim=()`, which torch reads as every dimension.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from methods.base import StepLoss, StepTensors, register_method
+from methods.base import MethodError, StepLoss, StepTensors, register_method
 from methods.grpo import FlowGRPO, GRPOConfig, clipped_loss
 
 
@@ -27,14 +32,25 @@ class GuardConfig(GRPOConfig):
     """PPO clip ε on the normalised ratio ρ̃ (4e-6 in the PickScore recipe)."""
     reweight_dt: bool = True
     """Divide each step's loss by |dt| (flow_grpo's script; Flow-Factory omits it)."""
+    bias: str = "sample"
+    """RatioNorm's b per "sample" (verl-omni, Flow-Factory) or one per step and micro-batch,
+    "batch" (the authors' script, where `mean(dim=())` reduces over the whole micro-batch)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.bias not in ("sample", "batch"):
+            raise MethodError(f"bias must be 'sample' or 'batch', not {self.bias!r}")
 
 
 def ratio_norm(log_prob: Tensor, old_log_prob: Tensor, mean: Tensor, old_mean: Tensor,
-               std: Tensor) -> Tensor:
-    """log ρ̃ = s·(log ρ + b) with b = mean(Δμ²)/(2s²), s the batch's mean std at this step."""
+               std: Tensor, bias: str = "sample") -> Tensor:
+    """log ρ̃ = s·(log ρ + b) with b = mean(Δμ²)/(2s²), s the batch's mean std at this step;
+    b per sample, or ("batch") its mean over the batch, one b for every sample."""
     s = std.mean()
-    bias = (mean - old_mean).pow(2).flatten(1).mean(1) / (2 * s**2)
-    return s * (log_prob - old_log_prob + bias)
+    b = (mean - old_mean).pow(2).flatten(1).mean(1) / (2 * s**2)
+    if bias == "batch":  # every sample has as many elements: the mean of b's is mean(Δμ²)/(2s²)
+        b = b.mean().expand_as(b)
+    return s * (log_prob - old_log_prob + b)
 
 
 @register_method("guard")
@@ -44,7 +60,7 @@ class GRPOGuard(FlowGRPO):
     Config = GuardConfig
 
     def step_loss(self, s: StepTensors) -> StepLoss:
-        log_ratio = ratio_norm(s.log_prob, s.old_log_prob, s.mean, s.old_mean, s.std)
+        log_ratio = ratio_norm(s.log_prob, s.old_log_prob, s.mean, s.old_mean, s.std, self.config.bias)
         loss, ratio, clipped = clipped_loss(log_ratio, torch.zeros_like(log_ratio), s.advantages,
                                             clip_range=self.config.clip_range)
         if self.config.reweight_dt:

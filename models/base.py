@@ -185,6 +185,7 @@ class FlowModel(ABC):
     sigma_min: float | None = None  # see models.schedule.sd3_sigmas
     device: torch.device = torch.device("cpu")
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    lora_init: bool | str = True  # peft's init_lora_weights: True = Kaiming-uniform A, B = 0
     default_lora_rank: int = 16  # when the training config leaves the rank to the model
     default_preset: str = "default"  # what `bench run --model NAME` trains without --preset
     _frozen_reference: nn.Module | None = None
@@ -307,7 +308,7 @@ class FlowModel(ABC):
         from peft import LoraConfig
 
         rank = cls.default_lora_rank if lora_rank is None else lora_rank
-        return LoraConfig(r=rank, lora_alpha=lora_alpha or 2 * rank, init_lora_weights=True,
+        return LoraConfig(r=rank, lora_alpha=lora_alpha or 2 * rank, init_lora_weights=cls.lora_init,
                           target_modules=list(targets or cls.lora_targets))
 
     @contextmanager

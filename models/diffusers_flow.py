@@ -48,7 +48,12 @@ def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     return DTYPES[value]
 
 
-ATTN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+# The joint attention's projections as flow_grpo (scripts/train_sd3.py, train_flux.py), UniRL
+# (examples/diffusion/sd3_flowdppo.yaml) and Flow-Factory (models/*) name them: peft matches a
+# target as a dotted suffix, so a bare "to_q" would also take SD3.5-M's second, image-only
+# attention (`attn2`, blocks 0–12): 243 adapted projections where the peers adapt 191.
+ATTN_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+                "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
 
 
@@ -58,6 +63,7 @@ class DiffusersFlowModel(FlowModel):
     pipeline_class: str = ""  # class name in `diffusers`
     default_path: str = ""  # hub id used when no path is given
     default_lora_rank: int = 32
+    lora_init = "gaussian"  # A ~ N(0, std 1/r), B = 0: flow_grpo's and Flow-Factory's LoraConfig
     max_sequence_length: int = 512  # text tokens; the pipeline's default
 
     def __init__(self, pipe, device: str | torch.device = "cpu", *, resolution: int | None = None,
@@ -301,8 +307,10 @@ class SD3Model(DiffusersFlowModel):
     default_guidance = 4.5
     default_lora_rank = 32
     default_preset = "sd35-geneval2"  # the published recipe (harness/run/presets/)
+    # T5 tokens, as UniRL's SD3 text encoder (the Flow-DPPO authors' code) and verl-omni's SD3.5
+    # runs; flow_grpo uses 128, Flow-Factory 512 (docs/recipes.md)
     max_sequence_length = 256
-    lora_targets = ATTN_TARGETS
+    lora_targets = ATTN_TARGETS  # 191 projections on SD3.5-medium
 
     def _scheduler_kwargs(self, steps: int) -> dict:
         if not self.pipe.scheduler.config.get("use_dynamic_shifting"):
@@ -348,8 +356,8 @@ class FluxModel(DiffusersFlowModel):
     default_guidance = 3.5
     default_lora_rank = 64  # docs/methods.md §9: r 64, α 128, attention and feed-forward layers
     default_preset = "flux1-dev-geneval2"  # the published recipe (harness/run/presets/)
-    # diffusers' FLUX LoRA training list (train_dreambooth_lora_flux); matched as suffixes, so the
-    # single-stream blocks' to_q / to_k / to_v are adapted too
+    # flow_grpo's scripts/train_flux.py list (Flow-Factory's flux1.py has the same): "attn.to_q" also
+    # takes the single-stream blocks' to_q / to_k / to_v; 342 projections on FLUX.1-dev
     lora_targets = ATTN_TARGETS + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
 
     def _packed_hw(self) -> tuple[int, int]:
@@ -406,7 +414,9 @@ class Flux2KleinModel(DiffusersFlowModel):
     default_guidance = 4.0
     default_lora_rank = 64
     default_preset = "flux2-klein-geneval2"  # the published recipe (harness/run/presets/)
-    # single-stream blocks fuse q, k, v and the MLP input into one projection
+    # Flow-Factory's flux2_klein.py list: single-stream blocks fuse q, k, v and the MLP input into
+    # one projection; their output projection (`attn.to_out`, one Linear) is not matched by
+    # "attn.to_out.0" and stays frozen, as there. 120 projections on klein-9B
     lora_targets = ATTN_TARGETS + ("ff.linear_in", "ff.linear_out", "ff_context.linear_in",
                                    "ff_context.linear_out", "attn.to_qkv_mlp_proj")
 

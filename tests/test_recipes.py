@@ -44,7 +44,7 @@ def test_dump_config_of_sd35_shows_the_papers_setting(tmp_path):
     assert (t["group_size"], t["prompts_per_epoch"], t["steps"], t["sde_window"], t["window_fraction"]) == (
         16, 64, 10, 3, 0.5)
     assert (t["guidance"], t["lr"], t["lora_rank"], t["lora_alpha"]) == (1.0, 3e-4, 32, 64.0)
-    assert t["adv_std"] == "global" and t["beta"] == 0.04
+    assert t["adv_std"] == "global" and t["beta"] == 0.0  # the no-CFG recipes: no KL term
     assert t["minibatch_size"] * 2 == t["group_size"] * t["prompts_per_epoch"]  # 2 updates per epoch
     assert e["benchmarks"] == ["geneval2", "pickscore"] and e["steps"] == 40 and e["final_limit"] == "none"
     assert d["method_overrides"] == {"guard": {"lr": 1e-4}}

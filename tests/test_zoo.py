@@ -69,6 +69,56 @@ def test_guard_loss_clips_normalised_ratio_and_reweights_by_dt():
     assert out.trust.any() and not out.trust.all()
 
 
+def _guard_script_log_ratio(st, dim):
+    """The log-ratio as flow_grpo's GRPO-Guard script writes it (PR #175, train_sd3_GRPO_Guard.py,
+    RatioNorm lines), on a [B] per-element log-prob with std = std_dev_t·sqrt(−dt) and dt shared."""
+    log_prob, old_log_prob = st.log_prob, st.old_log_prob
+    sqrt_dt = torch.full_like(log_prob, math.sqrt(-st.dt))
+    std_dev_t = st.std / math.sqrt(-st.dt)
+    sigma_t = std_dev_t.mean()
+    ratio_mean_bias = (st.mean - st.old_mean).pow(2).mean(dim=dim)
+    ratio_mean_bias = ratio_mean_bias / (2 * (sqrt_dt.mean() * sigma_t) ** 2)
+    return (log_prob - old_log_prob + ratio_mean_bias) * (sqrt_dt.mean() * sigma_t)
+
+
+def test_guard_bias_per_sample_or_per_batch_as_the_references():
+    """b per sample (verl-omni, Flow-Factory; the default) or one b per micro-batch (the
+    authors' script: `mean(dim=tuple(range(1, log_prob.ndim)))` with log_prob [B] is dim=())."""
+    from methods.guard import ratio_norm
+
+    assert torch.tensor([1.0, 2.0]).mean(dim=()).item() == 1.5  # torch reads dim=() as every dimension
+    st, _, _ = _step(B=6, scale=0.3)
+    script_dim = tuple(range(1, st.log_prob.ndim))
+    assert script_dim == ()
+    per_batch = _guard_script_log_ratio(st, script_dim)
+    per_sample = _guard_script_log_ratio(st, (1, 2, 3))
+    assert per_batch.shape == per_sample.shape == (6,)
+    assert not torch.allclose(per_batch, per_sample, rtol=1e-3)  # the two readings differ here
+    args = (st.log_prob, st.old_log_prob, st.mean, st.old_mean, st.std)
+    assert torch.allclose(ratio_norm(*args), per_sample, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(ratio_norm(*args, bias="batch"), per_batch, rtol=1e-10, atol=1e-14)
+    assert build_method("guard").config.bias == "sample"
+    batch = build_method("guard", bias="batch", clip_range=1e-3, reweight_dt=False).step_loss(st)
+    ref, _, clipped = clipped_loss(per_batch, torch.zeros_like(per_batch), st.advantages, clip_range=1e-3)
+    assert torch.allclose(batch.loss, ref) and torch.equal(batch.trust, clipped)
+    with pytest.raises(Exception, match="bias must be"):
+        build_method("guard", bias="step").config.validate()
+
+
+def test_a_guard_run_of_older_code_resumes_with_the_per_sample_bias():
+    """A cell's config written before `bias` existed upgrades to "sample", the b it used."""
+    from dataclasses import asdict
+
+    from harness.run.config import upgrade_cell_config
+
+    current = {"method": "guard", "method_config": asdict(build_method("guard").config)}
+    settings = {k: v for k, v in current["method_config"].items() if k != "bias"}
+    old = {"method": "guard", "method_config": settings}
+    assert upgrade_cell_config(old, current) == current
+    batch = {**current, "method_config": {**current["method_config"], "bias": "batch"}}
+    assert upgrade_cell_config(old, batch) != batch  # a run of the other b is another configuration
+
+
 def test_cps_uses_the_surrogate_ratio():
     """Flow-CPS's ratio is exp(−mean((x'−μ)²) + mean((x'−μ_old)²)), no 1/(2s²)."""
     g = torch.Generator().manual_seed(1)

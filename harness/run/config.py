@@ -379,6 +379,10 @@ def upgrade_cell_config(saved: dict, current: dict) -> dict:
     for key, value in (("trust_region", current.get("trust_region")), ("train_prompts", "toy-train")):
         if key not in saved and key in current:
             saved = {**saved, key: value}
+    method_config = saved.get("method_config")
+    if isinstance(method_config, dict) and "reweight_dt" in method_config and "bias" not in method_config:
+        # GRPO-Guard's RatioNorm b was per sample before it became a setting
+        saved = {**saved, "method_config": {**method_config, "bias": "sample"}}
     return saved
 
 
