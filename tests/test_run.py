@@ -205,7 +205,9 @@ def test_a_shared_group_computes_its_first_steps_once(tiny_path, monkeypatch):
         assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(ro.images, ro0.images, atol=1e-5)
     assert torch.allclose(r.mean, r0.mean, atol=1e-5)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, grads0))
+    # fp32 sums in another order: equal to a few ulps of each tensor's scale (an element-wise rtol
+    # fails on near-zero entries of an AVX-512 host's sums)
+    assert all((a - b).abs().max() <= 1e-5 * b.abs().max() for a, b in zip(grads, grads0))
     assert any(g.abs().sum() > 0 for g in grads)
 
 
