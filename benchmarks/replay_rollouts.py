@@ -42,7 +42,7 @@ def _trainer(cfg: dict, run_config: dict, weights: Path | None) -> Trainer:
     reward = build_rewards(cfg["reward"], **run_config.get("resolved", {}).get("reward_options", {}))
     model = load_model(cfg["model"], run_config.get("model_path"), **run_config.get("model_options", {}))
     trainer = Trainer(model, method, reward, load_prompts(cfg.get("train_prompts", "toy-train")), train,
-                      seed=cfg["seed"])
+                      seed=cfg["seed"], epochs=cfg["epochs"])
     if weights is not None:  # the trainer added the LoRA at zero: without weights, the base model
         model.load_trainable_state_dict(load_tensors(weights))
     return trainer

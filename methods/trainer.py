@@ -102,6 +102,20 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
+    lr_schedule: str = "constant"
+    """"constant" or "cosine" (after the warm-up, decay to `min_lr_ratio` × lr at the end of the
+    run: the Flow-DPPO paper's schedule). Counted in optimizer steps: epochs × inner_loops ×
+    ⌈P·G / minibatch_size⌉ in a run; a skipped non-finite update still takes its step's place."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up to lr (the n-th at n / warmup_steps × lr); 0: none."""
+    min_lr_ratio: float = 0.0
+    """Where the cosine ends, as a fraction of lr (0: to zero, as transformers' cosine schedule)."""
+    ema_decay: float | None = None
+    """An exponential moving average of the trained weights (None: none). When on, every
+    evaluation, the sample grid and `bench export` use the EMA weights while training goes on
+    with the raw ones (flow_grpo: 0.9, its decay warmed up as min(decay, (1 + n) / (10 + n)))."""
+    ema_every: int = 8
+    """Optimizer steps between EMA updates (flow_grpo: 8)."""
     beta: float = 0.0
     """β of the β·KL_ref term (exact per-element KL to the pretrained policy)."""
     adv_std: str = "global"
@@ -142,6 +156,16 @@ class TrainConfig:
             (self.ode_precision in PRECISIONS,
              f"ode_precision must be one of {', '.join(PRECISIONS)}, not {self.ode_precision!r}"),
             (self.lr > 0, "learning rate must be positive"),
+            (self.lr_schedule in ("constant", "cosine"),
+             f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}"),
+            (_number(self.warmup_steps) and self.warmup_steps == int(self.warmup_steps) >= 0,
+             f"warmup_steps must be a whole number >= 0 (got {self.warmup_steps!r})"),
+            (_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+             f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio!r})"),
+            (self.ema_decay is None or _number(self.ema_decay) and 0 <= self.ema_decay < 1,
+             f"ema_decay must be in [0, 1) or none (got {self.ema_decay!r})"),
+            (_number(self.ema_every) and self.ema_every == int(self.ema_every) >= 1,
+             f"ema_every must be a whole number >= 1 (got {self.ema_every!r})"),
             (self.beta >= 0, "beta must be >= 0"),
             (self.adv_std in ("group", "global"), "adv_std must be 'group' or 'global'"),
             (self.reward_aggregation in ("sum", "normalised"),
@@ -234,7 +258,8 @@ class Trainer:
     skips_in_row = 0
 
     def __init__(self, model: FlowModel, method: Method, reward: Reward, prompts: list[dict],
-                 cfg: TrainConfig, seed: int = 0):
+                 cfg: TrainConfig, seed: int = 0, epochs: int | None = None):
+        """`epochs`: the run's length, which sets where the cosine schedule ends."""
         cfg.validate()
         self.model, self.method, self.reward, self.prompts, self.cfg, self.seed = (
             model, method, reward, prompts, cfg, seed)
@@ -248,6 +273,13 @@ class Trainer:
                                    f"the mini-batch ({cfg.minibatch_size}) must divide by {n}, and the "
                                    f"mini-batch must divide the batch ({B}): every rank takes whole "
                                    "groups and an equal share of every mini-batch")
+        self.steps_per_epoch = cfg.inner_loops * math.ceil(B / cfg.minibatch_size)
+        self.total_steps = epochs * self.steps_per_epoch if epochs else None
+        if cfg.lr_schedule == "cosine" and self.total_steps is None:
+            raise TrainConfigError("the cosine schedule needs the run's length (Trainer(..., epochs=N))")
+        if cfg.warmup_steps and self.total_steps is not None and cfg.warmup_steps >= self.total_steps:
+            raise TrainConfigError(f"the warm-up ({cfg.warmup_steps} optimizer steps) must be shorter than "
+                                   f"the run ({self.total_steps}: {epochs} epochs x {self.steps_per_epoch})")
         if cfg.trained_precision == "fp32" and model.weights_dtype != torch.float32:
             raise TrainConfigError(f"fp32 trained steps need the denoiser's weights in fp32 (this model "
                                    f"holds {model.weights_dtype}); bench run loads them so")
@@ -259,6 +291,8 @@ class Trainer:
         self.ddp = dist.wrap(model, model.device)  # None in one process
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
+        # the EMA in fp32 whatever the weights' precision: a 0.9 average of bf16 weights rounds away
+        self.ema = None if cfg.ema_decay is None else [p.detach().float().clone() for p in self.params]
         mc = method.config
         self._step_fn = flow_sde_step if mc.sampler == "sde" else cps_step
         self._eta = mc.eta
@@ -367,9 +401,12 @@ class Trainer:
         delta = self.method.trust_threshold
         n, rank = dist.world(), dist.rank()
         before = self._weights_before_update
+        # the run's optimizer step, a function of the epoch: a resumed run continues the schedule
+        step = epoch * self.steps_per_epoch - 1
         for inner in range(cfg.inner_loops):
             order = torch.randperm(B, generator=gen)
             for batch in order.split(cfg.minibatch_size):
+                step += 1
                 mb = batch[rank::n]  # this process's equal share of the global mini-batch
                 if before is not None and losses:  # the first off-policy mini-batch
                     rounding, before = self.rounding_in_a_change(ro, mb, before), None
@@ -405,16 +442,73 @@ class Trainer:
                                             "lower the learning rate")
                     continue
                 self.skips_in_row = 0
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_at(step)
                 self.optimizer.step()
+                if self.ema is not None and (step + 1) % cfg.ema_every == 0:
+                    self._update_ema(step + 1)
                 losses.append(total)
                 grad_norms.append(norm.item())
         self._weights_before_update = None
         metrics = {"loss": float(np.mean(losses)) if losses else float("nan"),
                    "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
                    "skipped_updates": skipped, **rounding}
+        if cfg.lr_schedule != "constant" or cfg.warmup_steps:
+            metrics["lr"] = self.lr_at(step)  # the epoch's last step's
         for key, vals in diag.items():
             metrics[key] = float(np.mean(vals))
         return metrics, {k: torch.cat(v) for k, v in samples.items()}
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the run's optimizer step `step` (from 0): a linear warm-up over
+        `warmup_steps`, then lr, or a cosine from lr to `min_lr_ratio` × lr at the run's end
+        (transformers' get_cosine_schedule_with_warmup; the warm-up's first step is not at 0)."""
+        cfg, w = self.cfg, self.cfg.warmup_steps
+        if step < w:
+            return cfg.lr * (step + 1) / w
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        progress = min(1.0, (step - w) / max(1, self.total_steps - w))
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    @torch.no_grad()
+    def _update_ema(self, n: int) -> None:
+        """flow_grpo's EMA step after the run's n-th optimizer step, its decay warmed up as
+        min(decay, (1 + n) / (10 + n)) so that the first averages do not cling to the base model."""
+        d = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for e, p in zip(self.ema, self.params):
+            e.mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    @contextmanager
+    def ema_weights(self):
+        """Inside, the model holds the EMA weights (where the config keeps an EMA): what is
+        evaluated and exported. The raw weights come back bit for bit and training goes on."""
+        if self.ema is None:
+            yield
+            return
+        raw = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, e in zip(self.params, self.ema):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, r in zip(self.params, raw):
+                    p.copy_(r)
+
+    def ema_state_dict(self) -> dict[str, Tensor] | None:
+        """The EMA weights under the names of `model.trainable_state_dict()`, so that a checkpoint's
+        EMA file loads like its weights (exact where the weights are fp32, as LoRA's are)."""
+        if self.ema is None:
+            return None
+        with self.ema_weights():
+            return self.model.trainable_state_dict()
+
+    def load_ema_state_dict(self, state: dict[str, Tensor]) -> None:
+        with self.ema_weights():  # the raw weights come back afterwards
+            self.model.load_trainable_state_dict(state)
+            self.ema = [p.detach().float().clone() for p in self.params]
 
     def _step_loss(self, ro: Rollout, j: int, k: int, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The per-sample loss of window step j (timestep k) for the trajectories `idx`, with

@@ -38,12 +38,16 @@ from models import load_model
 from rewards import build_rewards
 
 
-def save_checkpoint(ckpt: Path, model, optimizer, state: dict) -> None:
-    """Weights and optimizer under names carrying the epoch, then state.json naming them: a
-    kill at any instant leaves state.json pointing at a complete, consistent pair (the
-    previous epoch's until the new state.json lands). Older pairs are removed afterwards."""
+def save_checkpoint(ckpt: Path, model, optimizer, state: dict, ema: dict | None = None) -> None:
+    """Weights and optimizer (and the weights' EMA, where kept) under names carrying the epoch,
+    then state.json naming them: a kill at any instant leaves state.json pointing at a complete,
+    consistent set (the previous epoch's until the new state.json lands). Older sets are
+    removed afterwards."""
     tag = f"{state['epoch']:05d}"
     files = {"weights": f"weights_{tag}.safetensors", "optimizer": f"optimizer_{tag}.safetensors"}
+    if ema is not None:
+        files["ema"] = f"ema_{tag}.safetensors"
+        save_tensors(ckpt / files["ema"], ema)
     opt_t, opt_meta = optimizer_tensors(optimizer)
     save_tensors(ckpt / files["weights"], model.trainable_state_dict())
     save_tensors(ckpt / files["optimizer"], opt_t)
@@ -96,7 +100,8 @@ class CellRun:
         model = load_model(self.model_name, self.model_path, self.device, **self.model_options)
         method, train = method_variant(self.method_name, p)
         reward = build_rewards(p.reward, self.evaluation.device, self.evaluation.options, **p.reward_options)
-        trainer = Trainer(model, method, reward, load_prompts(p.train_prompts), train, seed=self.seed)
+        trainer = Trainer(model, method, reward, load_prompts(p.train_prompts), train, seed=self.seed,
+                          epochs=p.epochs)
         config = {"method": self.method_name, "method_config": asdict(method.config),
                   "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,
                   "reward": p.reward, "seed": self.seed, "model": self.model_name,
@@ -112,6 +117,8 @@ class CellRun:
                 files = checkpoint_files(ckpt, state)
                 model.load_trainable_state_dict(load_tensors(files["weights"]))
                 load_optimizer(trainer.optimizer, load_tensors(files["optimizer"]), state["optimizer"])
+                if trainer.ema is not None:  # the config kept one, so the checkpoint names its file
+                    trainer.load_ema_state_dict(load_tensors(files["ema"]))
             except Exception as e:  # noqa: BLE001 - a damaged checkpoint, whatever the library says
                 raise RunError(f"checkpoint {ckpt} is damaged ({type(e).__name__}: "
                                f"{(str(e).splitlines() or [''])[0][:120]}); delete {self.dir} to "
@@ -135,7 +142,8 @@ class CellRun:
         finally:
             if live is not None:
                 live.close()
-        result = self._finish(model, metrics, base_final or base_eval, train, wall) if main else None
+        with trainer.ema_weights():  # what is measured and drawn: the EMA where one is kept
+            result = self._finish(model, metrics, base_final or base_eval, train, wall) if main else None
         dist.barrier()
         return result
 
@@ -163,13 +171,14 @@ class CellRun:
             if live is not None:
                 live.log(scalars(m), done)
             if done % p.eval.every == 0 or done == p.epochs:
-                ev = replace(self.evaluation(model, method, train), epoch=done, wall_seconds=wall)
+                with trainer.ema_weights():  # evaluated with the EMA, trained on with the raw weights
+                    ev = replace(self.evaluation(model, method, train), epoch=done, wall_seconds=wall)
                 write_json(self.dir / "eval" / f"{done}.json", ev.to_json())
                 if live is not None:
                     live.log(eval_scalars(ev), done)
             write_jsonl(self.dir / "metrics.jsonl", metrics)
             save_checkpoint(ckpt, model, trainer.optimizer,
-                            {"epoch": done, "wall_seconds": wall, "config": config})
+                            {"epoch": done, "wall_seconds": wall, "config": config}, trainer.ema_state_dict())
             dist.barrier()
         return wall
 

@@ -367,7 +367,8 @@ def method_variant(spec: str, preset: Preset) -> tuple[Method, TrainConfig]:
             train_kw[key] = value
         else:
             raise RunError(f"{spec!r}: neither {name} nor the trainer has a setting {key!r}")
-    train = replace(preset.train, **train_kw)
+    hints = typing.get_type_hints(TrainConfig)  # typed as a [train] table is: "none" unsets, lists are tuples
+    train = replace(preset.train, **{k: _coerce(v, hints[k], f"{spec!r}: {k}") for k, v in train_kw.items()})
     train.validate()
     return build_method(name, **method_kw), train
 
@@ -396,7 +397,10 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
         if isinstance(resolved.get("train"), dict):  # the memory knobs: whole batches before them
             resolved["train"] = {"micro_batch": None, "rollout_batch": None, "gradient_checkpointing": False,
                                  "offload_text_encoders": False, "prompt_cache_gb": 8.0,
-                                 "trained_precision": "auto", "ode_precision": "auto", **resolved["train"]}
+                                 "trained_precision": "auto", "ode_precision": "auto",
+                                 # the schedule and EMA: a constant lr and none before them
+                                 "lr_schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 0.0,
+                                 "ema_decay": None, "ema_every": 8, **resolved["train"]}
         if "method_overrides" in resolved:  # a whole preset, not a cell's config
             resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
             resolved.setdefault("model", "toy")

@@ -14,7 +14,8 @@ from models import MODELS, ModelError, load_model
 
 def read_cell(cell_dir: str | Path) -> tuple[dict, dict, Path]:
     """A trained cell (`runs/<name>/<model>/<method>/seed<k>`): its config, its run's config
-    (model path and options; empty without a manifest) and its last checkpoint's weights."""
+    (model path and options; empty without a manifest) and its last checkpoint's weights: their
+    EMA where the cell kept one (`train.ema_decay`), the policy its evaluations measured."""
     cell_dir = Path(cell_dir)
     cfg_path, ckpt = cell_dir / "config.json", cell_dir / "checkpoints" / "latest"
     if not cfg_path.is_file() or not (ckpt / "state.json").is_file():
@@ -24,7 +25,8 @@ def read_cell(cell_dir: str | Path) -> tuple[dict, dict, Path]:
     run_config = {}
     if manifest is not None and manifest.is_file():
         run_config = json.loads(manifest.read_text()).get("config", {})
-    weights = checkpoint_files(ckpt, read_checkpoint_state(ckpt))["weights"]
+    files = checkpoint_files(ckpt, read_checkpoint_state(ckpt))
+    weights = files.get("ema", files["weights"])
     return json.loads(cfg_path.read_text()), run_config, weights
 
 
