@@ -261,6 +261,7 @@ class Trainer:
                  cfg: TrainConfig, seed: int = 0, epochs: int | None = None):
         """`epochs`: the run's length, which sets where the cosine schedule ends."""
         cfg.validate()
+        reset_peaks()  # a cell's rows report its own memory peaks
         self.model, self.method, self.reward, self.prompts, self.cfg, self.seed = (
             model, method, reward, prompts, cfg, seed)
         if cfg.prompts_per_epoch > len(prompts):
@@ -346,6 +347,7 @@ class Trainer:
                       for part in own.split(cfg.rollout_batch or len(own))]
         xs, nxt, means, stds, lps = ([torch.cat(ts) for ts in zip(*(c[i] for c in chunks))] for i in range(5))
         images = torch.cat([c[5] for c in chunks])
+        del chunks  # the batches' own copies: the reward phase would hold them beside the concatenation
         with memory_phase("reward"):
             out = self.reward(images, [prompts[i] for i in own], [records[i] for i in own])
         # complete groups everywhere: the rewards and trajectories of every rank

@@ -65,6 +65,7 @@ class DiffusersFlowModel(FlowModel):
     default_lora_rank: int = 32
     lora_init = "gaussian"  # A ~ N(0, std 1/r), B = 0: flow_grpo's and Flow-Factory's LoraConfig
     max_sequence_length: int = 512  # text tokens; the pipeline's default
+    decode_batch: int = 8  # latents per VAE call: 64 at 512² would take ≈ 24 GB (benchmarks/memory_plan.py)
 
     def __init__(self, pipe, device: str | torch.device = "cpu", *, resolution: int | None = None,
                  shift: float | None = None, max_sequence_length: int | None = None,
@@ -214,7 +215,7 @@ class DiffusersFlowModel(FlowModel):
     @torch.no_grad()
     def decode(self, x: Tensor) -> Tensor:
         """VAE decode -> images [B, 3, H, W] in [0, 1] (fp32), as the pipeline's `output_type="pt"`."""
-        m = self.max_batch or len(x)
+        m = min(self.max_batch or len(x), self.decode_batch)
         out = []
         for i in range(0, len(x), m):
             with self._autocast():

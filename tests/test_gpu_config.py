@@ -28,7 +28,8 @@ from tests.tiny_pipelines import RESOLUTION, save_tiny
 NAMES = ("sd35", "flux1-dev", "flux2-klein")
 RECIPES = {"sd35": "sd35-geneval2", "flux1-dev": "flux1-dev-geneval2", "flux2-klein": "flux2-klein-geneval2"}
 # the recipe's structure at a tiny size: 8 rollouts an epoch, two mini-batches of 4 (the second
-# off-policy), micro-batches of 2, sampled 2 at a time (the update's shape)
+# off-policy), micro-batches of 2, sampled 2 at a time (the update's shape); the recipe's EMA of
+# the LoRA weights averaged after every update
 SCALED = """base = "{recipe}"
 [train]
 prompts_per_epoch = 2
@@ -37,6 +38,7 @@ steps = 6
 minibatch_size = 4
 micro_batch = 2
 rollout_batch = 2
+ema_every = 1
 [eval]
 steps = 4
 every = 1
@@ -74,7 +76,7 @@ def scorers(tmp_path_factory):
 def _checkpoint(cell):
     ckpt = cell / "checkpoints" / "latest"
     state = json.loads((ckpt / "state.json").read_text())
-    return (load_file(ckpt / state["files"]["weights"]), load_file(ckpt / state["files"]["optimizer"]))
+    return [load_file(ckpt / state["files"][part]) for part in ("weights", "optimizer", "ema")]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -97,13 +99,16 @@ def test_the_recipe_runs_in_the_gpu_configuration(saved, scorers, gpu_dtypes, na
         assert first["change_kl_mean_fp32"] > 0 and math.isfinite(first["rounding_kl_mean"])
         assert first["change_kl_mean"] != first["change_kl_mean_fp32"]  # bf16 rounding is visible
         assert all(math.isfinite(row["loss"]) and row["skipped_updates"] == 0 for row in rows)
-        weights, optimizer = _checkpoint(cell)
+        weights, optimizer, ema = _checkpoint(cell)
         assert weights and {t.dtype for t in weights.values()} == {torch.float32}  # fp32 LoRA
+        assert ema.keys() == weights.keys() and {t.dtype for t in ema.values()} == {torch.float32}
+        assert any(not torch.equal(ema[k], weights[k]) for k in weights)  # an average, not a copy
         moments = [t for k, t in optimizer.items() if t.dim() > 0]
         assert moments and {t.dtype for t in moments} == {torch.float32}  # fp32 AdamW state
-        for when in ("1", "final"):  # measured by the bf16 policy, which the record says
-            scores = json.loads((cell / "eval" / f"{when}.json").read_text())["benchmarks"]
-            assert scores["geneval2"]["precision"] == "bfloat16"
+        for when in ("1", "final"):  # measured by the bf16 policy (its EMA), which the record says
+            record = json.loads((cell / "eval" / f"{when}.json").read_text())
+            assert record["benchmarks"]["geneval2"]["precision"] == "bfloat16"
+        assert record["kl_to_pretrained"]["mean"] > 0  # the evaluated (EMA) policy moved
     assert (out / "report" / "tables.md").is_file()
 
     cell = out / name / "dppo" / "seed0"

@@ -73,7 +73,7 @@ def test_the_knobs_are_preset_fields_and_options():
     train = tomllib.loads(r.output)["train"]
     assert (train["micro_batch"], train["rollout_batch"], train["offload_text_encoders"]) == (4, 2, True)
     for p in PRESETS.values():  # the real recipes fit one 80 GB card by estimate; the toy needs none
-        assert (p.train.micro_batch, p.train.rollout_batch) == ((None, None) if p.model == "toy" else (8, 16))
+        assert (p.train.micro_batch, p.train.rollout_batch) == ((None, None) if p.model == "toy" else (8, 8))
         assert p.train.offload_text_encoders is (p.model != "toy")
 
 
