@@ -182,7 +182,7 @@ class TrainConfig:
 class Rollout:
     prompts: list[str]  # B = P·G, grouped
     records: list[dict]
-    embeds: PromptEmbeds
+    embeds: PromptEmbeds  # one row per prompt (P), not per trajectory: `prompt_embeds`
     window: list[int]  # trained step indices k
     sigmas: Tensor
     x: list[Tensor]  # per window step: x_k [B, ...]
@@ -198,6 +198,10 @@ class Rollout:
     group_size: int | None = None
     """Set when a group shares its initial noise: then its G samples share x_k up to the first
     window step, and their velocity there is computed once per group (same maths, G× fewer rows)."""
+
+    def prompt_embeds(self, idx: Tensor) -> PromptEmbeds:
+        """The prompt embeddings of trajectories `idx` (rows of the grouped batch)."""
+        return self.embeds.select(idx // (len(self.prompts) // len(self.embeds)))
 
 
 def group_advantages(rewards: Tensor, group_size: int, *, std: str = "global",
@@ -334,14 +338,14 @@ class Trainer:
         else:
             x_init = self.model.initial_noise(len(prompts), gen)
         picked = [self.prompts[i]["prompt"] for i in picks]
-        embeds = self.model.embed(picked, cfg.guidance).repeat_interleave(G)
+        embeds = self.model.embed(picked, cfg.guidance)  # one row a prompt, not G copies (FLUX.2: 12 GB)
         # this process's whole groups; all noise is drawn for the whole batch, then sliced
         B, n, rank = len(prompts), dist.world(), dist.rank()
         own = torch.arange(rank * B // n, (rank + 1) * B // n)
         sig = self.model.sigmas(cfg.steps)
         noises = [torch.randn(x_init.shape, generator=gen)[own] for _ in window]  # the SDE steps' noise
         with memory_phase("rollout"):
-            chunks = [self._trajectories(x_init[part], embeds.select(part),
+            chunks = [self._trajectories(x_init[part], embeds.select(part // G),
                                          [z[part - own[0]] for z in noises], window, sig,
                                          part // G if cfg.group_noise == "shared" else None)
                       for part in own.split(cfg.rollout_batch or len(own))]
@@ -525,7 +529,7 @@ class Trainer:
         loss, kl_ref = out.loss, None
         if cfg.beta > 0:
             with torch.no_grad(), self.model.reference():
-                ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, ro.embeds.select(idx)), k,
+                ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, ro.prompt_embeds(idx)), k,
                                       ro.sigmas, next_sample=x_next).mean
             kl_ref = gaussian_kl(r.mean, ref_mean, std)
             loss = loss + cfg.beta * kl_ref
@@ -534,7 +538,7 @@ class Trainer:
     def _recompute(self, ro: Rollout, j: int, k: int, idx: Tensor, velocity):
         """Window step j (timestep k) of the trajectories `idx` under the current weights: the
         step's distribution at the stored x_k (evaluated at the stored x_{k+1}) and KL(old ‖ new)."""
-        x, embeds = ro.x[j][idx], ro.embeds.select(idx)
+        x, embeds = ro.x[j][idx], ro.prompt_embeds(idx)
         if j == 0 and ro.group_size:  # x_k is the group's until its first SDE step
             v = self._shared_velocity(x, k, ro.sigmas, embeds, idx // ro.group_size, velocity)
         else:
