@@ -11,7 +11,11 @@ process, where every helper below falls back to the local value. How the trainer
   groups on every rank, exactly as in one process;
 - each global mini-batch (the single-process order) is split across ranks; DDP averages the
   LoRA gradients of equal shares, which is the gradient of the mini-batch mean;
-- diagnostics are computed on gathered tensors; only rank 0 writes files.
+- diagnostics are computed on gathered tensors; only rank 0 writes files;
+- evaluation (harness/run/evaluation.py, harness/benchmarks) gives each rank a contiguous
+  share of the prompts in whole blocks of the batches one process computes (`share`), each
+  prompt with the noise it has in one process, and gathers the per-prompt results in order
+  (`concat`): every rank then summarises exactly what one process would, and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ _WAIT = None  # the group `barrier` waits in: gloo on the CPU, so NCCL's watchdo
 def init(device: str = "cpu") -> None:
     """Join the launcher's process group (once); nothing to do in a single process. On CUDA
     (nccl) each process first takes its own GPU, cuda:LOCAL_RANK, and a CPU (gloo) group with
-    a day's timeout carries the barriers, so the other ranks can wait out rank 0's evaluation
-    (tens of minutes on the real test sets) without NCCL timing out."""
+    a day's timeout carries the barriers and the evaluation's gathers, so ranks can wait out
+    rank 0's checkpoints and the slowest share of an evaluation without NCCL timing out."""
     global _WAIT
     if active() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
@@ -103,6 +107,25 @@ def any_true(flag: bool) -> bool:
     t = torch.tensor([int(flag)], device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t)
+
+
+def share(n: int, block: int = 1) -> range:
+    """This rank's contiguous share of `n` items, in whole blocks of `block` (the last one may
+    be short) split as evenly as the ranks allow: computed block by block, an item lands in the
+    same batch as in one process, so it gets the same numbers on any number of ranks."""
+    blocks = -(-n // block)
+    return range(min(n, rank() * blocks // world() * block), min(n, (rank() + 1) * blocks // world() * block))
+
+
+def concat(items: list) -> list:
+    """Every rank's list (picklable CPU values), concatenated in rank order, on every rank: the
+    ranks' `share`s put back together. Over the barriers' group (gloo, a day's timeout on CUDA),
+    since the ranks finish their shares at different times."""
+    if not active():
+        return items
+    parts: list = [None] * world()
+    dist.all_gather_object(parts, items, group=_WAIT)
+    return [x for part in parts for x in part]
 
 
 class VelocityModule(nn.Module):

@@ -3,8 +3,10 @@
 `Benchmark.evaluate` draws each prompt's images with the ODE from noise seeded per prompt
 (`seed`, prompt index, image index), so an image does not depend on `--limit` or on how
 prompts are batched, and two models evaluated with the same seed see the same noise. It
-scores in chunks as images come. The scorer (a judge, a detector, PickScore) is loaded on
-first use and kept, so a run that evaluates many cells loads it once.
+scores in chunks as images come. Under torchrun each rank draws and scores a contiguous share
+of the chunks, and the per-prompt results are gathered before the summary, so every rank gets
+the single process's scores (`methods.dist.share`). The scorer (a judge, a detector,
+PickScore) is loaded on first use and kept, so a run that evaluates many cells loads it once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from harness.core.errors import FlowArenaError
 from harness.core.prompts import PromptFileError, subset
 from harness.core.registry import Registry
 from harness.core.results import Metric
+from methods import dist
 from models.base import FlowModel
 from models.text import UnknownWordError
 
@@ -30,7 +33,7 @@ class BenchmarkError(FlowArenaError, ValueError):
 
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark", BenchmarkError)
 register_benchmark = BENCHMARKS.register
-CHUNK = 16  # prompts sampled and scored together
+CHUNK = 16  # prompts sampled and scored together; the unit the ranks share out
 
 
 class Benchmark:
@@ -110,10 +113,13 @@ class Benchmark:
                 model.skip_unknown_words()
                 note = "the toy model reads only the words it knows: this checks the plumbing, not a score"
         per_prompt: list = []
-        for lo in tqdm(range(0, len(records), CHUNK), desc=self.name, disable=not progress):
+        own = dist.share(len(records), CHUNK)  # all of them in one process
+        for lo in tqdm(range(own.start, own.stop, CHUNK), desc=self.name,
+                       disable=not progress or not dist.is_main()):
             chunk = records[lo:lo + CHUNK]
             images = seeded_images(model, chunk, lo, n, steps=steps, guidance=guidance, seed=seed)
             per_prompt += scorer(images, chunk, n)
+        per_prompt = dist.concat(per_prompt)
         out = {"benchmark": self.name, "split": split, "model": model.name,
                "steps": steps or model.default_steps,
                "guidance": model.default_guidance if guidance is None else guidance, "seed": seed,

@@ -3,11 +3,14 @@ eval split (GenEval2's format and scoring, docs/toy-world.md) and the toy prefer
 on the out-of-domain split; no downloads.
 
 Unlike the real benchmarks, the images of a split are drawn from one noise tensor seeded
-once (`seed`), as every toy result in the docs was measured.
+once (`seed`), as every toy result in the docs was measured. Under torchrun each rank draws
+that whole tensor, takes the rows of its share of the prompts (whole `generate` batches, so
+every image comes from the batch it has in one process) and the scores are gathered in order.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -19,15 +22,30 @@ from harness.core.prompts import PromptFileError, load_toy_split, subset
 from harness.core.results import Metric, toy_metrics
 from harness.core.soft_tifa import SoftTifaResult, soft_tifa, stderr
 from harness.toyworld.judge import ToyJudge
+from methods import dist
 from models.base import FlowModel
+
+BATCH = 64  # images per `generate` batch (its default); ranks share out whole batches
 
 
 def sample_split(model: FlowModel, records: list[dict], *, images_per_prompt: int = 1,
                  steps: int | None = None, guidance: float | None = None, seed: int = 0,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, own: range | None = None) -> torch.Tensor:
+    """The images of `records`, or with `own` those of the records it indexes (a rank's
+    share, `shared`), cut from the noise of the whole list."""
     prompts = [r["prompt"] for r in records for _ in range(images_per_prompt)]
     noise = model.initial_noise(len(prompts), torch.Generator().manual_seed(seed))
-    return model.generate(prompts, steps=steps, guidance=guidance, noise=noise, progress=progress)
+    rows = slice(0, len(prompts)) if own is None else slice(own.start * images_per_prompt,
+                                                            own.stop * images_per_prompt)
+    if rows.start == rows.stop:  # a rank left without a share
+        return torch.empty(0)
+    return model.generate(prompts[rows], steps=steps, guidance=guidance, noise=noise[rows],
+                          batch_size=BATCH, progress=progress and dist.is_main())
+
+
+def shared(records: list[dict], images_per_prompt: int = 1) -> range:
+    """This rank's records: whole `generate` batches of their images (all in one process)."""
+    return dist.share(len(records), BATCH // math.gcd(BATCH, images_per_prompt))
 
 
 def soft_tifa_eval(model: FlowModel, split: str = "eval", *, images_per_prompt: int = 1,
@@ -35,14 +53,15 @@ def soft_tifa_eval(model: FlowModel, split: str = "eval", *, images_per_prompt: 
                    judge: ToyJudge | None = None, progress: bool = False,
                    limit: int | None = None) -> SoftTifaResult:
     records = subset(load_toy_split(split), limit)
+    own = shared(records, images_per_prompt)
     images = sample_split(model, records, images_per_prompt=images_per_prompt, steps=steps,
-                          guidance=guidance, seed=seed, progress=progress)
+                          guidance=guidance, seed=seed, progress=progress, own=own)
     judge = judge or ToyJudge()
     scores, i = [], 0
-    for rec in records:
+    for rec in records[own.start:own.stop]:
         scores.append([judge.score(images[i + k], rec["vqa_list"]) for k in range(images_per_prompt)])
         i += images_per_prompt
-    return soft_tifa(records, scores)
+    return soft_tifa(records, dist.concat(scores))
 
 
 def preference_eval(model: FlowModel, split: str = "ood", *, steps: int | None = None,
@@ -53,8 +72,12 @@ def preference_eval(model: FlowModel, split: str = "ood", *, steps: int | None =
 
     records = subset(load_toy_split(split), limit)
     reward = reward or build_reward("toy-pick")
-    images = sample_split(model, records, steps=steps, guidance=guidance, seed=seed, progress=progress)
-    scores = reward(images, [r["prompt"] for r in records], records).scores.numpy()
+    own = shared(records)
+    images = sample_split(model, records, steps=steps, guidance=guidance, seed=seed, progress=progress,
+                          own=own)
+    mine = records[own.start:own.stop]
+    scores = reward(images, [r["prompt"] for r in mine], mine).scores.numpy() if mine else np.zeros(0, "f4")
+    scores = np.asarray(dist.concat(scores.tolist()), dtype=scores.dtype)  # as one process's float32
     return {"mean": float(np.mean(scores)), "stderr": stderr(scores), "n": len(scores),
             "per_prompt": scores.tolist()}
 

@@ -143,7 +143,7 @@ class CellRun:
             if live is not None:
                 live.close()
         with trainer.ema_weights():  # what is measured and drawn: the EMA where one is kept
-            result = self._finish(model, metrics, base_final or base_eval, train, wall) if main else None
+            result = self._finish(model, metrics, base_final or base_eval, train, wall)  # None but on rank 0
         dist.barrier()
         return result
 
@@ -160,35 +160,38 @@ class CellRun:
             wall += time.perf_counter() - t0
             m["wall_seconds"] = round(wall, 2)
             metrics.append(m)
-            if not dist.is_main():
-                dist.barrier()  # rank 0 evaluates and checkpoints meanwhile
-                continue
-            if epoch == 0 and (warning := floor_warning(m, method.trust_region)):
-                tqdm.write(f"warning: {self.method_name} seed {self.seed}: {warning}", file=sys.stderr)
-            save_tensors(self.dir / "diagnostics" / f"epoch_{epoch + 1:04d}.safetensors", samples)
-            bar.set_postfix(reward=f"{m['reward_mean']:.3f}")
-            done = epoch + 1
-            if live is not None:
-                live.log(scalars(m), done)
-            if done % p.eval.every == 0 or done == p.epochs:
+            main, done = dist.is_main(), epoch + 1
+            if main:
+                if epoch == 0 and (warning := floor_warning(m, method.trust_region)):
+                    tqdm.write(f"warning: {self.method_name} seed {self.seed}: {warning}", file=sys.stderr)
+                save_tensors(self.dir / "diagnostics" / f"epoch_{done:04d}.safetensors", samples)
+                bar.set_postfix(reward=f"{m['reward_mean']:.3f}")
+                if live is not None:
+                    live.log(scalars(m), done)
+            if done % p.eval.every == 0 or done == p.epochs:  # every rank scores its share of the prompts
                 with trainer.ema_weights():  # evaluated with the EMA, trained on with the raw weights
                     ev = replace(self.evaluation(model, method, train), epoch=done, wall_seconds=wall)
-                write_json(self.dir / "eval" / f"{done}.json", ev.to_json())
-                if live is not None:
-                    live.log(eval_scalars(ev), done)
-            write_jsonl(self.dir / "metrics.jsonl", metrics)
-            save_checkpoint(ckpt, model, trainer.optimizer,
-                            {"epoch": done, "wall_seconds": wall, "config": config}, trainer.ema_state_dict())
-            dist.barrier()
+                if main:
+                    write_json(self.dir / "eval" / f"{done}.json", ev.to_json())
+                    if live is not None:
+                        live.log(eval_scalars(ev), done)
+            if main:
+                write_jsonl(self.dir / "metrics.jsonl", metrics)
+                save_checkpoint(ckpt, model, trainer.optimizer, {"epoch": done, "wall_seconds": wall,
+                                                                 "config": config}, trainer.ema_state_dict())
+            dist.barrier()  # the other ranks wait out rank 0's checkpoint
         return wall
 
     def _finish(self, model, metrics: list[dict], base_eval: EvalRecord, train: TrainConfig,
-                wall: float) -> dict:
+                wall: float) -> dict | None:
         """The final scores (the test sets, eval/final.json, when a benchmark has one), the final
-        sample grid and result.json (the cell's mark of being done)."""
+        sample grid and result.json (the cell's mark of being done). Every rank scores its share
+        of the test sets; rank 0 alone goes on and returns the result."""
         p = self.preset
         path = self.dir / "eval" / f"{p.epochs}.json"
         final = self.evaluation.final(model, EvalRecord.from_json(read_json(path), str(path)))
+        if not dist.is_main():
+            return None
         if self.evaluation.has_test_sets:
             write_json(self.dir / "eval" / "final.json", final.to_json())
         self.evaluation.sample_grid(model, self.dir / "samples" / "final.png")

@@ -1,6 +1,11 @@
 """What a policy is measured on inside `bench run`: the preset's benchmarks, and the exact KL
 to the pretrained model along the method's own sampler (docs/methods.md §7). Every method,
-seed and epoch is evaluated on the same prompts and the same noise (`EVAL_SEED`)."""
+seed and epoch is evaluated on the same prompts and the same noise (`EVAL_SEED`).
+
+Under torchrun every rank calls the same evaluation: each scores a contiguous share of the
+prompts (the benchmarks' and the KL's, in the blocks one process computes), the per-prompt
+results are gathered, and every rank summarises all of them exactly as one process would;
+rank 0 writes (harness/run/cell.py). The sample grids are rank 0's alone."""
 
 from __future__ import annotations
 
@@ -10,12 +15,13 @@ from pathlib import Path
 import torch
 
 from harness.benchmarks import BENCHMARKS, Benchmark
+from harness.benchmarks.base import CHUNK
 from harness.core.io import write_json
 from harness.core.prompts import subset
 from harness.core.results import EvalRecord
 from harness.core.soft_tifa import stderr
 from harness.run.config import EvalSettings, RunError
-from methods import Method
+from methods import Method, dist
 from methods.memory import memory_phase
 from methods.trainer import TrainConfig
 from models.base import PRECISIONS, FlowModel
@@ -126,31 +132,43 @@ def kl_to_pretrained(model: FlowModel, records: list[dict], *, sampler: str = "s
     """docs/methods.md §7: sample with the policy's stochastic sampler and sum the exact per-step
     KL(π_θ(·|x_k) ‖ π_ref(·|x_k)) over the trajectory — the KL between the two chains' path
     distributions. Per element (mean over dims) per step, summed over steps; also the
-    per-step profile. Deterministic steps (CPS's last) contribute nothing and are skipped."""
+    per-step profile. Deterministic steps (CPS's last) contribute nothing and are skipped.
+
+    In blocks of `CHUNK` prompts, which the ranks share out under torchrun; every noise is
+    drawn for the whole list and sliced, so a prompt's KL does not depend on the ranks."""
     from methods.sde import cps_step, flow_sde_step, gaussian_kl
 
     step_fn = flow_sde_step if sampler == "sde" else cps_step
     gen = torch.Generator().manual_seed(seed)
     prompts = [r["prompt"] for r in records]
-    x = model.initial_noise(len(prompts), gen)
-    embeds = model.embed(prompts, guidance)
+    x0 = model.initial_noise(len(prompts), gen)
+    own = dist.share(len(prompts), CHUNK)
+    blocks = [slice(lo, min(lo + CHUNK, own.stop)) for lo in range(own.start, own.stop, CHUNK)]
+    xs = [x0[b] for b in blocks]
+    embeds = [model.embed(prompts[b], guidance) for b in blocks]
     sig = model.sigmas(steps)
-    per_step = []
-    total = torch.zeros(len(prompts))
+    mine = []  # per step, this rank's per-prompt KL (0 on a deterministic step)
     for k in range(steps):
-        s = torch.full((len(prompts),), float(sig[k]), device=x.device)
-        v = model.velocity(x, s, embeds, guidance)
-        with model.reference():
-            v_ref = model.velocity(x, s, embeds, guidance)
-        noise = torch.randn(x.shape, generator=gen).to(x.device)
-        r = step_fn(x, v, float(sig[k]), float(sig[k + 1]), eta=eta, noise=noise)
-        if bool((r.std > 0).all()):
-            ref = step_fn(x, v_ref, float(sig[k]), float(sig[k + 1]), eta=eta, next_sample=r.next_sample)
-            kl = gaussian_kl(r.mean, ref.mean, r.std).float().cpu()
-            total += kl
-            per_step.append(float(kl.mean()))
-        else:
-            per_step.append(0.0)
-        x = r.next_sample
+        noise = torch.randn(x0.shape, generator=gen)
+        kls = []
+        for i, (b, x) in enumerate(zip(blocks, xs)):
+            s = torch.full((len(x),), float(sig[k]), device=x.device)
+            v = model.velocity(x, s, embeds[i], guidance)
+            with model.reference():
+                v_ref = model.velocity(x, s, embeds[i], guidance)
+            r = step_fn(x, v, float(sig[k]), float(sig[k + 1]), eta=eta, noise=noise[b].to(x.device))
+            if bool((r.std > 0).all()):
+                ref = step_fn(x, v_ref, float(sig[k]), float(sig[k + 1]), eta=eta, next_sample=r.next_sample)
+                kls.append(gaussian_kl(r.mean, ref.mean, r.std).float().cpu())
+            else:
+                kls.append(torch.zeros(len(x)))
+            xs[i] = r.next_sample
+        mine.append(torch.cat(kls) if kls else torch.zeros(0))
+    rows = dist.concat(torch.stack(mine, 1).tolist())  # every prompt's per-step KL, in order
+    per_step, total = [], torch.zeros(len(prompts))
+    for k in range(steps):
+        kl = torch.tensor([row[k] for row in rows])  # float32, as computed
+        total += kl  # summed step by step, as over one batch
+        per_step.append(float(kl.mean()))
     return {"mean": float(total.mean()), "stderr": stderr(total.numpy()), "per_step": per_step,
             "n": len(prompts), "unit": "per-element KL summed over steps", "per_prompt": total.tolist()}

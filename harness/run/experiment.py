@@ -89,7 +89,8 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
     """The pretrained model's evaluation (val prompts, eval.json) and its final scores (the test
     sets, final.json, when a benchmark has one; else the same record), one directory per seed
     so tables pair them with that seed's cells. Evaluation noise does not depend on the seed,
-    so later seeds copy seed 0. Distributed: rank 0 evaluates and writes, the others read."""
+    so later seeds copy seed 0. Distributed: rank 0 decides and writes; when the model must be
+    evaluated, every rank scores its share of the prompts, else the others read."""
     where = run / model_name / "base"
     names = ["eval.json"] + (["final.json"] if evaluation.has_test_sets else [])
 
@@ -98,31 +99,33 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
         return ev[0], ev[-1]
 
     path = where / f"seed{seed}"
-    if not dist.is_main():
-        dist.barrier()
-        return read(path)
-    wait_lock(path / ".lock")  # another shard evaluating this seed: wait for it, then read
+    main = dist.is_main()
+    if main:
+        wait_lock(path / ".lock")  # another shard evaluating this seed: wait for it, then read
     try:
-        if all((path / n).exists() for n in names):
-            return read(path)
+        todo = main and not all((path / n).exists() for n in names)
         first = where / "seed0"
-        if seed > 0 and all((first / n).exists() for n in names):
+        if todo and seed > 0 and all((first / n).exists() for n in names):
             for name in ("samples.png", "prompts.json", *names):
                 if (first / name).exists():
                     _atomic(path / name, lambda tmp, n=name: shutil.copyfile(first / n, tmp))
+            todo = False
+        if not dist.any_true(todo):  # (after rank 0's copy: the others read it)
             return read(path)
         model = load_model(model_name, model_path, device, **(model_options or {}))
         place_text_encoders(model, train)
         ev = evaluation(model, None, train)
         final = evaluation.final(model, ev)
-        evaluation.sample_grid(model, path / "samples.png")
-        if final is not ev:
-            write_json(path / "final.json", final.to_json())
-        write_json(path / "eval.json", ev.to_json())
+        if main:
+            evaluation.sample_grid(model, path / "samples.png")
+            if final is not ev:
+                write_json(path / "final.json", final.to_json())
+            write_json(path / "eval.json", ev.to_json())
+        dist.barrier()
         return ev, final
     finally:
-        release(path / ".lock")
-        dist.barrier()
+        if main:
+            release(path / ".lock")
 
 
 def _check_toy_words(records: list[dict], name: str) -> None:
