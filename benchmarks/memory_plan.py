@@ -13,14 +13,15 @@ counts the bytes of live storages and keeps the peak. One pass of each kind is t
 - update: one micro-batch of the trainer's `_step_loss` (forward with gradient, the method's
   loss, β·KL_ref) and its backward; `reference`: the peak while the reference forward of
   that micro-batch runs (β > 0), the training graph alive;
-- evaluation: one sampling batch (`FlowModel.generate`'s 64, or the eval limit) and its decode.
+- evaluation: one sampling batch (`FlowModel.generate`'s 64, or the eval limit) and its decode
+  (8 latents a VAE call: `DiffusersFlowModel.decode_batch`).
 
 On the card throughout (allocated before the traces): the weights, the LoRA weights, their
 gradients (set to None only at the next mini-batch), AdamW's two moments and the trainer's
 EMA of them, all fp32. Counted, not traced (from the recipe's shapes): what the rollout keeps
 on the card for the update (x_k, x_{k+1}, old mean, std, old log-prob per window step, the
-initial noise and the prompt embeddings of all P·G trajectories; during the reward the rollout
-holds its batches and their concatenation, twice the trajectories), the raw weights the
+initial noise and one row of prompt embeddings per prompt; at the rollout's end its batches and
+their concatenation, twice the trajectories, for a moment), the raw weights the
 evaluation sets aside while it uses the EMA, and the reward models from their parameter
 counts (VQA judge Qwen3-VL-8B 8.77 B in bf16, PickScore's CLIP ViT-H/14 0.99 B in fp16) with
 an activation allowance (`JUDGE_ACTIVATIONS_GB`, `PICKSCORE_ACTIVATIONS_GB`); the recipes load
@@ -352,15 +353,18 @@ def plan(preset_name: str, scaled: bool = False, cache: dict | None = None, **ov
     for d in raw["latent"]:
         elem *= d
     trajectories = tc.sde_window * B * (3 * elem * 4 + 4 + 8)  # x, x', mean in fp32; std, log p in fp64
-    kept = trajectories + B * elem * 4 + _embeds_bytes(arch, B, arch.cfg_capable and tc.guidance > 1)
+    # one row of prompt embeddings per prompt (Rollout.prompt_embeds), not per trajectory
+    cfg = arch.cfg_capable and tc.guidance > 1
+    kept = trajectories + B * elem * 4 + _embeds_bytes(arch, tc.prompts_per_epoch, cfg)
     res = raw["resident"] / GB
     judge = JUDGE_PARAMS * 2 / GB + JUDGE_ACTIVATIONS_GB
     pick = PICKSCORE_PARAMS * 2 / GB + PICKSCORE_ACTIVATIONS_GB
     on_card = res + kept / GB  # during the rollout (at its end) and the update
     policy = {
-        "rollout": on_card + raw["rollout_pass"] / GB,
+        # at its end the rollout's batches and their concatenation are both alive, for a moment
+        "rollout": on_card + max(raw["rollout_pass"], trajectories) / GB,
         "decode": on_card + raw["decode_pass"] / GB,
-        "reward": on_card + trajectories / GB,  # the rollout's batches and their concatenation, both alive
+        "reward": on_card,  # the rollout's batches are freed once concatenated
         "update": on_card + raw["update_pass"] / GB,
         "reference": on_card + raw["reference_pass"] / GB if tc.beta > 0 else None,
         # with an EMA, the evaluation sets the raw trained weights aside (Trainer.ema_weights)
