@@ -54,12 +54,13 @@ def test_the_plan_follows_the_memory_knobs():
         traced(gradient_checkpointing=True), traced(beta=0.04)
     assert base["reference_pass"] == 0 < ref["reference_pass"]  # the reference forward runs at β > 0 only
     assert micro["update_pass"] > 1.5 * base["update_pass"]
-    assert roll["decode_pass"] > 1.5 * base["decode_pass"] and roll["rollout_pass"] > base["rollout_pass"]
+    assert roll["rollout_pass"] > 1.5 * base["rollout_pass"]
+    assert roll["decode_pass"] < 1.1 * base["decode_pass"]  # 8 latents a VAE call, any batch
     assert micro["decode_pass"] == base["decode_pass"] and roll["update_pass"] == base["update_pass"]
     assert ckpt["update_saved"] < base["update_saved"]
     small = mp.plan("sd35-geneval2", scaled=True, cache=_traces)
     more = mp.plan("sd35-geneval2", scaled=True, cache=_traces, train={"prompts_per_epoch": 128})
-    assert more["rollout_kept_gb"] == pytest.approx(2 * small["rollout_kept_gb"], rel=1e-3)
+    assert more["rollout_kept_gb"] == pytest.approx(2 * small["rollout_kept_gb"], abs=0.02)  # rounded GB
 
 
 @pytest.mark.parametrize("preset,message", [("huge", "error: unknown preset 'huge'"),
