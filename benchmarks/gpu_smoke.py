@@ -10,7 +10,8 @@ recipe), GenEval2 between epochs on 8 val prompts and at the end on 8 test promp
 by the tests' tiny Qwen3-VL. Flow-DPPO only. Then one epoch again with fp32 trained steps.
 Writes OUT/gpu_smoke.json after every stage, so a run cut short keeps what it measured:
 
-- peak GPU memory per phase (rollout with its decode, reward, update, evaluation) and device, GB;
+- peak GPU memory per phase (rollout with its decode, reward, update, evaluation) and device, GB,
+  beside what benchmarks/memory_plan.py plans for the same settings;
 - seconds per epoch (rollout, update), images per second of the rollout;
 - the update's time over a bare forward + backward of the same micro-batches;
 - the ratio's noise floor in bf16 (same weights; rounding in a change against fp32);
@@ -145,6 +146,18 @@ def bare_forward_backward(pipe: Path, args, size: dict, rows: list[dict]) -> flo
     return time.perf_counter() - t0
 
 
+def planned(args, size: dict, micro: int) -> dict[str, float]:
+    """benchmarks/memory_plan.py's GB per phase on the policy's card for SD3.5-M at this run's
+    settings (shallow models scaled to full depth at `--size tiny`: the path, in seconds)."""
+    from benchmarks.memory_plan import plan
+
+    train = {"prompts_per_epoch": size["prompts"], "group_size": size["group"], "steps": size["steps"],
+             "minibatch_size": size["minibatch"], "micro_batch": micro, "rollout_batch": micro}
+    ev = {"steps": size["eval_steps"], "limit": size["eval_limit"]}
+    result = plan("sd35-geneval2", scaled=args.size == "tiny", train=train, eval=ev)
+    return {phase: gb["policy_card_gb"] for phase, gb in result["phases"].items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -184,6 +197,7 @@ def main() -> None:
     result["peak_memory_gb"] = json.loads(json.dumps(PEAK_MEMORY_GB))  # the last cell's, per device
     result["noise_floor"] = {k: v for k, v in rows[0].items()
                                   if k.startswith(("floor_", "rounding_", "change_"))}
+    result["planned_gb"] = planned(args, size, micro)  # the plan's numbers beside the measured peaks
     write(out, result)
 
     bare = bare_forward_backward(pipe, args, size, rows)

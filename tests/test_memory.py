@@ -343,6 +343,7 @@ def test_the_prepared_gpu_check_runs_its_whole_path_small(tmp_path):
     assert len(result["epochs"]) == 2 and result["seconds_per_epoch"] > 0
     assert result["rollout_images_per_s"] > 0
     assert result["update_over_bare"] > 0 and result["peak_memory_gb"] == {}  # no CUDA here
+    assert {"rollout", "update", "evaluation"} <= set(result["planned_gb"])  # the plan, to compare on a GPU
     assert {"floor_kl_mean", "rounding_kl_mean", "change_kl_mean_fp32"} <= set(result["noise_floor"])
     fp32 = result["trained_fp32"]
     assert fp32["rounding_kl_mean"] == 0 and fp32["seconds_per_epoch"] > 0
