@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from harness.core.errors import FlowArenaError
+from harness.core.io import check_output
 
 app = typer.Typer(
     help="FlowArena: benchmark RL fine-tuners for flow-matching text-to-image models.\n\n"
@@ -90,6 +91,7 @@ def sample(
         raise BadInput("the prompt is empty")
     if n < 1:
         raise BadInput("--n must be at least 1")
+    check_output(out, [model_path])
     m = _load(model, model_path, device, resolution)
     m.encode_prompts([prompt])  # vocabulary check before any sampling
     images = m.generate([prompt] * n, steps=steps, guidance=guidance, seed=seed)
@@ -174,6 +176,8 @@ def eval_(
     if run is not None and (lora is not None or model_path is not None):
         raise BadInput("--run scores a run's cell with the model it trained: leave out --lora and "
                        "--model-path")
+    if json_out is not None:
+        check_output(json_out, [run, lora, model_path, prompts])
     if run is not None:
         from harness.run import load_cell_policy
 
@@ -608,6 +612,7 @@ def export(
     for `bench sample --model toy --model-path OUT/toy.safetensors`."""
     from harness.run import export_cell
 
+    check_output(out, [cell], file=out.suffix == ".safetensors")  # never over the cell's own checkpoint
     path, config = export_cell(cell, out)
     typer.echo(f"wrote {path} ({config['model']}, {config['method']}, seed {config['seed']})")
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.core.hub import load_pretrained
+from harness.core.io import check_replaceable
 from models.base import MODELS, FlowModel, ModelError, PromptEmbeds, register_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -289,6 +290,7 @@ class DiffusersFlowModel(FlowModel):
         pipeline = getattr(__import__("diffusers"), cls.pipeline_class)
         layers = {k: v.detach().float().cpu() for k, v in layers.items()}
         out = Path(out)
+        check_replaceable(out / LORA_FILE)
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out, prefix=".export.") as tmp:  # atomic: rename in place
             pipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_FILE,

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
-from harness.core.io import _atomic
+from harness.core.io import atomic_write
 from harness.toyworld.grammar import vocabulary
 from models.base import FlowModel, ModelError, PromptEmbeds, register_model
 from models.text import TextEncoder, WordTokenizer
@@ -173,8 +173,8 @@ def save_toy(net: ToyNet, path: str | Path, dtype: torch.dtype = torch.float16) 
     """Write weights + config to one safetensors file, atomically."""
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
     meta = {"config": json.dumps(asdict(net.cfg))}
-    # _atomic also gives the file the umask's permissions (safetensors writes 0600)
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    # atomic_write also gives the file the umask's permissions (safetensors writes 0600)
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_toy(path: str | Path | None = None, device: str = "cpu") -> ToyModel:

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from harness.core.io import _atomic
+from harness.core.io import atomic_write
 
 
 def grid_image(images: Tensor, nrow: int = 8, upscale: int = 4, pad: int = 2) -> Image.Image:
@@ -29,5 +29,5 @@ def grid_image(images: Tensor, nrow: int = 8, upscale: int = 4, pad: int = 2) ->
 def save_grid(images: Tensor, path: str | Path, nrow: int = 8, upscale: int = 4) -> Path:
     path = Path(path)
     img = grid_image(images, nrow, upscale)
-    _atomic(path, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
     return path

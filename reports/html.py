@@ -8,7 +8,7 @@ import html
 import logging
 from pathlib import Path
 
-from harness.core.io import _atomic
+from harness.core.io import atomic_write
 from harness.core.results import Manifest
 from reports.figures import Run, load_run
 from reports.tables import (
@@ -160,5 +160,5 @@ def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run
             f"<title>{title}</title><style>{CSS}</style></head>"
             "<body>\n" + "\n".join(body) + "\n</body></html>\n")
     path = report / "index.html"
-    _atomic(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return path

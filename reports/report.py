@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from harness.core.io import _atomic
+from harness.core.io import atomic_write
 from reports.figures import load_run, render_all
 from reports.html import write_index
 from reports.tables import FLOOR_NOTE, markdown_table, noise_floor_rows, write_run_tables
@@ -30,7 +30,7 @@ def build_report(run_dir: str | Path, reference: str | None = None) -> dict:
     if rows:
         text = markdown_table(header, rows) + "\n\n" + FLOOR_NOTE + "\n"
         path = run_dir / "report" / "noise_floor.md"
-        _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     out = run_dir / "report" / "figures"
     figures = render_all(run, out)
     # a figure of an earlier report that this one no longer draws would otherwise look current

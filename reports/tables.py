@@ -455,22 +455,22 @@ def write_run_tables(run_dir: str | Path, reference: str | None = None) -> str:
     """report/tables.md, tables.csv (raw numbers) and tables.tex (booktabs) of a run directory."""
     import pandas as pd
 
-    from harness.core.io import _atomic
+    from harness.core.io import atomic_write
 
     run_dir = Path(run_dir)
     c = comparison(run_dir, reference)
     md = markdown_comparison(c)
     report = run_dir / "report"
-    _atomic(report / "tables.md", lambda tmp: Path(tmp).write_text(md + "\n"))
+    atomic_write(report / "tables.md", lambda tmp: Path(tmp).write_text(md + "\n"))
     header, rows = paired_rows(c)
     if rows:
         text = (f"Method against {c.reference}, paired\n\n" + markdown_table(header, rows) + "\n\n"
                 + PAIRED_NOTE + "\n" + (f"\nWarning: {c.mixed_precision}\n" if c.mixed_precision else ""))
-        _atomic(report / "paired.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(report / "paired.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     if c.records and not all(r["method"].startswith("base") for r in c.records):
-        _atomic(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))
+        atomic_write(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))
         tex = latex_table(c, caption=c.note)
-        _atomic(report / "tables.tex", lambda tmp: Path(tmp).write_text(tex + "\n"))
+        atomic_write(report / "tables.tex", lambda tmp: Path(tmp).write_text(tex + "\n"))
     return md
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from harness.core.errors import FlowArenaError
 
 
 def _umask() -> int:
@@ -17,8 +21,46 @@ def _umask() -> int:
     return mask
 
 
-def _atomic(path: Path, write) -> None:
-    """Write via a temp file in the same directory and rename: readers never see half a file."""
+class OutputError(FlowArenaError, OSError):
+    """An output path whose write would destroy something: a device, a directory, a link, a
+    cell's checkpoint or one of the command's own inputs."""
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
+
+
+def check_replaceable(path: str | Path) -> None:
+    """A write may create `path` or replace a regular file there, nothing else (renaming over
+    /dev/null as root would replace the machine's /dev/null)."""
+    if os.path.lexists(path):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            raise OutputError(f"refusing to write {path}: it is {kind}, not a regular file")
+
+
+def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *, file: bool = True) -> None:
+    """A path a user names for a command's output, checked before any work: never inside a
+    cell's checkpoints (the files a run resumes from), never one of the command's inputs, and
+    (a `file`, not a directory to write into) nothing but a regular file to replace."""
+    target = Path(out).resolve()
+    for d in (target, *target.parents):
+        if d.name == "checkpoints" and (d.parent / "config.json").is_file():
+            raise OutputError(f"refusing to write {out}: it is inside the checkpoints of the cell "
+                              f"{d.parent}; write elsewhere")
+    for given in inputs:
+        if given is not None and os.path.lexists(given) and Path(given).resolve() == target:
+            raise OutputError(f"refusing to write {out}: it is an input of this command")
+    if file:
+        check_replaceable(out)
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Write via a temp file in the same directory and rename: readers never see half a file,
+    and only a regular file (or nothing) is ever replaced (`check_replaceable`)."""
+    path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -36,7 +78,7 @@ def write_json(path: str | Path, obj) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, default=str)
             f.write("\n")
-    _atomic(Path(path), w)
+    atomic_write(path, w)
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
@@ -44,12 +86,12 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
         with open(tmp, "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
-    _atomic(Path(path), w)
+    atomic_write(path, w)
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from harness.core.io import _atomic, write_json
+from harness.core.io import atomic_write, write_json
 from harness.core.locks import LockError, describe, holder, release, try_lock, wait_lock
 from harness.core.prompts import load_prompts
 from harness.core.results import EvalRecord, Manifest, read_json
@@ -108,7 +108,7 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
         if todo and seed > 0 and all((first / n).exists() for n in names):
             for name in ("samples.png", "prompts.json", *names):
                 if (first / name).exists():
-                    _atomic(path / name, lambda tmp, n=name: shutil.copyfile(first / n, tmp))
+                    atomic_write(path / name, lambda tmp, n=name: shutil.copyfile(first / n, tmp))
             todo = False
         if not dist.any_true(todo):  # (after rank 0's copy: the others read it)
             return read(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from harness.core.io import _atomic
+from harness.core.io import atomic_write
 from reports.figures.curves import frontier, learning_curves
 from reports.figures.paired import paired_intervals
 from reports.figures.ratios import (
@@ -74,7 +74,7 @@ def render_all(run: Run, out_dir: str | Path) -> list[dict]:
                 run.missing.append(f"figure {model}_{name}: no data yet")
                 continue
             path = out_dir / f"{model}_{name}.png"
-            _atomic(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=DPI))
+            atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=DPI))
             done.append({"path": path, "name": f"{model}_{name}", "caption": caption})
     return done
 
