@@ -28,3 +28,22 @@ def offline_single_thread():
         mp.setenv("HF_HUB_OFFLINE", "1")
         yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipeline_dirs(tmp_path_factory):
+    """The tiny diffusers pipelines (tests/tiny_pipelines.py), saved as a user's checkpoints are:
+    model name → directory."""
+    from tests.tiny_pipelines import BUILDERS, save_tiny
+
+    root = tmp_path_factory.mktemp("pipelines")
+    return {name: save_tiny(name, root / name) for name in BUILDERS}
+
+
+@pytest.fixture(scope="module")
+def scorer_dirs(tmp_path_factory):
+    """The tiny VQA judge and PickScore (tests/tiny_scorers.py), saved: "judge" / "pickscore" → directory."""
+    from tests.tiny_scorers import save_clip, save_qwen3_vl
+
+    root = tmp_path_factory.mktemp("scorers")
+    return {"judge": save_qwen3_vl(root / "judge"), "pickscore": save_clip(root / "pickscore")}

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from models.diffusers_flow import DiffusersFlowModel
-from tests.tiny_pipelines import RESOLUTION, save_tiny
+from tests.tiny_pipelines import RESOLUTION
 
 NAMES = ("sd35", "flux1-dev", "flux2-klein")
 RECIPES = {"sd35": "sd35-geneval2", "flux1-dev": "flux1-dev-geneval2", "flux2-klein": "flux2-klein-geneval2"}
@@ -59,20 +59,6 @@ def gpu_dtypes(monkeypatch):
                         staticmethod(lambda device: (torch.bfloat16, torch.bfloat16)))
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipelines")
-    return {name: save_tiny(name, root / name) for name in NAMES}
-
-
-@pytest.fixture(scope="module")
-def scorers(tmp_path_factory):
-    from tests.tiny_scorers import save_clip, save_qwen3_vl
-
-    root = tmp_path_factory.mktemp("scorers")
-    return {"judge": save_qwen3_vl(root / "judge"), "pickscore": save_clip(root / "pickscore")}
-
-
 def _checkpoint(cell):
     ckpt = cell / "checkpoints" / "latest"
     state = json.loads((ckpt / "state.json").read_text())
@@ -80,11 +66,11 @@ def _checkpoint(cell):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_the_recipe_runs_in_the_gpu_configuration(saved, scorers, gpu_dtypes, name, tmp_path):
+def test_the_recipe_runs_in_the_gpu_configuration(pipeline_dirs, scorer_dirs, gpu_dtypes, name, tmp_path):
     out, config = tmp_path / "run", tmp_path / "scaled.toml"
     config.write_text(SCALED.format(recipe=RECIPES[name]))
-    scorer_args = ["--judge", str(scorers["judge"]), "--pickscore", str(scorers["pickscore"])]
-    r = CliRunner().invoke(app, ["run", "--model", name, "--model-path", str(saved[name]), "--config",
+    scorer_args = ["--judge", str(scorer_dirs["judge"]), "--pickscore", str(scorer_dirs["pickscore"])]
+    r = CliRunner().invoke(app, ["run", "--model", name, "--model-path", str(pipeline_dirs[name]), "--config",
                                  str(config), "--epochs", "2", "--resolution", str(RESOLUTION),
                                  "--methods", "grpo,dppo", *scorer_args, "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -116,23 +102,24 @@ def test_the_recipe_runs_in_the_gpu_configuration(saved, scorers, gpu_dtypes, na
     assert r.exit_code == 0, r.output
     exported = load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
     assert exported and all(torch.isfinite(t).all() for t in exported.values())
-    r = CliRunner().invoke(app, ["eval", "--run", str(cell), "--benchmark", "geneval2", "--judge",
-                                 str(scorers["judge"]), "--limit", "2", "--json", str(tmp_path / "e.json")])
+    judge = str(scorer_dirs["judge"])
+    r = CliRunner().invoke(app, ["eval", "--run", str(cell), "--benchmark", "geneval2", "--judge", judge,
+                                 "--limit", "2", "--json", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output
     scored = json.loads((tmp_path / "e.json").read_text())
     gm = scored["soft_tifa"]["per_prompt_gm"]
     assert len(gm) == 2 and all(0 <= g <= 1 for g in gm)
 
 
-def test_fp32_over_bf16_weights_is_the_fp32_policy(saved):
+def test_fp32_over_bf16_weights_is_the_fp32_policy(pipeline_dirs):
     """`precision(float32)` on bf16 weights (the rounding check's reference) computes what fp32
     weights holding the same values compute, without keeping an fp32 copy, and leaves the
     bf16 weights as they were."""
     from models import load_model
 
-    half = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=32,
+    half = load_model("sd35", str(pipeline_dirs["sd35"]), resolution=RESOLUTION, max_sequence_length=32,
                       dtype="bfloat16", compute_dtype="bfloat16")
-    full = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=32)
+    full = load_model("sd35", str(pipeline_dirs["sd35"]), resolution=RESOLUTION, max_sequence_length=32)
     net = half.get_denoiser()
     full.get_denoiser().load_state_dict({k: v.float() for k, v in net.state_dict().items()})
     before = {k: v.clone() for k, v in net.state_dict().items()}

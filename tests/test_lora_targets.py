@@ -8,20 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.memory_plan import ARCHS
 from models.diffusers_flow import Flux2KleinModel, FluxModel, SD3Model
 from models.toy import ToyModel
 
-# stabilityai/stable-diffusion-3.5-medium transformer/config.json (diffusers SD3Transformer2DModel)
-SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
-                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-                   pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
-                   dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
-# black-forest-labs/FLUX.1-dev: diffusers' FluxTransformer2DModel defaults (19 double, 38 single
-# blocks) with the guidance embedding
-FLUX1_DEV = dict(guidance_embeds=True)
-# black-forest-labs/FLUX.2-klein-base-9B transformer/config.json
-KLEIN_9B = dict(patch_size=1, in_channels=128, num_layers=8, num_single_layers=24, attention_head_dim=128,
-                num_attention_heads=32, joint_attention_dim=12288, mlp_ratio=3.0, guidance_embeds=False)
+# the full-size architectures the memory plan traces (one place for their configs)
+SD35_MEDIUM, FLUX1_DEV, KLEIN_9B = (ARCHS[m].transformer_config for m in ("sd35", "flux1-dev", "flux2-klein"))
 
 # flow_grpo scripts/train_sd3.py (yifan123/flow_grpo@9745241, lines 419-428), the same list in
 # UniRL examples/diffusion/sd3_flowdppo.yaml (lines 81-89) and Flow-Factory's sd3_5.py

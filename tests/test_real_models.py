@@ -1,6 +1,6 @@
 """The diffusers adapters (sd35, flux1-dev, flux2-klein) on tiny random pipelines.
 
-Each pipeline is built from configs in code (tests/tiny_pipelines.py), saved, and loaded
+Each pipeline is built from configs in code (tests/tiny_pipelines.py), pipeline_dirs, and loaded
 back through `models.load_model` by directory, the path real checkpoints take.
 """
 
@@ -15,7 +15,7 @@ import torch
 from methods.sde import sd3_sigmas, shift_sigmas
 from models import ModelError, load_model
 from models.diffusers_flow import FluxModel
-from tests.tiny_pipelines import RESOLUTION, save_tiny
+from tests.tiny_pipelines import RESOLUTION
 
 NAMES = ("sd35", "flux1-dev", "flux2-klein")
 PROMPTS = ["a red circle", "two blue squares left of a green triangle"]
@@ -27,15 +27,9 @@ pytestmark = pytest.mark.usefixtures("offline_single_thread")
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipelines")
-    return {name: save_tiny(name, root / name) for name in NAMES}
-
-
-@pytest.fixture(scope="module")
-def models(saved):
-    return {name: load_model(name, str(saved[name]), resolution=RESOLUTION, max_sequence_length=TOKENS)
-            for name in NAMES}
+def models(pipeline_dirs):
+    return {name: load_model(name, str(pipeline_dirs[name]), resolution=RESOLUTION,
+                             max_sequence_length=TOKENS) for name in NAMES}
 
 
 def _noise(model, n=2, seed=0):
@@ -105,9 +99,9 @@ def test_max_batch_splits_without_changing_results(models):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_offloaded_text_encoders_and_cached_embeddings_give_the_same_velocities(saved, models, name):
+def test_offloaded_text_encoders_and_cached_embeddings_give_the_same_velocities(pipeline_dirs, models, name):
     m = models[name]
-    off = load_model(name, str(saved[name]), resolution=RESOLUTION, max_sequence_length=TOKENS)
+    off = load_model(name, str(pipeline_dirs[name]), resolution=RESOLUTION, max_sequence_length=TOKENS)
     encoders = off.text_encoders()
     assert len(encoders) == {"sd35": 3, "flux1-dev": 2, "flux2-klein": 1}[name]
     off.offload_text_encoders(cache_bytes=2**26)
@@ -122,8 +116,8 @@ def test_offloaded_text_encoders_and_cached_embeddings_give_the_same_velocities(
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_lora_training_and_reference(saved, name):
-    m = load_model(name, str(saved[name]), resolution=RESOLUTION, max_sequence_length=TOKENS,
+def test_lora_training_and_reference(pipeline_dirs, name):
+    m = load_model(name, str(pipeline_dirs[name]), resolution=RESOLUTION, max_sequence_length=TOKENS,
                    gradient_checkpointing=True)
     g = GUIDANCE[name]
     x, s = _noise(m), torch.tensor([0.8, 0.5])
@@ -157,9 +151,9 @@ def test_lora_training_and_reference(saved, name):
     assert any(p.grad.abs().sum() > 0 for p in params)
 
 
-def test_bf16_autocast_path(saved, models):
+def test_bf16_autocast_path(pipeline_dirs, models):
     """The CUDA setting (bf16 weights under autocast, fp32 velocity and LoRA weights), on the CPU."""
-    m = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
+    m = load_model("sd35", str(pipeline_dirs["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
                    dtype=torch.bfloat16)
     ref = models["sd35"]
     x, s = _noise(m), torch.tensor([0.8, 0.4])
@@ -173,14 +167,14 @@ def test_bf16_autocast_path(saved, models):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
 
 
-def test_fp32_weights_compute_in_bf16_except_in_fp32_steps(saved, models):
+def test_fp32_weights_compute_in_bf16_except_in_fp32_steps(pipeline_dirs, models):
     """`trained_precision = "fp32"`: fp32 weights (the run's model option, a dtype name) that
     compute in bf16 under autocast, and in fp32 inside `precision(float32)`, as the fp32 model."""
     from methods import build_method
     from methods.trainer import TrainConfig, TrainConfigError, Trainer
     from rewards import build_reward
 
-    m = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
+    m = load_model("sd35", str(pipeline_dirs["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
                    dtype="float32", compute_dtype="bfloat16")
     ref = models["sd35"]
     x, s, e = _noise(m), torch.tensor([0.8, 0.4]), ref.encode_prompts(PROMPTS, 1.0)
@@ -188,22 +182,22 @@ def test_fp32_weights_compute_in_bf16_except_in_fp32_steps(saved, models):
     assert m.weights_dtype == torch.float32 and not torch.equal(m.velocity(x, s, e), v32)
     with m.precision(torch.float32):
         torch.testing.assert_close(m.velocity(x, s, e), v32, rtol=0, atol=0)
-    half = load_model("sd35", str(saved["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
+    half = load_model("sd35", str(pipeline_dirs["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
                       dtype="bfloat16")
     with pytest.raises(TrainConfigError, match="weights in fp32"):
         Trainer(half, build_method("dppo"), build_reward("toy-colour"), [{"prompt": p} for p in PROMPTS],
                 TrainConfig(prompts_per_epoch=2, trained_precision="fp32"))
     with pytest.raises(ModelError, match="unknown dtype 'fp8'"):
-        load_model("sd35", str(saved["sd35"]), dtype="fp8")
+        load_model("sd35", str(pipeline_dirs["sd35"]), dtype="fp8")
 
 
-def test_missing_weights_are_one_line_model_errors(saved, tmp_path):
+def test_missing_weights_are_one_line_model_errors(pipeline_dirs, tmp_path):
     with pytest.raises(ModelError) as e:
         load_model("sd35", str(tmp_path / "no-such-dir"))
     assert "not found" in str(e.value) and "\n" not in str(e.value)
 
     broken = tmp_path / "broken"
-    shutil.copytree(saved["flux1-dev"], broken)
+    shutil.copytree(pipeline_dirs["flux1-dev"], broken)
     for f in (broken / "transformer").glob("*.safetensors"):
         f.unlink()
     with pytest.raises(ModelError) as e:
@@ -211,7 +205,7 @@ def test_missing_weights_are_one_line_model_errors(saved, tmp_path):
     assert "\n" not in str(e.value)
 
     with pytest.raises(ModelError) as e:  # another family's pipeline would load with mismatched parts
-        load_model("sd35", str(saved["flux1-dev"]))
+        load_model("sd35", str(pipeline_dirs["flux1-dev"]))
     assert "FluxPipeline" in str(e.value) and "'flux1-dev'" in str(e.value)
 
     with pytest.raises(ModelError) as e:  # a hub id that is not cached, offline
@@ -220,12 +214,12 @@ def test_missing_weights_are_one_line_model_errors(saved, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_exported_lora_loads_into_a_fresh_diffusers_pipeline(saved, name, tmp_path):
+def test_exported_lora_loads_into_a_fresh_diffusers_pipeline(pipeline_dirs, name, tmp_path):
     """`export` writes what `pipe.load_lora_weights` takes: a fresh pipeline of the family,
     loaded from the same directory, then samples what our policy samples, and not the base."""
     from diffusers import DiffusionPipeline
 
-    m = load_model(name, str(saved[name]), resolution=RESOLUTION, max_sequence_length=TOKENS)
+    m = load_model(name, str(pipeline_dirs[name]), resolution=RESOLUTION, max_sequence_length=TOKENS)
     params = m.setup_training(lora_rank=4)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -237,7 +231,7 @@ def test_exported_lora_loads_into_a_fresh_diffusers_pipeline(saved, name, tmp_pa
     assert path.name == "pytorch_lora_weights.safetensors" and path.is_file()
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left behind
 
-    fresh = DiffusionPipeline.from_pretrained(str(saved[name]), dtype=torch.float32)
+    fresh = DiffusionPipeline.from_pretrained(str(pipeline_dirs[name]), dtype=torch.float32)
     g, steps, noise = GUIDANCE[name], 3, _noise(m, seed=2)
     kwargs = dict(prompt=PROMPTS, num_inference_steps=steps, guidance_scale=g, height=RESOLUTION,
                   width=RESOLUTION, max_sequence_length=TOKENS, output_type="pt")
@@ -249,23 +243,15 @@ def test_exported_lora_loads_into_a_fresh_diffusers_pipeline(saved, name, tmp_pa
     torch.testing.assert_close(tuned, ours, atol=1e-4, rtol=0)  # and it is our fine-tuned policy
 
 
-def test_a_resolution_off_the_latent_grid_is_a_model_error(saved):
+def test_a_resolution_off_the_latent_grid_is_a_model_error(pipeline_dirs):
     step = 2 * 2  # the tiny VAE downsamples by 2, then 2 x 2 patches
     with pytest.raises(ModelError, match=f"resolution 34 must be a positive multiple of {step} pixels"):
-        load_model("sd35", str(saved["sd35"]), resolution=34)
+        load_model("sd35", str(pipeline_dirs["sd35"]), resolution=34)
 
 
 def test_export_without_an_adapter_is_a_model_error(models, tmp_path):
     with pytest.raises(ModelError, match="only a LoRA"):
         models["sd35"].export(tmp_path / "x")
-
-
-@pytest.fixture(scope="module")
-def scorers(tmp_path_factory):
-    from tests.tiny_scorers import save_clip, save_qwen3_vl
-
-    root = tmp_path_factory.mktemp("scorers")
-    return {"judge": save_qwen3_vl(root / "judge"), "pickscore": save_clip(root / "pickscore")}
 
 
 RECIPES = {"sd35": "sd35-geneval2", "flux1-dev": "flux1-dev-geneval2", "flux2-klein": "flux2-klein-geneval2"}
@@ -276,7 +262,8 @@ KNOBS = ["--epochs", "2", "--prompts-per-epoch", "2", "--group-size", "2", "--st
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_the_published_recipe_end_to_end_on_a_saved_pipeline(saved, scorers, name, tmp_path, monkeypatch):
+def test_the_published_recipe_end_to_end_on_a_saved_pipeline(pipeline_dirs, scorer_dirs, name, tmp_path,
+                                                              monkeypatch):
     """`bench run --model NAME --model-path DIR --preset <its recipe> --judge DIR --pickscore DIR`
     scaled down: GenEval2-template training prompts and the geneval2 reward, GenEval2 (val
     split) and PickScore between epochs, both on their test sets at the end, the KL, the
@@ -288,10 +275,10 @@ def test_the_published_recipe_end_to_end_on_a_saved_pipeline(saved, scorers, nam
     from harness.cli import app
 
     out = tmp_path / "run"
-    judge, pick = str(scorers["judge"]), str(scorers["pickscore"])
+    judge, pick = str(scorer_dirs["judge"]), str(scorer_dirs["pickscore"])
     recipe = tmp_path / "recipe.toml"  # the EMA averaging every step: 2 updates move what is evaluated
     recipe.write_text(f'base = "{RECIPES[name]}"\n[train]\nema_every = 1\n')
-    r = CliRunner().invoke(app, ["run", "--model", name, "--model-path", str(saved[name]), "--config",
+    r = CliRunner().invoke(app, ["run", "--model", name, "--model-path", str(pipeline_dirs[name]), "--config",
                                  str(recipe), "--judge", judge, "--pickscore", pick, *KNOBS,
                                  "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -340,7 +327,7 @@ def test_the_published_recipe_end_to_end_on_a_saved_pipeline(saved, scorers, nam
     monkeypatch.undo()  # bench eval --run loads it
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
     scored = {}
-    pipeline = ["--model", name, "--model-path", str(saved[name]), "--steps", "6",
+    pipeline = ["--model", name, "--model-path", str(pipeline_dirs[name]), "--steps", "6",
                 "--guidance", str(config["eval"]["guidance"]), "--resolution", str(RESOLUTION)]
     for how, args in (("run", ["--run", str(cell)]), ("lora", [*pipeline, "--lora", str(tmp_path / "lora")]),
                       ("base", pipeline)):
