@@ -135,6 +135,23 @@ class TrainConfig:
     lora_targets: tuple[str, ...] | None = None
     """Module names LoRA adapts (default: the model adapter's attention projections)."""
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps an epoch: I passes over ⌈P·G / mini-batch⌉ mini-batches."""
+        return self.inner_loops * math.ceil(self.prompts_per_epoch * self.group_size / self.minibatch_size)
+
+    def check_schedule(self, epochs: int | None) -> int | None:
+        """The run's optimizer steps (None without its length), checked against the schedule:
+        a cosine needs the length, a warm-up must end before the run does. `bench run` asks
+        before any work; the trainer again."""
+        total = epochs * self.steps_per_epoch if epochs else None
+        if self.lr_schedule == "cosine" and total is None:
+            raise TrainConfigError("the cosine schedule needs the run's length (Trainer(..., epochs=N))")
+        if self.warmup_steps and total is not None and self.warmup_steps >= total:
+            raise TrainConfigError(f"the warm-up ({self.warmup_steps} optimizer steps) must be shorter than "
+                                   f"the run ({total}: {epochs} epochs x {self.steps_per_epoch})")
+        return total
+
     def validate(self) -> None:
         checks = [
             (self.group_size >= 2, f"group size must be at least 2 (got {self.group_size}): "
@@ -278,13 +295,8 @@ class Trainer:
                                    f"the mini-batch ({cfg.minibatch_size}) must divide by {n}, and the "
                                    f"mini-batch must divide the batch ({B}): every rank takes whole "
                                    "groups and an equal share of every mini-batch")
-        self.steps_per_epoch = cfg.inner_loops * math.ceil(B / cfg.minibatch_size)
-        self.total_steps = epochs * self.steps_per_epoch if epochs else None
-        if cfg.lr_schedule == "cosine" and self.total_steps is None:
-            raise TrainConfigError("the cosine schedule needs the run's length (Trainer(..., epochs=N))")
-        if cfg.warmup_steps and self.total_steps is not None and cfg.warmup_steps >= self.total_steps:
-            raise TrainConfigError(f"the warm-up ({cfg.warmup_steps} optimizer steps) must be shorter than "
-                                   f"the run ({self.total_steps}: {epochs} epochs x {self.steps_per_epoch})")
+        self.steps_per_epoch = cfg.steps_per_epoch
+        self.total_steps = cfg.check_schedule(epochs)
         if cfg.trained_precision == "fp32" and model.weights_dtype != torch.float32:
             raise TrainConfigError(f"fp32 trained steps need the denoiser's weights in fp32 (this model "
                                    f"holds {model.weights_dtype}); bench run loads them so")

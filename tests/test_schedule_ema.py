@@ -191,3 +191,16 @@ def test_the_defaults_change_nothing(tiny_path, monkeypatch):
         r.pop("lr")
     assert runs["default"][0] == runs["flat cosine"][0]
     assert _equal(runs["default"][1], runs["flat cosine"][1])
+
+
+def test_bench_run_refuses_a_warm_up_past_the_run_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["run", "--preset", "smoke", "--methods", "grpo,dppo@warmup_steps=1000",
+                                 "--out", str(out)])
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("error: the warm-up (1000 optimizer steps) must be shorter than the run")
+    assert not out.exists()  # refused before the base model was evaluated

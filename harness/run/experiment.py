@@ -190,8 +190,8 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     model_name, p = recipe(model_name, preset, **overrides)
     methods = list(p.methods) if methods is None else methods
     seeds = p.seeds if seeds is None else seeds
-    for m in methods:
-        method_variant(m, p)  # unknown names and settings fail before any work
+    for m in methods:  # unknown names and settings fail before any work
+        method_variant(m, p)[1].check_schedule(p.epochs)
     records = load_prompts(p.train_prompts)  # an unknown set or a malformed file fails before any work
     if model_name == "toy":
         _check_toy_words(records, p.train_prompts)
