@@ -9,14 +9,49 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
+from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from harness.core.errors import FlowArenaError
+from harness.core.fields import Count, Limit, NonNegative, Range, Steps, Whole, coerce
 from harness.core.io import check_output
 
+try:  # typer from 0.26 carries its own copy of click, whose exceptions are not click's
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer, on click
+    from click import exceptions as click_errors
+
+
+class OneLineUsage(TyperGroup):
+    """click's usage errors (an unknown option, a value of the wrong type or out of range) as
+    one `error:` line, with click's exit code 2, instead of a framed box."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as e:  # `bench` alone: the help, as before
+            typer.echo(e.format_message())
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(e.format_message().split())}{see}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineUsage,
     help="FlowArena: benchmark RL fine-tuners for flow-matching text-to-image models.\n\n"
          "Start with `bench eval` (the shipped toy model on the toy benchmark) and "
          "`bench sample --prompt 'two red circles left of a blue square'`.",
@@ -31,12 +66,34 @@ class BadInput(FlowArenaError, ValueError):
     """A user error detected by the CLI itself."""
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a scheduler's, `kill`'s) raised in the main thread: it unwinds like Ctrl-C, so
+    that `bench run` marks its manifest "stopped" and the user reads one line."""
+
+
+def _raise_stopped(signum, _frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Stopped
+
+
+RESUMABLE = ("run", "pretrain")  # the commands whose rerun continues where they stopped
+
+
 def friendly(fn):
-    """Turn the project's user-facing errors into one line and exit code 1 (Ctrl-C: 130)."""
+    """Turn the project's user-facing errors into one line and exit code 1 (Ctrl-C: 130,
+    SIGTERM: 143, as the shell reports a process the signal ended)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        # Python's default leaves SIGTERM fatal: no line, no cleanup. Only the main thread may
+        # install a handler (a command called from another thread keeps the default).
+        main = threading.current_thread() is threading.main_thread()
+        term = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
         try:
             return fn(*args, **kwargs)
+        except Stopped:
+            how = "; the same command resumes the run" if fn.__name__ in RESUMABLE else ""
+            typer.echo(f"error: stopped by SIGTERM{how}", err=True)
+            raise typer.Exit(143) from None
         except FlowArenaError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
@@ -47,6 +104,9 @@ def friendly(fn):
             typer.echo("error: interrupted; `bench run` and `bench pretrain` continue where they stopped "
                        "when run again", err=True)
             raise typer.Exit(130) from None
+        finally:
+            if term is not None:
+                signal.signal(signal.SIGTERM, term)
     return wrapper
 
 
@@ -61,6 +121,17 @@ ResolutionOpt = typer.Option(None, "--resolution",
                              help="Image side in pixels for sd35/FLUX (default: the pipeline's, "
                                   "1024 for the released models; the Flow-GRPO recipes train at 512).")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (the toy model is made for cpu).")
+
+
+def _options(**given) -> None:
+    """Command-line values that are no preset field, checked by the same contract (the name,
+    the value and what is allowed, in one line): `name=(value, type)`."""
+    for name, (value, hint) in given.items():
+        if value is not None:  # None: not given
+            coerce(value, hint, f"--{name.replace('_', '-')}", BadInput)
+
+
+Images = Annotated[int, Range(1, 4096)]  # a grid's, or a prompt's: more is a typo (and out of memory)
 
 
 def _load(model: str, model_path: str | None, device: str = "cpu", resolution: int | None = None):
@@ -89,8 +160,8 @@ def sample(
 
     if not prompt.strip():
         raise BadInput("the prompt is empty")
-    if n < 1:
-        raise BadInput("--n must be at least 1")
+    _options(n=(n, Images), seed=(seed, Whole), steps=(steps, Steps),
+             guidance=(guidance, NonNegative), resolution=(resolution, Count))
     check_output(out, [model_path])
     m = _load(model, model_path, device, resolution)
     m.encode_prompts([prompt])  # vocabulary check before any sampling
@@ -169,10 +240,8 @@ def eval_(
     bench = build_benchmark(benchmark, device, judge=judge, judge_url=judge_url, detector=detector,
                             clip=clip, pickscore=pickscore, pickscore_processor=pickscore_processor)
     check_device(device)
-    if images_per_prompt is not None and images_per_prompt < 1:
-        raise BadInput("--images-per-prompt must be at least 1")
-    if limit is not None and limit < 2:
-        raise BadInput("--limit must be at least 2 (a standard error needs two prompts)")
+    _options(images_per_prompt=(images_per_prompt, Images), seed=(seed, Whole), steps=(steps, Steps),
+             guidance=(guidance, NonNegative), limit=(limit, Limit), resolution=(resolution, Count))
     if run is not None and (lora is not None or model_path is not None):
         raise BadInput("--run scores a run's cell with the model it trained: leave out --lora and "
                        "--model-path")
@@ -231,12 +300,13 @@ def pretrain(
     resumable). The shipped weights came from these commands with default options."""
     from dataclasses import replace
 
+    _options(steps=(steps, Count), seed=(seed, Whole))
     out = out or Path("pretrain") / what
     if what == "toy":
         from models.toy_pretrain import PretrainConfig, pretrain_toy
 
         cfg = PretrainConfig(seed=seed)
-        cfg = replace(cfg, steps=steps) if steps else cfg
+        cfg = replace(cfg, steps=steps) if steps is not None else cfg
         try:
             path = pretrain_toy(out, cfg)
         except ValueError as e:
@@ -245,7 +315,7 @@ def pretrain(
         from rewards.toy_pick import ToyPickTrainConfig, pretrain_toy_pick
 
         cfg = ToyPickTrainConfig(seed=seed)
-        cfg = replace(cfg, steps=steps) if steps else cfg
+        cfg = replace(cfg, steps=steps) if steps is not None else cfg
         path = pretrain_toy_pick(out, cfg)
     else:
         raise BadInput(f"unknown pretraining target {what!r} (choose toy or toy-pick)")
@@ -266,6 +336,7 @@ def judge_check(
     from harness.toyworld.judge_check import judge_accuracy
     from reports.tables import judge_table
 
+    _options(layouts=(layouts, Count), seed=(seed, Whole))
     specs = [parse_prompt(r["prompt"]) for r in load_toy_split(split)]
     typer.echo(judge_table(judge_accuracy(specs, layouts=layouts, seed=seed)))
 
@@ -389,16 +460,16 @@ def run(
     from dataclasses import replace
 
     from harness.run import recipe, run_experiment, to_toml
+    from harness.run.config import check_methods, split_methods
     from reports.summary import terminal_summary
     from reports.tables import comparison
 
+    _options(seeds=(seeds, Count), nproc=(nproc, Count), jobs=(jobs, Count))
     names = None
     if methods is not None:
-        names = [m.strip() for m in methods.split(",") if m.strip()]
+        names = split_methods(methods)
         if not names:
-            raise BadInput("--methods is empty")
-    if nproc < 1:
-        raise BadInput("--nproc must be at least 1")
+            raise BadInput("--methods is empty: name at least one method (bench methods lists them)")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_relaunch(nproc))
     if config is not None and preset is not None:
@@ -426,6 +497,8 @@ def run(
     overrides = dict(epochs=epochs, reward=reward, reward_options=options, train_prompts=train_prompts,
                      resolution=resolution, train=train or None, eval=evals or None)
     name, p = recipe(model, config or preset, **overrides)
+    if names is not None:
+        check_methods(names, p)  # unknown names, settings and duplicates: before any work, --dump-config too
     if dump_config:
         p = replace(p, methods=tuple(names or p.methods), seeds=p.seeds if seeds is None else seeds)
         typer.echo(to_toml(p), nl=False)
@@ -436,8 +509,6 @@ def run(
     if reference is not None and reference not in ran:
         raise BadInput(f"--reference {reference} is not among the methods run ({', '.join(ran)})")
     if jobs is not None and JOB not in os.environ:
-        if jobs < 1:
-            raise BadInput("--jobs must be at least 1")
         if shard is not None or nproc > 1:
             raise BadInput("--jobs starts shards of its own: give it without --shard and --nproc")
         _run_jobs(jobs, out, len(ran) * (p.seeds if seeds is None else seeds), reference)

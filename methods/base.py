@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Annotated, Literal
 
 from torch import Tensor
 
 from harness.core.errors import FlowArenaError
+from harness.core.fields import Range, check_fields
 from harness.core.registry import Registry
 
 
@@ -29,24 +31,28 @@ class MethodError(FlowArenaError, ValueError):
     """Unknown method or invalid method settings."""
 
 
+# A subclass that changes a default restates the field with these types (its hint replaces the
+# parent's), so that the same values are allowed.
+Sampler = Literal["sde", "cps"]
+Eta = Annotated[float, Range(0, 1, lo_open=True)]
+LogProb = Literal["exact", "cps-surrogate"]
+
+
 @dataclass
 class MethodConfig:
     """Settings every method has; subclasses add theirs and override defaults."""
 
-    sampler: str = "sde"
+    sampler: Sampler = "sde"
     """Stochastic sampler of the trained steps: "sde" (Flow-SDE, Flow-GRPO) or "cps" (Flow-CPS)."""
-    eta: float = 0.7
+    eta: Eta = 0.7
     """Noise level η of the sampler (Flow-SDE 0.7, CPS 0.8 in the published recipes)."""
-    log_prob: str = "exact"
+    log_prob: LogProb = "exact"
     """"exact" Gaussian log-probability, or "cps-surrogate" (−mean((x' − μ)²), Flow-CPS)."""
 
     def validate(self) -> None:
-        if self.sampler not in ("sde", "cps"):
-            raise MethodError(f"sampler must be 'sde' or 'cps', not {self.sampler!r}")
-        if not 0 < self.eta <= 1:
-            raise MethodError(f"eta must be in (0, 1], not {self.eta}")
-        if self.log_prob not in ("exact", "cps-surrogate"):
-            raise MethodError(f"log_prob must be 'exact' or 'cps-surrogate', not {self.log_prob!r}")
+        """Each field as its type and range allow (`harness.core.fields`); a subclass adds
+        what its fields must satisfy together."""
+        check_fields(self, MethodError)
 
 
 @dataclass

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import register_method
-from methods.grpo import FlowGRPO, GRPOConfig
+from methods.base import Eta, LogProb, Sampler, register_method
+from methods.grpo import ClipRange, FlowGRPO, GRPOConfig
 
 
 @dataclass
 class CPSConfig(GRPOConfig):
-    sampler: str = "cps"
+    sampler: Sampler = "cps"
     """Coefficients-preserving sampling for the trained steps."""
-    eta: float = 0.8
+    eta: Eta = 0.8
     """CPS noise level: s = σ_{k+1}·sin(η·π/2) (0.7–0.9 in the CPS configs)."""
-    log_prob: str = "cps-surrogate"
+    log_prob: LogProb = "cps-surrogate"
     """The Flow-CPS surrogate −mean((x' − μ)²) in the ratio."""
-    clip_range: float = 1e-5
+    clip_range: ClipRange = 1e-5
     """PPO clip ε on the surrogate ratio (FlowCPS's default)."""
 
 

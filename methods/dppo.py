@@ -17,18 +17,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from methods.base import Method, MethodConfig, MethodError, StepLoss, StepTensors, register_method
+from harness.core.fields import NonNegative
+from methods.base import Method, MethodConfig, StepLoss, StepTensors, register_method
+
+Delta = NonNegative  # the KL threshold δ
 
 
 @dataclass
 class DPPOConfig(MethodConfig):
-    delta: float = 1e-5
+    delta: Delta = 1e-5
     """KL threshold δ of the trust region (per-element exact KL, Flow-SDE scale)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.delta < 0:
-            raise MethodError(f"delta must be >= 0, not {self.delta}")
 
 
 def masked_policy_loss(log_ratio: Tensor, advantages: Tensor, keep: Tensor) -> Tensor:

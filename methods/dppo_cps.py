@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import register_method
-from methods.dppo import DPPOConfig, FlowDPPO
+from methods.base import Eta, Sampler, register_method
+from methods.dppo import Delta, DPPOConfig, FlowDPPO
 
 
 @dataclass
 class DPPOCPSConfig(DPPOConfig):
-    sampler: str = "cps"
+    sampler: Sampler = "cps"
     """Coefficients-preserving sampling for the trained steps."""
-    eta: float = 0.8
+    eta: Eta = 0.8
     """CPS noise level (Flow-CPS's default)."""
-    delta: float = 1e-5
+    delta: Delta = 1e-5
     """KL threshold on the CPS scale, carried from Flow-SDE's 1e-5 by `kl_per_unit_velocity`."""
 
 

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
-from methods.base import Method, MethodConfig, MethodError, StepLoss, StepTensors, register_method
+from harness.core.fields import Range
+from methods.base import Method, MethodConfig, StepLoss, StepTensors, register_method
+
+ClipRange = Annotated[float, Range(0, finite=False)]  # inf: no clipping (grpo-noclip)
 
 
 @dataclass
 class GRPOConfig(MethodConfig):
-    clip_range: float = 1e-4
+    clip_range: ClipRange = 1e-4
     """PPO clip ε on ρ (flow_grpo's SD3.5 default; per-element log-prob scale)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.clip_range < 0:
-            raise MethodError(f"clip_range must be >= 0, not {self.clip_range}")
 
 
 def clipped_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, *,

@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass
 
 from methods.base import register_method
-from methods.grpo import FlowGRPO, GRPOConfig
+from methods.grpo import ClipRange, FlowGRPO, GRPOConfig
 
 
 @dataclass
 class NoClipConfig(GRPOConfig):
-    clip_range: float = math.inf
+    clip_range: ClipRange = math.inf
     """No clipping: ρ is never clamped."""
 
 

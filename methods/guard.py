@@ -18,28 +18,24 @@ on a [B] log-prob, i.e. `dim=()`, which torch reads as every dimension.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from methods.base import MethodError, StepLoss, StepTensors, register_method
-from methods.grpo import FlowGRPO, GRPOConfig, clipped_loss
+from methods.base import StepLoss, StepTensors, register_method
+from methods.grpo import ClipRange, FlowGRPO, GRPOConfig, clipped_loss
 
 
 @dataclass
 class GuardConfig(GRPOConfig):
-    clip_range: float = 2e-6
+    clip_range: ClipRange = 2e-6
     """PPO clip ε on the normalised ratio ρ̃ (4e-6 in the PickScore recipe)."""
     reweight_dt: bool = True
     """Divide each step's loss by |dt| (flow_grpo's script; Flow-Factory omits it)."""
-    bias: str = "sample"
+    bias: Literal["sample", "batch"] = "sample"
     """RatioNorm's b per "sample" (verl-omni, Flow-Factory) or one per step and micro-batch,
     "batch" (the authors' script, where `mean(dim=())` reduces over the whole micro-batch)."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.bias not in ("sample", "batch"):
-            raise MethodError(f"bias must be 'sample' or 'batch', not {self.bias!r}")
 
 
 def ratio_norm(log_prob: Tensor, old_log_prob: Tensor, mean: Tensor, old_mean: Tensor,

@@ -25,18 +25,30 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from harness.core.errors import FlowArenaError
+from harness.core.fields import (
+    Count,
+    Decay,
+    Fraction,
+    NonNegative,
+    Positive,
+    Range,
+    Steps,
+    Whole,
+    check_fields,
+)
 from harness.core.results import diag_key
 from methods import dist
 from methods.base import Method, StepTensors
 from methods.memory import memory_phase, peak_metrics, reset_peaks
 from methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
-from models.base import PRECISIONS, FlowModel, PromptEmbeds
+from models.base import FlowModel, Precision, PromptEmbeds
 from rewards.base import Reward
 
 
@@ -54,32 +66,28 @@ def place_text_encoders(model: FlowModel, cfg: TrainConfig) -> None:
         model.offload_text_encoders(int(cfg.prompt_cache_gb * 2**30))
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 @dataclass
 class TrainConfig:
-    prompts_per_epoch: int = 8
+    prompts_per_epoch: Count = 8
     """P: prompt groups per epoch."""
-    group_size: int = 8
+    group_size: Annotated[int, Range(2)] = 8
     """G: samples per prompt (the group of the group-relative advantage)."""
-    steps: int = 10
+    steps: Steps = 10
     """K: sampling steps of a rollout."""
-    sde_window: int = 3
+    sde_window: Count = 3
     """W: stochastic, trained steps per trajectory (the rest are ODE steps)."""
-    window_fraction: float = 0.5
+    window_fraction: Annotated[float, Range(0, 1, lo_open=True)] = 0.5
     """The W steps are drawn within the first fraction of the trajectory."""
-    guidance: float = 1.0
+    guidance: NonNegative = 1.0
     """CFG scale during rollouts and training (1.0: the no-CFG recipe)."""
-    inner_loops: int = 1
+    inner_loops: Count = 1
     """I: passes over each batch (later passes are off-policy: the trust region acts there)."""
-    minibatch_size: int = 32
+    minibatch_size: Count = 32
     """Trajectories per optimizer step."""
-    micro_batch: int | None = None
+    micro_batch: Count | None = None
     """Trajectories per forward / backward pass of the update (None: the whole mini-batch);
     gradients accumulate over a mini-batch's micro-batches, so the update is the same."""
-    rollout_batch: int | None = None
+    rollout_batch: Count | None = None
     """Trajectories sampled and decoded together in a rollout (None: all of the process's)."""
     gradient_checkpointing: bool = False
     """Recompute the denoiser's activations in the backward pass instead of keeping them:
@@ -87,50 +95,50 @@ class TrainConfig:
     offload_text_encoders: bool = False
     """Keep the text encoders in host memory and the prompts' embeddings in a cache there; the
     encoders visit the device only to encode prompts the cache lacks (SD3.5: ≈ 9.5 GB freed)."""
-    trained_precision: str = "auto"
+    trained_precision: Literal["auto", "fp32"] = "auto"
     """"auto": the model's precision everywhere (bf16 on a GPU, fp32 on the CPU); "fp32": the
     trained steps (the rollout's SDE window and the update) in fp32 with fp32 weights, bf16
     elsewhere, so that ρ and the KL are not set by bf16 rounding (docs/methods.md §8)."""
-    ode_precision: str = "auto"
+    ode_precision: Precision = "auto"
     """The rollout's ODE steps (outside the SDE window, never in ρ): "auto" as the model computes,
     "bf16" under bf16 autocast, "bf16-native" bf16 only on hardware with bf16 units (there the
     toy UNet runs ≈ 1.8× faster; elsewhere bf16 is emulated and far slower)."""
-    prompt_cache_gb: float = 8.0
+    prompt_cache_gb: NonNegative = 8.0
     """Host memory for that cache, least recently used prompts out first (SD3.5 at 256 text
     tokens: ≈ 2.7 MB a prompt, so 8 GB hold ≈ 3,000 prompts; 0: encode every time)."""
-    lr: float = 3e-4
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    lr_schedule: str = "constant"
+    lr: Positive = 3e-4
+    adam_betas: tuple[Decay, Decay] = (0.9, 0.999)
+    weight_decay: NonNegative = 1e-4
+    grad_clip: Annotated[float, Range(0, lo_open=True, finite=False)] = 1.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     """"constant" or "cosine" (after the warm-up, decay to `min_lr_ratio` × lr at the end of the
     run: the Flow-DPPO paper's schedule). Counted in optimizer steps: epochs × inner_loops ×
     ⌈P·G / minibatch_size⌉ in a run; a skipped non-finite update still takes its step's place."""
-    warmup_steps: int = 0
+    warmup_steps: Whole = 0
     """Optimizer steps of linear warm-up to lr (the n-th at n / warmup_steps × lr); 0: none."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: Fraction = 0.0
     """Where the cosine ends, as a fraction of lr (0: to zero, as transformers' cosine schedule)."""
-    ema_decay: float | None = None
+    ema_decay: Decay | None = None
     """An exponential moving average of the trained weights (None: none). When on, every
     evaluation, the sample grid and `bench export` use the EMA weights while training goes on
     with the raw ones (flow_grpo: 0.9, its decay warmed up as min(decay, (1 + n) / (10 + n)))."""
-    ema_every: int = 8
+    ema_every: Count = 8
     """Optimizer steps between EMA updates (flow_grpo: 8)."""
-    beta: float = 0.0
+    beta: NonNegative = 0.0
     """β of the β·KL_ref term (exact per-element KL to the pretrained policy)."""
-    adv_std: str = "global"
+    adv_std: Literal["group", "global"] = "global"
     """"group" or "global" (the whole batch; the FlowDPPO recipe) standard deviation."""
-    adv_clip: float = 5.0
-    reward_aggregation: str = "sum"
+    adv_clip: Annotated[float, Range(0, lo_open=True, finite=False)] = 5.0
+    reward_aggregation: Literal["sum", "normalised"] = "sum"
     """With several rewards: "sum" normalises their weighted sum (flow_grpo); "normalised"
     normalises each within its group and sums the weighted advantages (GDPO / MixGRPO)."""
-    group_noise: str = "independent"
+    group_noise: Literal["independent", "shared"] = "independent"
     """Initial noise of a group's G samples: "independent" (flow_grpo) or "shared" (DanceGRPO):
     shared noise leaves the SDE steps, the trained actions, as the group's only variation."""
-    lora_rank: int | None = 16
+    lora_rank: Whole | None = 16
     """LoRA rank; 0 = full fine-tuning of the denoiser; None = the model adapter's default
     (`bench models`: 32 for sd35, 64 for FLUX)."""
-    lora_alpha: float | None = 32.0
+    lora_alpha: Positive | None = 32.0
     """LoRA α (None: 2 × rank, every peer's choice)."""
     lora_targets: tuple[str, ...] | None = None
     """Module names LoRA adapts (default: the model adapter's attention projections)."""
@@ -153,46 +161,15 @@ class TrainConfig:
         return total
 
     def validate(self) -> None:
-        checks = [
-            (self.group_size >= 2, f"group size must be at least 2 (got {self.group_size}): "
-                                   "a group-relative advantage needs two samples"),
-            (self.prompts_per_epoch >= 1, "prompts per epoch must be at least 1"),
-            (self.steps >= 1, "steps must be at least 1"),
-            (1 <= self.sde_window <= self.steps,
-             f"the SDE window ({self.sde_window}) must be between 1 and the steps ({self.steps})"),
-            (0 < self.window_fraction <= 1, "window fraction must be in (0, 1]"),
-            (self.sde_window <= max(1, int(self.steps * self.window_fraction)),
-             f"the SDE window ({self.sde_window}) does not fit in the first "
-             f"{self.window_fraction:g} of {self.steps} steps"),
-            (self.inner_loops >= 1, "inner loops must be at least 1"),
-            (self.minibatch_size >= 1, "mini-batch size must be at least 1"),
-            (self.micro_batch is None or self.micro_batch >= 1, "micro-batch must be at least 1"),
-            (self.rollout_batch is None or self.rollout_batch >= 1, "rollout batch must be at least 1"),
-            (self.prompt_cache_gb >= 0, "the prompt cache's size must be >= 0 GB"),
-            (self.trained_precision in ("auto", "fp32"), "trained_precision must be 'auto' or 'fp32'"),
-            (self.ode_precision in PRECISIONS,
-             f"ode_precision must be one of {', '.join(PRECISIONS)}, not {self.ode_precision!r}"),
-            (self.lr > 0, "learning rate must be positive"),
-            (self.lr_schedule in ("constant", "cosine"),
-             f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}"),
-            (_number(self.warmup_steps) and self.warmup_steps == int(self.warmup_steps) >= 0,
-             f"warmup_steps must be a whole number >= 0 (got {self.warmup_steps!r})"),
-            (_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
-             f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio!r})"),
-            (self.ema_decay is None or _number(self.ema_decay) and 0 <= self.ema_decay < 1,
-             f"ema_decay must be in [0, 1) or none (got {self.ema_decay!r})"),
-            (_number(self.ema_every) and self.ema_every == int(self.ema_every) >= 1,
-             f"ema_every must be a whole number >= 1 (got {self.ema_every!r})"),
-            (self.beta >= 0, "beta must be >= 0"),
-            (self.adv_std in ("group", "global"), "adv_std must be 'group' or 'global'"),
-            (self.reward_aggregation in ("sum", "normalised"),
-             "reward_aggregation must be 'sum' or 'normalised'"),
-            (self.group_noise in ("independent", "shared"), "group_noise must be 'independent' or 'shared'"),
-            (self.lora_rank is None or self.lora_rank >= 0, "LoRA rank must be >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise TrainConfigError(msg)
+        """Each field as its type and range allow (`harness.core.fields`), then what the fields
+        must satisfy together."""
+        check_fields(self, TrainConfigError, "train.")
+        if self.sde_window > self.steps:
+            raise TrainConfigError(f"the SDE window ({self.sde_window}) must be at most the steps "
+                                   f"({self.steps})")
+        if self.sde_window > max(1, int(self.steps * self.window_fraction)):
+            raise TrainConfigError(f"the SDE window ({self.sde_window}) does not fit in the first "
+                                   f"{self.window_fraction:g} of {self.steps} steps")
 
 
 @dataclass
@@ -463,6 +440,14 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.lr_at(step)
                 self.optimizer.step()
+                # finite gradients can still step to non-finite weights (an lr of inf, an
+                # overflowing bf16 weight): unlike a skipped update this cannot be undone, as the
+                # weights and the optimizer's moments are already changed, so the run stops here,
+                # before the EMA or a checkpoint takes them in
+                if dist.any_true(not self._weights_finite()):
+                    # epochs counted from 1 here, as the checkpoint the message continues with
+                    raise TrainingFault(f"the weights became non-finite in an update of epoch {epoch + 1} "
+                                        f"(learning rate {self.lr_at(step):g}); lower the learning rate")
                 if self.ema is not None and (step + 1) % cfg.ema_every == 0:
                     self._update_ema(step + 1)
                 losses.append(total)
@@ -476,6 +461,12 @@ class Trainer:
         for key, vals in diag.items():
             metrics[key] = float(np.mean(vals))
         return metrics, {k: torch.cat(v) for k, v in samples.items()}
+
+    @torch.no_grad()
+    def _weights_finite(self) -> bool:
+        """Whether every trained weight is finite: the trainable ones only (a LoRA's are a small
+        share of the model), one device sync for all."""
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all())
 
     def lr_at(self, step: int) -> float:
         """The learning rate of the run's optimizer step `step` (from 0): a linear warm-up over

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness.core.registry import discover
 from models.base import MODELS, FlowModel, ModelError, register_model
 
@@ -43,5 +45,50 @@ def load_model(name: str, path: str | None = None, device: str = "cpu", **option
     return MODELS.get(name).load(path, device, **options)
 
 
+def base_identity(model_name: str, model_path: str | None = None, model_options: dict | None = None,
+                  content: bool = True) -> dict:
+    """What cells are trained from (harness.core.identity): the model, where its weights are
+    read (`path` None: the shipped or default ones), and a sha256 of them, as `load_model`
+    finds them: the toy's weights file hashed whole; a diffusers directory, or a hub id in the
+    local cache, by its small files (`hashed` says). `content=False`: the path alone (what
+    runs of older code recorded). `model_options` that change what is loaded are recorded too."""
+    from harness.core.identity import fingerprint
+
+    default = getattr(MODELS.get(model_name), "default_path", None)  # a hub id
+    if model_name == "toy":
+        from models.toy import WEIGHTS as default
+    where = str(model_path or default)
+    local = Path(where).expanduser()
+    source = None
+    if local.exists():
+        source = local.resolve()
+        if model_name == "toy" and source.is_dir():  # as load_toy reads a directory
+            source = source / "toy.safetensors"
+        where = str(source)
+    elif content:
+        source = _cached_snapshot(where)
+    sha, hashed = fingerprint(source) if content else (None, "nothing (the path alone)")
+    shipped = where in (str(default), str(Path(default).resolve()) if model_name == "toy" else "")
+    record = {"model": model_name, "path": None if model_path is None or shipped else where,
+              "source": where, "sha256": sha, "hashed": hashed}
+    if dtype := (model_options or {}).get("dtype"):  # shown, not compared: the manifest compares options
+        record["dtype"] = str(dtype)
+    return record
+
+
+def _cached_snapshot(hub_id: str) -> Path | None:
+    """A hub id's folder in the local cache, without going online (None: not downloaded)."""
+    from harness.core.hub import HUB_ID
+
+    if not HUB_ID.match(hub_id):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or no hub library): nothing to hash
+        return None
+
+
 __all__ = ["FlowModel", "ModelError", "MODELS", "register_model", "check_device", "check_options",
-           "load_model"]
+           "load_model", "base_identity"]

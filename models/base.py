@@ -8,12 +8,14 @@ see only this interface, so a new model is one adapter.
 from __future__ import annotations
 
 import copy
+import typing
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +35,8 @@ class ModelError(FlowArenaError, RuntimeError):
 MODELS: Registry[type] = Registry("model", ModelError)
 register_model = MODELS.register
 
-PRECISIONS = ("auto", "bf16", "bf16-native")
+Precision = Literal["auto", "bf16", "bf16-native"]
+PRECISIONS = typing.get_args(Precision)
 """A precision setting (eval.precision, train.ode_precision): "auto" as the model computes,
 "bf16" under bf16 autocast, "bf16-native" bf16 only where the hardware has bf16 units."""
 

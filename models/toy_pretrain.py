@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from harness.core.fields import Count, Decay, Fraction, NonNegative, Positive, Whole, check_fields
 from harness.core.io import load_optimizer, load_tensors, optimizer_tensors, save_tensors, write_json
 from harness.toyworld.grammar import held_out_keys, sample_caption_spec
 from harness.toyworld.scene import render, sample_layout
@@ -27,15 +28,15 @@ from models.toy import ToyConfig, ToyNet, save_toy
 
 @dataclass
 class PretrainConfig:
-    steps: int = 2000  # optimizer steps (≈ 50 min on 2 cores at batch 64)
-    batch_size: int = 64
-    lr: float = 5e-4
-    warmup: int = 100
-    weight_decay: float = 1e-4
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1  # share of empty captions, for CFG
-    seed: int = 0
-    checkpoint_every: int = 100
+    steps: Count = 2000  # optimizer steps (≈ 50 min on 2 cores at batch 64)
+    batch_size: Count = 64
+    lr: Positive = 5e-4
+    warmup: Whole = 100
+    weight_decay: NonNegative = 1e-4
+    ema_decay: Decay = 0.999
+    caption_dropout: Fraction = 0.1  # share of empty captions, for CFG
+    seed: Whole = 0
+    checkpoint_every: Count = 100
 
 
 def render_batch(rng: np.random.Generator, n: int, held, size: int = 32):
@@ -58,6 +59,7 @@ def pretrain_toy(out: str | Path, cfg: PretrainConfig = PretrainConfig(),
                  stop_at: int | None = None) -> Path | None:
     """Train (or resume) into `out`; returns the EMA weights file. `stop_at` ends this call
     after that step with a checkpoint and returns None (the run continues when called again)."""
+    check_fields(cfg, where="pretrain.")  # before the output directory exists
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state_path, meta_path = out / "state.safetensors", out / "state.json"

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.identity import check_one_base, misplaced
 from harness.core.io import load_tensors
-from harness.core.results import EvalRecord, Manifest, ResultSchemaError
+from harness.core.results import CellResult, EvalRecord, Manifest, ResultSchemaError
 from reports.style import method_colours
 
 DIAG_KEYS = ("ratio", "kl", "adv", "noise", "step", "inner")
@@ -95,6 +96,19 @@ def _read_eval(path: Path, run: Path, missing: list[str]) -> EvalRecord | None:
         return None
 
 
+def _read_result(path: Path, run: Path, missing: list[str]) -> dict | None:
+    """result.json as read (None: absent, unreadable or not a cell result, named in `missing`)."""
+    obj = _read_json(path, run, missing, "absent (the cell has not finished; not in the table)")
+    if obj is None:
+        return None
+    try:
+        CellResult.from_json(obj, str(path.relative_to(run)))
+    except ResultSchemaError as e:
+        missing.append(f"{path.relative_to(run)}: skipped ({e})")
+        return None
+    return obj
+
+
 def _read_metrics(path: Path, run: Path, missing: list[str]) -> list[dict]:
     """metrics.jsonl rows; a half-written line (a crash mid-write, a copy of a live run) is skipped."""
     rel = path.relative_to(run)
@@ -171,6 +185,14 @@ def load_run(run_dir: str | Path) -> Run:
             continue
         cell = CellData(model, method, int(d.name[4:]), d)
         cell.config = _cell_config(_read_json(d / "config.json", run, missing) or {})
+        # figures do not need result.json, but the table does: say why a cell is not in it
+        result = _read_result(d / "result.json", run, missing)
+        why = [f"{(d / name).relative_to(run)}: {w}" for name, record in (("config.json", cell.config),
+                                                                          ("result.json", result or {}))
+               if (w := misplaced(record, model, method, cell.seed))]
+        if why:  # a copy of another cell (cp -r seed0 seed1) is not another seed
+            missing.append(why[0])
+            continue
         cell.metrics = _read_metrics(d / "metrics.jsonl", run, missing)
         for p in sorted((d / "eval").glob("*.json")):
             if p.stem.isdigit() and (ev := _read_eval(p, run, missing)) is not None:
@@ -181,7 +203,10 @@ def load_run(run_dir: str | Path) -> Run:
             cell.samples = final
         else:
             missing.append(f"{final.relative_to(run)}: absent")
-        # figures do not need result.json, but the table does: say why a cell is not in it
-        _read_json(d / "result.json", run, missing, "absent (the cell has not finished; not in the table)")
         cells.append(cell)
+    for model in sorted({c.model for c in cells}):  # never pair cells trained from other weights
+        own = [("manifest.json", manifest.config.get("base"))] \
+            if manifest is not None and manifest.config.get("model") == model else []
+        check_one_base(own + [(str(c.path.relative_to(run)), c.config.get("base"))
+                              for c in cells if c.model == model])
     return Run(run, manifest, cells, bases, base_samples, missing)

@@ -9,10 +9,12 @@ and sum the weighted advantages (GDPO / MixGRPO), `TrainConfig.reward_aggregatio
 from __future__ import annotations
 
 import inspect
+import typing
 
 import torch
 from torch import Tensor
 
+from harness.core.fields import coerce
 from rewards.base import REWARDS, Reward, RewardError, RewardOutput, build_reward, reward_names
 
 
@@ -66,10 +68,22 @@ def check_rewards(spec: str, options: dict | None = None, elsewhere=()) -> list[
     for name, _ in parts:
         if name not in REWARDS:
             raise RewardError(f"unknown reward {name!r} (known: {', '.join(reward_names())})")
-    for key in options or {}:
+    for key, value in (options or {}).items():
         if key not in elsewhere and not any(key in _accepted(n) for n, _ in parts):
             raise RewardError(f"reward option {key!r} applies to none of {', '.join(n for n, _ in parts)}")
+        for name, _ in parts:  # typed as the constructor that takes it types it
+            if (hint := _option_types(name).get(key)) is not None:
+                coerce(value, hint, f"reward option {key!r}", RewardError)
     return parts
+
+
+def _option_types(name: str) -> dict:
+    """The types of reward `name`'s constructor options (none where they cannot be read)."""
+    factory = REWARDS.get(name)
+    try:
+        return typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation leaves the option unchecked
+        return {}
 
 
 def build_rewards(spec: str, device: str = "cpu", elsewhere=(), **options) -> Reward:

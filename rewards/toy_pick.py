@@ -25,6 +25,7 @@ from safetensors.torch import load_file, safe_open
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from harness.core.fields import Count, NonNegative, Positive, Whole, check_fields
 from harness.core.io import save_tensors, write_json
 from harness.toyworld.grammar import (
     MAX_OBJECTS,
@@ -153,15 +154,16 @@ def pick_batch(rng: np.random.Generator, n: int, size: int = 32):
 
 @dataclass
 class ToyPickTrainConfig:
-    steps: int = 800
-    batch_size: int = 96
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
+    steps: Count = 800
+    batch_size: Count = 96
+    lr: Positive = 1e-3
+    weight_decay: NonNegative = 1e-4
+    seed: Whole = 0
 
 
 def pretrain_toy_pick(out: str | Path, cfg: ToyPickTrainConfig = ToyPickTrainConfig(),
                       model_cfg: ToyPickConfig = ToyPickConfig(), progress: bool = True) -> Path:
+    check_fields(cfg, where="pretrain.")
     out = Path(out)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -22,7 +22,7 @@ def test_registry_lists_grpo_and_dppo_with_descriptions():
         build_method("grpo", delta=1.0)
     with pytest.raises(MethodError, match="delta"):
         build_method("dppo", delta=-1.0)
-    with pytest.raises(MethodError, match="clip_range must be >= 0"):
+    with pytest.raises(MethodError, match="clip_range must be a number >= 0"):
         build_method("grpo", clip_range=-1.0)
 
 
@@ -78,8 +78,9 @@ def test_group_advantages():
 
 
 @pytest.mark.parametrize("kw,msg", [
-    ({"group_size": 1}, "group size"), ({"sde_window": 12}, "SDE window"),
-    ({"sde_window": 6}, "does not fit"), ({"beta": -1.0}, "beta"), ({"lr": 0.0}, "learning rate"),
+    ({"group_size": 1}, "train.group_size must be an integer >= 2, not 1"),
+    ({"sde_window": 12}, "SDE window"), ({"sde_window": 6}, "does not fit"), ({"beta": -1.0}, "beta"),
+    ({"lr": 0.0}, "train.lr must be a finite number > 0"),
 ])
 def test_impossible_settings(kw, msg):
     with pytest.raises(TrainConfigError, match=msg):

@@ -52,8 +52,8 @@ def test_a_user_recipe_on_a_base(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('[eval]\nbenchmark = ["toy"]\n', "[eval]: unknown field 'benchmark' (allowed: benchmarks, every"),
-    ('[train]\nlr = "fast"\n', "field 'lr' must be a number, not 'fast'"),
-    ('methods = "grpo"\n', "field 'methods' must be a list"),
+    ('[train]\nlr = "fast"\n', "field 'lr' must be a finite number > 0, not 'fast'"),
+    ('methods = "grpo"\n', "field 'methods' must be a non-empty list"),
     ('base = "main"\nseeds = 2.5\n', "field 'seeds' must be an integer"),
     ('base = "x.toml"\n', "base preset 'x.toml' does not exist"),
 ])
@@ -66,7 +66,7 @@ def test_bad_recipes_are_one_line_naming_file_and_field(text, message, tmp_path)
 
 
 def test_overrides_are_checked_like_files():
-    with pytest.raises(RunError, match="--epochs must be at least 1"):
+    with pytest.raises(RunError, match="field .epochs. must be an integer >= 1, not 0"):
         resolve("smoke", epochs=0)
     assert resolve("default", reward="toy-colour").reward_options == {}
     assert resolve("default", reward_options={"x": 1}).reward_options == {"aggregate": "am", "x": 1}
@@ -83,4 +83,4 @@ def test_size_knobs_scale_a_preset_down():
     assert (train["prompts_per_epoch"], train["group_size"], train["steps"]) == (4, 2, 4)
     assert (data["eval"]["steps"], data["eval"]["limit"]) == (4, 8)
     bad = runner.invoke(app, ["run", "--preset", "smoke", "--steps", "1"])
-    assert bad.exit_code == 1 and "SDE window (2) must be between 1 and the steps (1)" in bad.output
+    assert bad.exit_code == 1 and "SDE window (2) must be at most the steps (1)" in bad.output

@@ -56,9 +56,10 @@ def test_the_optimizer_gets_the_warm_up_then_the_cosine(tiny_path, monkeypatch):
 
 
 def test_bad_settings_are_one_line(tiny_path):
-    for kw, msg in [({"lr_schedule": "linear"}, "lr_schedule must be 'constant' or 'cosine'"),
+    for kw, msg in [({"lr_schedule": "linear"}, "lr_schedule must be one of 'constant', 'cosine'"),
                     ({"warmup_steps": -1}, "warmup_steps must be"), ({"min_lr_ratio": 2.0}, "min_lr_ratio"),
-                    ({"ema_decay": 1.0}, "ema_decay must be in [0, 1)"), ({"ema_decay": "none"}, "ema_decay"),
+                    ({"ema_decay": 1.0}, "ema_decay must be a finite number in [0, 1) or \"none\""),
+                    ({"ema_decay": "none"}, "ema_decay"),
                     ({"ema_every": 0}, "ema_every must be")]:
         with pytest.raises(TrainConfigError, match=re.escape(msg)) as e:
             replace(TRAIN, **kw).validate()

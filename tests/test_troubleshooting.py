@@ -47,6 +47,11 @@ def scratch(tmp_path_factory):
     (d / "typo.toml").write_text('base = "smoke"\n[train]\nlrr = 1e-3\n')
     (d / "typed.toml").write_text('base = "smoke"\nepochs = "many"\n')
     (d / "based.toml").write_text('base = "nosuch"\n')
+    (d / "inf.toml").write_text('base = "smoke"\n[train]\nlr = inf\n')
+    (d / "overrides.toml").write_text('base = "smoke"\n[method_overrides.dpo]\ndelta = 1e-6\n')
+    (d / "bom.toml").write_bytes(b'\xef\xbb\xbfbase = "smoke"\n')
+    (d / "binary.txt").write_bytes(b"a red\x00circle\n\xff\xfe")
+    (d / "other.safetensors").write_bytes(b"other weights than the run's")
     # a one-epoch run whose checkpoint is then damaged, its cell unfinished again
     r = runner.invoke(app, ["run", "--preset", "smoke", "--methods", "grpo", "--seeds", "1", "--epochs", "1",
                             "--out", str(d / "run")])

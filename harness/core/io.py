@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterable
@@ -68,9 +69,33 @@ def atomic_write(path: str | Path, write) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        err = _write_error(e, path, tmp) if isinstance(e, Exception) else e  # Ctrl-C stays Ctrl-C
+        if err is e:
+            raise
+        raise err from e
+
+
+# the Rust io::Error in a library's message (safetensors' own error type, even on a full disk):
+# "... (os error 28)" now, "IoError(Os { code: 28, ... })" in older releases
+_OS_ERROR = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
+def _write_error(e: Exception, path: Path, tmp: str) -> BaseException:
+    """A failed write as one line the CLI prints: an OSError naming the file written (not its
+    temp file), with the errno the library's message carries (ENOSPC: "No space left on device").
+    Other errors pass unchanged."""
+    if isinstance(e, FlowArenaError):
+        return e
+    if isinstance(e, OSError):
+        if e.errno is None or e.filename not in (None, tmp):
+            return e
+        return OSError(e.errno, e.strerror, str(path))  # the errno's subclass (PermissionError…)
+    if m := _OS_ERROR.search(str(e)):
+        code = int(m[1] or m[2])
+        return OSError(code, os.strerror(code), str(path))
+    return e  # anything else is a bug, and keeps its traceback
 
 
 def write_json(path: str | Path, obj) -> None:

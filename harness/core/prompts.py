@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 from harness.core.errors import FlowArenaError
@@ -20,6 +21,15 @@ TOY_SPLITS = ("train", "eval", "ood")
 
 class PromptFileError(FlowArenaError, ValueError):
     """A prompt file is missing or malformed (the message names file and line)."""
+
+
+# what reading a binary file as text raises: bad UTF-8; a .gz that is not gzip, or cut short
+NOT_TEXT = (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _not_text(path: Path, why) -> PromptFileError:
+    return PromptFileError(f"prompt file {path} is not a UTF-8 text file ({why}); give a text file: "
+                           "JSONL, GenEval metadata or one prompt per line")
 
 
 def _check(rec, where: str) -> dict:
@@ -50,15 +60,18 @@ def load_prompt_file(path: str | Path) -> list[dict]:
         raise PromptFileError(f"prompt file {path} not found")
     records = []
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptFileError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            records.append(_check(rec, f"{path}:{i}"))
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PromptFileError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                records.append(_check(rec, f"{path}:{i}"))
+    except NOT_TEXT as e:
+        raise _not_text(path, e) from None
     if not records:
         raise PromptFileError(f"prompt file {path} holds no prompts")
     return records
@@ -122,13 +135,22 @@ def load_prompts(spec: str | Path) -> list[dict]:
         raise PromptFileError(f"prompt set {str(spec)!r} is neither a shipped one "
                               f"({', '.join(PROMPT_SETS)}) nor a file")
     if path.suffix not in (".jsonl", ".gz"):
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise _not_text(path, e) from None
+        if "\0" in text:  # valid UTF-8, but no prompt file holds NUL bytes: a binary file
+            raise _not_text(path, "it holds NUL bytes")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if not lines:
             raise PromptFileError(f"prompt file {path} holds no prompts")
         return [{"prompt": ln} for ln in lines]
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        first = next((ln for ln in f if ln.strip()), "")
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            first = next((ln for ln in f if ln.strip()), "")
+    except NOT_TEXT as e:
+        raise _not_text(path, e) from None
     try:
         head = json.loads(first)
     except json.JSONDecodeError as e:
@@ -136,5 +158,8 @@ def load_prompts(spec: str | Path) -> list[dict]:
     if isinstance(head, dict) and "include" in head and "vqa_list" not in head:
         from harness.core.geneval_rules import load_geneval_prompts
 
-        return load_geneval_prompts(path)
+        try:
+            return load_geneval_prompts(path)
+        except NOT_TEXT as e:  # valid JSON at the top, binary further down
+            raise _not_text(path, e) from None
     return load_prompt_file(path)

@@ -59,11 +59,13 @@ def _malformed(what: str):
     """A file whose keys or types are not those of its record: one ResultSchemaError line."""
     try:
         yield
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:  # AttributeError: a string where a table belongs
         raise ResultSchemaError(f"{what} ({type(e).__name__}: {e})") from None
 
 
 def _from_fields(cls, d: dict):
+    if not isinstance(d, dict):  # valid JSON of another kind ("x", a list) where a record belongs
+        raise TypeError(f"a {type(d).__name__} where an object belongs")
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -175,6 +177,8 @@ class CellResult:
     def from_json(cls, d: dict, what: str = "result.json") -> CellResult:
         _check_schema(d, what)
         with _malformed(f"{what} is not a cell result"):
+            if not isinstance(d["train_reward"], dict):
+                raise TypeError("train_reward is not an object")
             return cls(**{**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}},
                           "final": EvalRecord.from_json(d["final"], what),
                           "base": EvalRecord.from_json(d["base"], what), "schema": d.get("schema", 1)})
@@ -214,12 +218,15 @@ class Manifest:
         return _from_fields(cls, {"command": "", "versions": {}, **d, "schema": d.get("schema", 1)})
 
 
-def read_json(path: Path):
-    """A JSON file, or a ResultSchemaError naming it."""
+def read_json(path: Path) -> dict:
+    """A JSON object file (every result file is one), or a ResultSchemaError naming it."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ResultSchemaError(f"{path} is unreadable ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise ResultSchemaError(f"{path} is not a JSON object")
+    return data
 
 
 # --- the names of per-step diagnostics in metrics.jsonl ---------------------------------------

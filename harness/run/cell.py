@@ -6,7 +6,9 @@ checkpoint after every epoch, resume from the last checkpoint.
       eval/<epoch>.json  eval/final.json (the test sets)  checkpoints/latest/
       samples/{final.png,prompts.json}  result.json
 
-A cell with `result.json` is finished and never recomputed. Every file is written atomically.
+config.json holds the cell's settings and, under `base`, the weights it trains from
+(models.base_identity). A cell with `result.json` is finished and never recomputed. Every
+file is written atomically.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from harness.core.identity import base_changed, same_base
 from harness.core.io import (
     load_optimizer,
     load_tensors,
@@ -34,7 +37,7 @@ from harness.run.config import Preset, RunError, method_variant, upgrade_cell_co
 from harness.run.evaluation import Evaluation
 from methods import dist
 from methods.trainer import TrainConfig, Trainer, TrainingFault, floor_warning
-from models import load_model
+from models import base_identity, load_model
 from rewards import build_rewards
 
 
@@ -79,8 +82,10 @@ class CellRun:
 
     def __init__(self, run: Path, model_name: str, model_path: str | None, method_name: str,
                  seed: int, preset: Preset, evaluation: Evaluation, device: str = "cpu",
-                 log_to: str | None = None, model_options: dict | None = None):
+                 log_to: str | None = None, model_options: dict | None = None, base: dict | None = None):
+        """`base`: the weights' record (models.base_identity; default: made here)."""
         self.run_dir, self.log_to, self.model_options = run, log_to, model_options or {}
+        self.base = base
         self.dir = run / model_name / method_name / f"seed{seed}"
         self.model_name, self.model_path, self.method_name = model_name, model_path, method_name
         self.seed, self.preset, self.device, self.evaluation = seed, preset, device, evaluation
@@ -105,12 +110,17 @@ class CellRun:
         config = {"method": self.method_name, "method_config": asdict(method.config),
                   "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,
                   "reward": p.reward, "seed": self.seed, "model": self.model_name,
-                  "trust_region": method.trust_region, "train_prompts": p.train_prompts}
+                  "trust_region": method.trust_region, "train_prompts": p.train_prompts,
+                  "base": self._base_record()}
         ckpt = self.dir / "checkpoints" / "latest"
         start, wall = 0, 0.0
         if (ckpt / "state.json").exists():
             state = read_checkpoint_state(ckpt)
-            if upgrade_cell_config(state["config"], config) != json.loads(json.dumps(config)):
+            saved, now = upgrade_cell_config(state["config"], config), json.loads(json.dumps(config))
+            if not same_base(saved["base"], now["base"]):
+                raise RunError(base_changed(str(self.dir), saved["base"], now["base"]))
+            # the base's path may differ (same weights moved) and its preset name (same settings)
+            if {**saved, "base": None} != {**now, "base": None}:
                 raise RunError(f"{self.dir} holds a run with another configuration; "
                                "use a new --out or delete it")
             try:
@@ -136,9 +146,9 @@ class CellRun:
                 live.log(eval_scalars(base_eval), 0)
             wall = self._train(model, method, train, trainer, config, start, wall, metrics, live, progress)
         except TrainingFault as e:
-            last = read_checkpoint_state(ckpt)["epoch"] if (ckpt / "state.json").exists() else 0
-            raise RunError(f"{self.method_name} seed {self.seed}: {e}. The last checkpoint (epoch {last}) "
-                           f"is intact in {ckpt}") from None
+            kept = (f"The last checkpoint (epoch {read_checkpoint_state(ckpt)['epoch']}) is intact in {ckpt}"
+                    if (ckpt / "state.json").exists() else "No checkpoint was written")
+            raise RunError(f"{self.method_name} seed {self.seed}: {e}. {kept}") from None
         finally:
             if live is not None:
                 live.close()
@@ -146,6 +156,13 @@ class CellRun:
             result = self._finish(model, metrics, base_final or base_eval, train, wall)  # None but on rank 0
         dist.barrier()
         return result
+
+    def _base_record(self) -> dict:
+        """What the cell trains from, with the recipe's name and image size (not part of the
+        identity that resuming and reports compare)."""
+        base = self.base or base_identity(self.model_name, self.model_path, self.model_options)
+        resolution = self.model_options.get("resolution")
+        return {**base, "preset": self.preset.name, **({"resolution": resolution} if resolution else {})}
 
     def _train(self, model, method, train, trainer, config, start: int, wall: float,
                metrics: list[dict], live, progress: bool) -> float:

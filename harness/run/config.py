@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json
 import sys
-import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from harness.core.errors import FlowArenaError
+from harness.core.fields import Count, Limit, NonNegative, Steps, coerce, hints, parse
 from harness.core.registry import Registry
-from methods import Method, build_method, get_method
+from methods import Method, build_method, get_method, method_names
 from methods.trainer import TrainConfig
+from models.base import Precision
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,30 +39,30 @@ class EvalSettings:
     benchmarks: tuple[str, ...] = ("toy",)
     """What is measured between epochs and at the end (`bench benchmarks`); the first one's
     prompts also draw the sample grids and the KL to the pretrained model."""
-    every: int = 5
+    every: Count = 5
     """Evaluate after every this many epochs (and at the end)."""
-    limit: int | None = None
+    limit: Limit | None = None
     """Prompts of the in-domain set between epochs, spread evenly over it and so over atom
     counts (None: all; the toy eval split has 192, GenEval2's val split 800)."""
-    ood_limit: int | None = None
+    ood_limit: Limit | None = None
     """Prompts of the out-of-domain set between epochs: the toy's ood split (96) for the toy
     preference score, the PickScore prompts for pickscore (None: all)."""
-    final_limit: int | None = None
+    final_limit: Limit | None = None
     """Prompts of the final evaluation of a benchmark with a test set of its own (geneval2:
     the official 800; pickscore: the parti-test prompts), spread evenly (None: all). The toy
     benchmark has none: its evaluation after the last epoch is the final one."""
     ood_prompts: str | None = None
     """PickScore's prompts instead of the shipped parti-test: a file, one prompt per line."""
-    steps: int | None = None
+    steps: Steps | None = None
     """ODE steps (None: the model's default)."""
-    guidance: float | None = 1.0
+    guidance: NonNegative | None = 1.0
     """CFG scale of evaluation images (None: the model's default; 1.0 = the no-CFG setting
     the toy presets train in)."""
-    kl_prompts: int = 32
+    kl_prompts: Limit = 32
     """Prompts whose trajectories measure the KL to the pretrained model."""
-    samples: int = 8
+    samples: Count = 8
     """Prompts drawn in the sample grids."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """The evaluation images: "auto" as the model computes, "bf16" under bf16 autocast,
     "bf16-native" bf16 only on hardware with bf16 units (a CUDA card, a CPU with AVX-512-BF16 or
     AMX; elsewhere bf16 is emulated and far slower). The KL to the pretrained model stays in the
@@ -89,7 +90,7 @@ TOY_CALIBRATION: dict[str, dict] = {
 class Preset:
     name: str
     description: str
-    epochs: int
+    epochs: Count
     train: TrainConfig
     eval: EvalSettings
     reward: str = "toy-tifa"
@@ -101,11 +102,11 @@ class Preset:
     model: str = "toy"
     """The model the recipe is for (`bench models`); a real model's recipe never runs on the
     toy model, nor the reverse."""
-    resolution: int | None = None
+    resolution: Count | None = None
     """Image side in pixels of a diffusers model (None: the pipeline's default)."""
     methods: tuple[str, ...] = ("grpo", "dppo")
     """What `bench run --preset NAME` trains when `--methods` is not given."""
-    seeds: int = 1
+    seeds: Count = 1
     """Seeds per method when `--seeds` is not given."""
     method_overrides: dict[str, dict] = field(default_factory=lambda: dict(TOY_CALIBRATION))
     """Per-method settings of the method's config or of `[train]`: the toy calibration on
@@ -121,59 +122,11 @@ _TABLES = {"train": TrainConfig, "eval": EvalSettings}
 
 
 # --- reading presets --------------------------------------------------------------------------
-def _describe(hint) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is bool:
-        return "true or false"
-    if hint in (int, float):
-        return "a number" if hint is float else "an integer"
-    if hint is str:
-        return "a string"
-    if origin in (tuple, list):
-        return "a list"
-    if origin is dict or hint is dict:
-        return "a table"
-    if type(None) in args:
-        return " or ".join(_describe(a) for a in args if a is not type(None)) + ' or "none"'
-    return str(hint)
-
-
-def _coerce(value, hint, where: str):
-    """`value` as the field's type (TOML lists become tuples), or a RunError saying what is allowed."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if type(None) in args:
-        if value is None or value == "none":  # TOML has no null: "none" unsets an optional field
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)  # the project's optionals wrap one type
-    ok = {bool: isinstance(value, bool), str: isinstance(value, str),
-          int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool)}.get(hint)
-    if ok is not None:
-        if not ok:
-            raise RunError(f"{where} must be {_describe(hint)}, not {value!r}")
-        return float(value) if hint is float else value
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise RunError(f"{where} must be a list, not {value!r}")
-        item = args[0] if args else None
-        if len(args) == 2 and args[1] is Ellipsis or len(args) == 1:
-            return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise RunError(f"{where} must be a list of {len(args)} values, not {value!r}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise RunError(f"{where} must be a table, not {value!r}")
-        return value
-    return value
-
-
 def build(cls, data: dict, where: str):
     """A dataclass from plain data: unknown fields and wrong types are one RunError line."""
     if not isinstance(data, dict):
         raise RunError(f"{where} must be a table")
-    hints = typing.get_type_hints(cls)
+    types = hints(cls)
     allowed = [f.name for f in fields(cls)]
     kw = {}
     for key, value in data.items():
@@ -182,7 +135,7 @@ def build(cls, data: dict, where: str):
         if key in _TABLES and cls is Preset:
             kw[key] = build(_TABLES[key], value, f"{where} [{key}]")
         else:
-            kw[key] = _coerce(value, hints[key], f"{where}: field {key!r}")
+            kw[key] = coerce(value, types[key], f"{where}: field {key!r}", RunError)
     try:
         return cls(**kw)
     except TypeError:  # a required field is absent
@@ -222,7 +175,10 @@ def read_toml(path: Path) -> dict:
     except OSError as e:
         raise RunError(f"config file {path}: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"config file {path} is not valid TOML ({e})") from None
+        # Windows editors save "UTF-8 with BOM", which TOML forbids: say so, not "invalid statement"
+        bom = Path(path).read_bytes().startswith(b"\xef\xbb\xbf")
+        hint = "the file starts with a byte-order mark; save it as UTF-8 without BOM" if bom else e
+        raise RunError(f"config file {path} is not valid TOML ({hint})") from None
 
 
 def preset_data(path: Path, seen: tuple[str, ...] = ()) -> dict:
@@ -252,16 +208,7 @@ def load_preset(path: str | Path, name: str | None = None) -> Preset:
     data = preset_data(path)
     data.setdefault("name", name or path.stem)
     data.setdefault("description", f"the recipe in {path.name}")
-    preset = build(Preset, data, str(path))
-    preset.train.validate()
-    return preset
-
-
-PRESETS: Registry[Preset] = Registry("preset", RunError)
-_ORDER = ["smoke", "sanity", "default", "main", "main-multi", "stability", "ablation", "sweep", "paper",
-          "sd35-geneval2", "sd35-pickscore", "sd35-multi", "flux1-dev-geneval2", "flux2-klein-geneval2"]
-for _file in sorted(PRESET_DIR.glob("*.toml"), key=lambda p: (_ORDER + [p.stem]).index(p.stem)):
-    PRESETS.add(_file.stem, load_preset(_file))  # `bench presets` order: small to large, then the rest
+    return check_preset(build(Preset, data, str(path)))
 
 
 def get_preset(name: str) -> Preset:
@@ -290,14 +237,10 @@ def resolve(preset: str | Path | Preset, **overrides) -> Preset:
     over = {k: v for k, v in overrides.items() if v is not None and v != {}}
     if not over:
         return p
-    if "epochs" in over and over["epochs"] < 1:
-        raise RunError("--epochs must be at least 1")
     if "reward_options" in over and "reward" not in over:
         over["reward_options"] = {**p.reward_options, **over["reward_options"]}
     data = merge(p.to_data(), over)
-    out = build(Preset, data, f"preset {p.name}")
-    out.train.validate()
-    return out
+    return check_preset(build(Preset, data, f"preset {p.name}"))
 
 
 # --- writing a preset -------------------------------------------------------------------------
@@ -337,7 +280,28 @@ def to_toml(preset: Preset) -> str:
 
 
 # --- methods as --methods names them ------------------------------------------------------------
-_TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+def split_methods(text: str) -> list[str]:
+    """`--methods grpo,dppo@adam_betas=[0.9,0.99]` as its specs: commas inside brackets stay."""
+    specs, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth <= 0:
+            specs.append(text[start:i].strip())
+            start = i + 1
+    return [s for s in specs if s]
+
+
+def _settings(name: str, given: dict, where: str, typed: bool) -> tuple[dict, dict]:
+    """A method's settings split into its config's and the trainer's, each read as its field's
+    type (`typed`: TOML values; else text from the command line) and checked against its range."""
+    method_types, train_types = hints(get_method(name).Config), hints(TrainConfig)
+    method_kw, train_kw = {}, {}
+    for key, value in given.items():
+        if key not in method_types and key not in train_types:
+            raise RunError(f"{where}: neither {name} nor the trainer has a setting {key!r}")
+        types, out = (method_types, method_kw) if key in method_types else (train_types, train_kw)
+        out[key] = (coerce if typed else parse)(value, types[key], f"{where}: {key}", RunError)
+    return method_kw, train_kw
 
 
 def method_variant(spec: str, preset: Preset) -> tuple[Method, TrainConfig]:
@@ -346,38 +310,64 @@ def method_variant(spec: str, preset: Preset) -> tuple[Method, TrainConfig]:
     Keys of the method's config go to the method, keys of `TrainConfig` to the trainer;
     the preset's `method_overrides` for the method (the toy calibration) apply first."""
     name, *items = spec.split("@")
-    method_fields = {f.name for f in fields(get_method(name).Config)}
-    method_kw, train_kw = {}, {}
-    for key, value in preset.method_overrides.get(name, {}).items():
-        if key not in method_fields | _TRAIN_FIELDS:
-            raise RunError(f"preset {preset.name}: [method_overrides.{name}] {key!r} is neither a setting "
-                           f"of {name} nor of the trainer")
-        (method_kw if key in method_fields else train_kw)[key] = value
+    method_kw, train_kw = _settings(name, preset.method_overrides.get(name, {}),
+                                    f"preset {preset.name}: [method_overrides.{name}]", typed=True)
+    given: dict[str, str] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise RunError(f"{spec!r}: write settings as name@key=value, e.g. dppo@delta=3e-6")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if key in method_fields:
-            method_kw[key] = value
-        elif key in _TRAIN_FIELDS:
-            train_kw[key] = value
-        else:
-            raise RunError(f"{spec!r}: neither {name} nor the trainer has a setting {key!r}")
-    hints = typing.get_type_hints(TrainConfig)  # typed as a [train] table is: "none" unsets, lists are tuples
-    train = replace(preset.train, **{k: _coerce(v, hints[k], f"{spec!r}: {k}") for k, v in train_kw.items()})
+        if key in given:
+            raise RunError(f"{spec!r}: {key!r} is set twice")
+        given[key] = raw
+    more_method, more_train = _settings(name, given, repr(spec), typed=False)
+    train = replace(preset.train, **{**train_kw, **more_train})
     train.validate()
-    return build_method(name, **method_kw), train
+    return build_method(name, **{**method_kw, **more_method}), train
+
+
+def check_methods(specs, preset: Preset, schedule: bool = True) -> list[str]:
+    """The methods a run trains, checked before any work: at least one, none twice, each a
+    registered method whose settings are valid (and fit the run's schedule: a preset's epochs
+    may still change on the command line)."""
+    specs = list(specs)
+    if not specs:
+        raise RunError("no methods to run: name at least one (bench methods lists them)")
+    for i, spec in enumerate(specs):
+        if spec in specs[:i]:
+            raise RunError(f"method {spec!r} is named twice; for more runs of one method use --seeds")
+        train = method_variant(spec, preset)[1]
+        if schedule:
+            train.check_schedule(preset.epochs)
+    return specs
+
+
+def check_preset(preset: Preset) -> Preset:
+    """A preset whose every part is valid: the trainer's settings, each `[method_overrides]`
+    table (a registered method, its settings typed and in range, even for a method this run
+    leaves out: a typo must not wait for the day it is run) and its methods."""
+    preset.train.validate()
+    for name, settings in preset.method_overrides.items():
+        where = f"preset {preset.name}: [method_overrides.{name}]"
+        if not isinstance(settings, dict):
+            raise RunError(f"{where} must be a table of settings")
+        if name not in method_names():
+            raise RunError(f"{where}: unknown method {name!r} (bench methods lists them)")
+        method_kw, train_kw = _settings(name, settings, where, typed=True)
+        build_method(name, **method_kw)
+        replace(preset.train, **train_kw).validate()
+    check_methods(preset.methods, preset, schedule=False)
+    return preset
 
 
 def upgrade_cell_config(saved: dict, current: dict) -> dict:
     """A cell's config as recorded by older code, with what was added since: the fields of
-    `upgrade_resolved`, and `trust_region`, derived from the method's config."""
+    `upgrade_resolved`, `trust_region`, derived from the method's config, and `base`."""
     saved = upgrade_resolved(saved)
-    for key, value in (("trust_region", current.get("trust_region")), ("train_prompts", "toy-train")):
+    # `base`: the run's base weights were checked against its manifest (its model path alone,
+    # where older code recorded no more) before any cell resumes
+    for key, value in (("trust_region", current.get("trust_region")), ("train_prompts", "toy-train"),
+                       ("base", current.get("base"))):
         if key not in saved and key in current:
             saved = {**saved, key: value}
     method_config = saved.get("method_config")
@@ -407,3 +397,11 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
             resolved.setdefault("resolution", (model_options or {}).get("resolution"))
     return resolved
 
+
+# --- the shipped presets -----------------------------------------------------------------------
+PRESETS: Registry[Preset] = Registry("preset", RunError)
+_ORDER = ["quick", "smoke", "sanity", "default", "main", "main-multi", "stability", "ablation", "sweep",
+          "paper", "sd35-geneval2",
+          "sd35-pickscore", "sd35-multi", "flux1-dev-geneval2", "flux2-klein-geneval2"]
+for _file in sorted(PRESET_DIR.glob("*.toml"), key=lambda p: (_ORDER + [p.stem]).index(p.stem)):
+    PRESETS.add(_file.stem, load_preset(_file))  # `bench presets` order: small to large, then the rest

@@ -28,17 +28,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from harness.core.identity import base_changed, same_base
 from harness.core.io import atomic_write, write_json
 from harness.core.locks import LockError, describe, holder, release, try_lock, wait_lock
 from harness.core.prompts import load_prompts
 from harness.core.results import EvalRecord, Manifest, read_json
 from harness.live import check_log_to
 from harness.run.cell import CellRun
-from harness.run.config import Preset, RunError, check_model, method_variant, resolve, upgrade_resolved
+from harness.run.config import Preset, RunError, check_methods, check_model, resolve, upgrade_resolved
 from harness.run.evaluation import Evaluation
 from methods import dist
 from methods.trainer import place_text_encoders
-from models import MODELS, check_device, check_options, load_model
+from models import MODELS, base_identity, check_device, check_options, load_model
 from models.base import native_bf16
 from rewards import check_rewards
 
@@ -101,7 +102,9 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
     path = where / f"seed{seed}"
     main = dist.is_main()
     if main:
-        wait_lock(path / ".lock")  # another shard evaluating this seed: wait for it, then read
+        # another shard evaluating this seed: wait for it, then read; no timeout, since a large
+        # model takes long and a dead holder's lock turns stale (harness/core/locks.py)
+        wait_lock(path / ".lock", f"another process's evaluation of {model_name} (seed {seed})")
     try:
         todo = main and not all((path / n).exists() for n in names)
         first = where / "seed0"
@@ -190,8 +193,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     model_name, p = recipe(model_name, preset, **overrides)
     methods = list(p.methods) if methods is None else methods
     seeds = p.seeds if seeds is None else seeds
-    for m in methods:  # unknown names and settings fail before any work
-        method_variant(m, p)[1].check_schedule(p.epochs)
+    check_methods(methods, p)  # none, twice, unknown names and settings: before any work
     records = load_prompts(p.train_prompts)  # an unknown set or a malformed file fails before any work
     if model_name == "toy":
         _check_toy_words(records, p.train_prompts)
@@ -211,6 +213,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
               "preset": p.name, "resolved": json.loads(json.dumps(asdict(p), default=str))}
     if model_options:  # absent otherwise, so that runs written before the option still resume
         config["model_options"] = model_options
+    config["base"] = identity = base_identity(model_name, model_path, model_options)
     manifest_path = out / "manifest.json"
     old = None
     if manifest_path.exists() and any(out.glob("*/*/seed*/*")):  # a run without results can start over
@@ -221,6 +224,11 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                 and old.config.get("model_options", {}) == model_options)
         if not same:
             raise RunError(f"{out} holds a run with another configuration; use a new --out or delete it")
+        # a run of older code recorded its model path alone: the same path matches
+        was = (old.config.get("base")
+               or base_identity(model_name, old.config.get("model_path"), content=False))
+        if not same_base(was, identity):
+            raise RunError(base_changed(str(out), was, identity))
         config["methods"] = list(dict.fromkeys(old.config["methods"] + methods))
         config["seeds"] = max(seeds, old.config["seeds"])
     now = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -239,10 +247,11 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     dist.barrier()  # every rank has read the old manifest before rank 0 replaces it
     t0 = time.perf_counter()
 
-    def save_manifest(status: str) -> None:
+    def save_manifest(status: str, wait: float = 60) -> None:
         if not dist.is_main():
             return
-        wait_lock(out / LOCKS / "manifest.lock", poll=0.2)  # shards rewrite one file
+        # shards rewrite one file; its writers hold it for a moment, so a long wait means trouble
+        wait_lock(out / LOCKS / "manifest.lock", f"the manifest of {out}", timeout=wait, poll=0.2)
         try:
             disk = _read_manifest(manifest_path) if keep_sessions else None
             others = [s for s in (disk.sessions if disk else []) if s.get("id") != session["id"]]
@@ -275,7 +284,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
             for m in [m for s, m in mine if s == seed]:
                 i = cells.index((seed, m)) + 1
                 cell = CellRun(out, model_name, model_path, m, seed, p, evaluation, device, log_to,
-                               model_options)
+                               model_options, identity)
                 lock = cell.dir / ".lock"
                 busy = dist.any_true(not cell.done and not try_lock(lock) if dist.is_main() else False)
                 if busy:  # another process of this run (a shard, a second machine) trains it
@@ -303,8 +312,8 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
         if dist.is_main():
             build_report(out, reference)
     except BaseException:  # an interrupted or failed session still counts towards the wall time
-        with contextlib.suppress(OSError):  # but a failed write must not hide why the run stopped
-            save_manifest("stopped")
+        with contextlib.suppress(OSError, LockError):  # but a failed write must not hide why it stopped
+            save_manifest("stopped", wait=5)
         raise
     finally:
         if run_lock is not None:

@@ -24,10 +24,34 @@ def read_cell(cell_dir: str | Path) -> tuple[dict, dict, Path]:
     manifest = cell_dir.parents[2] / "manifest.json" if len(cell_dir.parents) > 2 else None
     run_config = {}
     if manifest is not None and manifest.is_file():
-        run_config = json.loads(manifest.read_text()).get("config", {})
+        run_config = _read_object(manifest).get("config", {})
     files = checkpoint_files(ckpt, read_checkpoint_state(ckpt))
     weights = files.get("ema", files["weights"])
-    return json.loads(cfg_path.read_text()), run_config, weights
+    config = _read_object(cfg_path)
+    if not {"model", "train"} <= config.keys():
+        raise RunError(f"{cfg_path} is damaged (it names no model or training settings)")
+    return config, run_config, weights
+
+
+def _read_object(path: Path) -> dict:
+    """A JSON object file of the cell or its run; a truncated or garbled one is one line."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or bad UTF-8 (an unreadable file: the OSError's own line)
+        raise RunError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is damaged (not a JSON object)")
+    return data
+
+
+def _load_weights(weights: Path, cell_dir: Path) -> dict:
+    """The checkpoint's tensors; a truncated or garbled file is one line, whatever the library says."""
+    try:
+        return load_tensors(weights)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+        raise RunError(f"checkpoint {weights} is damaged ({type(e).__name__}: "
+                       f"{(str(e).splitlines() or [''])[0][:120]}); delete {cell_dir} to retrain "
+                       "this cell") from None
 
 
 def load_cell_policy(cell_dir: str | Path, device: str = "cpu", resolution: int | None = None):
@@ -41,7 +65,7 @@ def load_cell_policy(cell_dir: str | Path, device: str = "cpu", resolution: int 
     t = config["train"]
     model.setup_training(t["lora_rank"], t["lora_alpha"],
                          tuple(t["lora_targets"]) if t.get("lora_targets") else None)
-    model.load_trainable_state_dict(load_tensors(weights))
+    model.load_trainable_state_dict(_load_weights(weights, Path(cell_dir)))
     return model, config
 
 
@@ -59,4 +83,4 @@ def export_cell(cell_dir: str | Path, out: str | Path) -> tuple[Path, dict]:
                          "the whole denoiser)")
     lora = model_cls.lora_config(t["lora_rank"], t["lora_alpha"],
                                  tuple(t["lora_targets"]) if t.get("lora_targets") else None)
-    return model_cls.write_lora(load_tensors(weights), lora, out), config
+    return model_cls.write_lora(_load_weights(weights, Path(cell_dir)), lora, out), config
