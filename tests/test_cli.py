@@ -68,3 +68,59 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, tmp_path):
     assert r.exit_code == 130
     assert r.output.strip().splitlines() == [
         "error: interrupted; `bench run` and `bench pretrain` continue where they stopped when run again"]
+
+
+@pytest.mark.parametrize("args", [
+    ["sample", "--prompt", "a red circle", "--n", "abc"],  # not a number
+    ["sample"],  # a required option missing
+    ["run", "--no-such-option"],
+    ["no-such-command"],
+])
+def test_a_malformed_command_line_is_one_line_with_clicks_exit_code(args):
+    """The README's convention: one `error:` line naming the command's help, exit code 2."""
+    r = run(*args)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert "--help" in lines[0] and "╭" not in r.output
+
+
+def test_the_issues_examples_are_refused_before_any_work(tmp_path):
+    """Values that used to train, hang or print a traceback: each one line, exit 1, nothing written."""
+    (tmp_path / "betas.toml").write_text('base = "smoke"\n[train]\nadam_betas = [0.9, 1.5]\n')
+    (tmp_path / "samples.toml").write_text('base = "smoke"\n[eval]\nsamples = -3\n')
+    (tmp_path / "guidance.toml").write_text('base = "smoke"\n[eval]\nguidance = nan\n')
+    (tmp_path / "empty.toml").write_text('base = "smoke"\nmethods = []\n')
+    out = tmp_path / "run"
+    cases = [
+        (["run", "--methods", "grpo@group_size=2.5"], "group_size must be an integer >= 2, not '2.5'"),
+        (["run", "--config", tmp_path / "betas.toml"], "adam_betas'[1] must be a finite number in [0, 1)"),
+        (["run", "--config", tmp_path / "samples.toml"], "field 'samples' must be an integer >= 1, not -3"),
+        (["run", "--config", tmp_path / "guidance.toml"], "field 'guidance' must be a finite number >= 0"),
+        (["run", "--config", tmp_path / "empty.toml"], "field 'methods' must be a non-empty list"),
+        (["run", "--methods", "grpo,dppo@delta=1e-6,grpo"], "method 'grpo' is named twice"),
+        (["run", "--methods", "dppo@delta=1e-6@delta=2e-6"], "'delta' is set twice"),
+        (["run", "--methods", "ppo9000", "--dump-config"], "unknown method 'ppo9000'"),
+        (["run", "--epochs", -2], "field 'epochs' must be an integer >= 1, not -2"),
+        (["sample", "--prompt", "a red circle", "--steps", 10**6], "--steps must be an integer in [1, 1000]"),
+        (["sample", "--prompt", "a red circle", "--seed", 2**40], "--seed must be an integer >= 0 (at most"),
+        (["sample", "--prompt", "a red circle", "--n", -1], "--n must be an integer in [1, 4096], not -1"),
+        (["pretrain", "toy", "--steps", -1, "--out", out], "--steps must be an integer >= 1, not -1"),
+    ]
+    for args, message in cases:
+        r = run(*args, *(["--out", out] if args[0] == "run" else []))
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 1 and len(lines) == 1 and message in lines[0], (args, r.output)
+        assert not out.exists(), args
+
+
+def test_a_method_setting_reads_as_its_type():
+    """`grpo@lr=.001` is a number (it used to be a string and a traceback); lists are JSON, and a
+    comma inside brackets does not split --methods."""
+    from harness.run.config import get_preset, method_variant, split_methods
+
+    specs = split_methods("grpo@lr=.001,dppo@adam_betas=[0.8, 0.9]")
+    assert specs == ["grpo@lr=.001", "dppo@adam_betas=[0.8, 0.9]"]
+    assert method_variant(specs[0], get_preset("smoke"))[1].lr == 0.001
+    assert method_variant(specs[1], get_preset("smoke"))[1].adam_betas == (0.8, 0.9)
+    noclip = method_variant("grpo-noclip@clip_range=inf", get_preset("smoke"))[0]
+    assert noclip.config.clip_range == float("inf")  # inf is allowed where it means "none"
