@@ -301,3 +301,25 @@ def test_a_toml_with_a_byte_order_mark_says_so(tmp_path):
     assert line == (f"error: config file {recipe} is not valid TOML (the file starts with a byte-order "
                     "mark; save it as UTF-8 without BOM)")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_a_checkpoint_of_other_shapes_is_one_line(trained, tmp_path, command):
+    """A valid safetensors file whose tensors do not fit the model (torch's shape report runs to
+    many lines): one line for `bench eval --run`; the toy's export loads the policy the same way."""
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    cell = run / CELL
+    state = read_checkpoint_state(cell / "checkpoints" / "latest")
+    weights = cell / "checkpoints" / "latest" / state["files"]["weights"]
+    tensors = load_file(weights)
+    tensors[next(iter(tensors))] = torch.zeros(3, 3)
+    save_file(tensors, weights)
+    if command == "eval":
+        r = bench("eval", "--run", cell, "--limit", 2, "--steps", 2)
+    else:
+        r = bench("export", cell, "--out", tmp_path / "exported")
+    line = failed(r)
+    assert "does not fit the toy model it names" in line and str(weights) in line, line

@@ -61,11 +61,17 @@ def load_cell_policy(cell_dir: str | Path, device: str = "cpu", resolution: int 
     options = dict(run_config.get("model_options", {}))
     if resolution is not None:
         options["resolution"] = resolution
-    model = load_model(config["model"], run_config.get("model_path"), device, **options)
+    base = config.get("base") if isinstance(config.get("base"), dict) else {}
+    path = base.get("path", run_config.get("model_path"))  # the weights the cell was trained from
+    model = load_model(config["model"], path, device, **options)
     t = config["train"]
     model.setup_training(t["lora_rank"], t["lora_alpha"],
                          tuple(t["lora_targets"]) if t.get("lora_targets") else None)
-    model.load_trainable_state_dict(_load_weights(weights, Path(cell_dir)))
+    try:
+        model.load_trainable_state_dict(_load_weights(weights, Path(cell_dir)))
+    except (RuntimeError, KeyError, ValueError) as e:  # torch's shape report runs to many lines
+        raise RunError(f"checkpoint {weights} does not fit the {config['model']} model it names "
+                       f"({(str(e).splitlines() or [''])[0][:120]}); was its config.json edited?") from None
     return model, config
 
 
