@@ -50,7 +50,8 @@ def test_micro_batches_accumulate_the_mini_batch_gradient(tiny_path, method):
 
 
 def test_memory_knobs_are_checked():
-    for bad, msg in (({"micro_batch": 0}, "micro-batch"), ({"rollout_batch": 0}, "rollout batch")):
+    for bad, msg in (({"micro_batch": 0}, "train.micro_batch must be an integer >= 1"),
+                     ({"rollout_batch": 0}, "train.rollout_batch must be an integer >= 1")):
         with pytest.raises(TrainConfigError, match=msg):
             TrainConfig(**bad).validate()
 
@@ -220,7 +221,7 @@ def test_offloaded_text_encoders_train_the_same(tiny_path):
         tr.update(tr.rollout(0), 0)
     torch.testing.assert_close(torch.cat([p.grad.flatten() for p in a.params]),
                                torch.cat([p.grad.flatten() for p in b.params]), rtol=1e-5, atol=1e-7)
-    with pytest.raises(TrainConfigError, match="prompt cache"):
+    with pytest.raises(TrainConfigError, match="train.prompt_cache_gb must be a finite number >= 0"):
         TrainConfig(prompt_cache_gb=-1).validate()
 
 

@@ -86,7 +86,7 @@ def test_a_recipe_runs_on_its_own_model_only(tmp_path):
     p = load_preset(own)
     assert p.model == "sd35" and method_variant("dppo", p)[0].config.delta == 3e-6
     own.write_text('base = "sd35-geneval2"\n[method_overrides.dppo]\ndeltaa = 3e-6\n')
-    with pytest.raises(RunError, match=r"\[method_overrides.dppo\] 'deltaa' is neither a setting of dppo"):
+    with pytest.raises(RunError, match=r"\[method_overrides.dppo\]: neither dppo nor the trainer has"):
         method_variant("dppo", load_preset(own))
 
 

@@ -67,8 +67,9 @@ def load_cell_policy(cell_dir: str | Path, device: str = "cpu", resolution: int 
     t = config["train"]
     model.setup_training(t["lora_rank"], t["lora_alpha"],
                          tuple(t["lora_targets"]) if t.get("lora_targets") else None)
+    tensors = _load_weights(weights, Path(cell_dir))
     try:
-        model.load_trainable_state_dict(_load_weights(weights, Path(cell_dir)))
+        model.load_trainable_state_dict(tensors)
     except (RuntimeError, KeyError, ValueError) as e:  # torch's shape report runs to many lines
         raise RunError(f"checkpoint {weights} does not fit the {config['model']} model it names "
                        f"({(str(e).splitlines() or [''])[0][:120]}); was its config.json edited?") from None
