@@ -476,10 +476,7 @@ def run(
         raise BadInput("give --preset or --config, not both (a config file can name a preset as its base)")
     options = _reward_options(judge=judge, judge_url=judge_url, detector=detector, clip=clip,
                               pickscore=pickscore, pickscore_processor=pickscore_processor)
-    limits = (("--eval-limit", eval_limit), ("--ood-limit", ood_limit), ("--final-limit", final_limit))
-    for flag, value in limits:
-        if value is not None and value < 2:
-            raise BadInput(f"{flag} must be at least 2 (a standard error needs two prompts)")
+    _options(eval_limit=(eval_limit, Limit), ood_limit=(ood_limit, Limit), final_limit=(final_limit, Limit))
     benches = None
     if eval_benchmark is not None:
         benches = [b.strip() for b in eval_benchmark.split(",") if b.strip()]

@@ -54,21 +54,16 @@ def base_identity(model_name: str, model_path: str | None = None, model_options:
     runs of older code recorded). `model_options` that change what is loaded are recorded too."""
     from harness.core.identity import fingerprint
 
-    default = getattr(MODELS.get(model_name), "default_path", None)  # a hub id
-    if model_name == "toy":
-        from models.toy import WEIGHTS as default
-    where = str(model_path or default)
-    local = Path(where).expanduser()
+    model = MODELS.get(model_name)
+    default, where = model.weights_source(None), model.weights_source(model_path)
     source = None
-    if local.exists():
-        source = local.resolve()
-        if model_name == "toy" and source.is_dir():  # as load_toy reads a directory
-            source = source / "toy.safetensors"
+    if Path(where).expanduser().exists():
+        source = Path(where).expanduser().resolve()
         where = str(source)
     elif content:
         source = _cached_snapshot(where)
     sha, hashed = fingerprint(source) if content else (None, "nothing (the path alone)")
-    shipped = where in (str(default), str(Path(default).resolve()) if model_name == "toy" else "")
+    shipped = where in (default, str(Path(default).expanduser().resolve()))
     record = {"model": model_name, "path": None if model_path is None or shipped else where,
               "source": where, "sha256": sha, "hashed": hashed}
     if dtype := (model_options or {}).get("dtype"):  # shown, not compared: the manifest compares options

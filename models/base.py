@@ -191,6 +191,12 @@ class FlowModel(ABC):
     lora_init: bool | str = True  # peft's init_lora_weights: True = Kaiming-uniform A, B = 0
     default_lora_rank: int = 16  # when the training config leaves the rank to the model
     default_preset: str = "default"  # what `bench run --model NAME` trains without --preset
+    default_path: str = ""  # the weights `load` reads without a path (a diffusers model: a hub id)
+
+    @classmethod
+    def weights_source(cls, path: str | Path | None = None) -> str:
+        """Where `load(path)` reads the weights from (a run records and hashes it)."""
+        return str(path or cls.default_path)
     _frozen_reference: nn.Module | None = None
     prompt_cache: PromptCache | None = None  # set by offload_text_encoders
     compute_dtype: torch.dtype = torch.float32

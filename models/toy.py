@@ -81,6 +81,12 @@ class ToyModel(FlowModel):
     def load(cls, path: str | Path | None = None, device: str = "cpu", **options) -> ToyModel:
         return load_toy(path, device)
 
+    @classmethod
+    def weights_source(cls, path: str | Path | None = None) -> str:
+        """The weights file: the shipped one, a file, or a directory's toy.safetensors."""
+        path = Path(path).expanduser() if path else WEIGHTS
+        return str(path / "toy.safetensors" if path.is_dir() else path)
+
     def __init__(self, net: ToyNet, device: str | torch.device = "cpu"):
         self.net = net.to(device)
         self.device = torch.device(device)
@@ -179,9 +185,7 @@ def save_toy(net: ToyNet, path: str | Path, dtype: torch.dtype = torch.float16) 
 
 def load_toy(path: str | Path | None = None, device: str = "cpu") -> ToyModel:
     """The shipped toy model (or weights written by `bench pretrain toy`), in fp32."""
-    path = Path(path) if path else WEIGHTS
-    if path.is_dir():
-        path = path / "toy.safetensors"
+    path = Path(ToyModel.weights_source(path))
     if not path.exists():
         raise ModelError(f"toy model weights not found at {path} (run `bench pretrain toy`)")
     try:

@@ -1,5 +1,7 @@
 """Fixtures several test files share."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -7,6 +9,31 @@ from models.toy import ToyConfig, ToyNet, save_toy
 
 TINY = ToyConfig(channels=(8, 16, 16), text_dim=16, heads=2)
 """A toy model small enough that a training epoch takes a fraction of a second."""
+
+
+@pytest.fixture
+def interrupted(monkeypatch):
+    """`with interrupted(): run_experiment(...)`: Ctrl-C in the n-th epoch trained (the second
+    by default: after the first checkpoint), expected; the trainer is restored afterwards."""
+    from methods.trainer import Trainer
+
+    @contextmanager
+    def at(n: int = 2):
+        original, calls = Trainer.train_epoch, {"n": 0}
+
+        def dying(self, epoch):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return original(self, epoch)
+
+        monkeypatch.setattr(Trainer, "train_epoch", dying)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(Trainer, "train_epoch", original)
+    return at
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_a_run_with_an_unknown_benchmark_fails_before_any_work(tiny_path, tmp_pa
     with pytest.raises(BenchmarkError, match="unknown benchmark 'nope'"):
         run_experiment(tmp_path / "r", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
     assert not (tmp_path / "r").exists()
-    with pytest.raises(RunError, match="eval.benchmarks is empty"):
+    with pytest.raises(RunError, match="eval.benchmarks must be a non-empty list"):
         empty = replace(PRESET, eval=replace(PRESET.eval, benchmarks=()))
         run_experiment(tmp_path / "r", ["grpo"], "toy", empty, 1, tiny_path, progress=False)
 

@@ -76,7 +76,7 @@ def _numbers(run):
     return df, metrics
 
 
-def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
+def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch, interrupted):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run_experiment(a, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
     run_experiment(b, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
@@ -88,19 +88,8 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch):
     assert len(list((a / "toy" / "dppo" / "seed0" / "diagnostics").glob("*.safetensors"))) == 2
 
     # interrupt the first cell after one epoch, then rerun the same command
-    original = Trainer.train_epoch
-    calls = {"n": 0}
-
-    def dying(self, epoch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted():
         run_experiment(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     assert json.loads((c / "toy/grpo/seed0/checkpoints/latest/state.json").read_text())["epoch"] == 1
     run_experiment(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
     dc, mc = _numbers(c)

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.core.identity import SMALL_FILES, BaseMismatch, fingerprint, same_base
 from harness.run import RunError, run_experiment
-from methods.trainer import Trainer
 from models import base_identity
 from reports.run_reader import load_run
 from reports.tables import _collect
@@ -113,22 +112,12 @@ def test_the_same_weights_moved_elsewhere_still_resume():
     assert not same_base(small, {**small, "path": "/b"}) and same_base(small, {**small, "sha256": None})
 
 
-def test_a_run_of_older_code_still_resumes(tiny_path, tmp_path, monkeypatch):
+def test_a_run_of_older_code_still_resumes(tiny_path, tmp_path, interrupted):
     """Its manifest, config.json and checkpoint record no base: the same model path resumes
     (the interrupted cell from its checkpoint), another is refused."""
     out = tmp_path / "r"
-    original, calls = Trainer.train_epoch, {"n": 0}
-
-    def dying(self, epoch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted():
         run_experiment(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     cell = out / "toy/grpo/seed0"
     for path, where in ((out / "manifest.json", ("config",)), (cell / "config.json", ()),
                         (cell / "checkpoints/latest/state.json", ("config",))):

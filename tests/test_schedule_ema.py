@@ -107,21 +107,11 @@ def _equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_continues_the_schedule_and_the_ema_exactly(tiny_path, tmp_path, monkeypatch):
+def test_resume_continues_the_schedule_and_the_ema_exactly(tiny_path, tmp_path, interrupted):
     preset = replace(PRESET, epochs=2, train=SCHEDULED, eval=replace(PRESET.eval, every=2))
     whole = run_experiment(tmp_path / "a", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
-    original, calls = Trainer.train_epoch, {"n": 0}
-
-    def dying(self, epoch):
-        calls["n"] += 1
-        if calls["n"] == 2:  # killed in the second epoch, after the first checkpoint
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted():  # killed in the second epoch, after the first checkpoint
         run_experiment(tmp_path / "b", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     cut = tmp_path / "b" / "toy" / "grpo" / "seed0"
     assert json.loads((cut / "checkpoints/latest/state.json").read_text())["epoch"] == 1
     assert not _equal(_weights(cut, "ema"), _weights(cut, "weights"))  # an EMA in the checkpoint, apart

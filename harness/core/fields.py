@@ -168,13 +168,12 @@ def parse(raw: str, hint, where: str, error: type[Exception] = FieldError):
     """A value typed on the command line (`name@key=value`) read as the field's type, then
     checked as `coerce` does: numbers as Python reads them (.001, 1e-4, inf), true / false,
     "none", and lists as JSON ([0.9, 0.99])."""
-    base = split(hint)[0]
-    bare = [a for a in typing.get_args(base) if a is not type(None)] if optional(hint) else [base]
-    target = split(bare[0])[0]
+    target, text = split(hint)[0], raw.strip()
+    if optional(hint):
+        if text.lower() in ("none", "null"):
+            return None
+        target = split(next(a for a in typing.get_args(target) if a is not type(None)))[0]
     value: typing.Any = raw
-    text = raw.strip()
-    if optional(hint) and text.lower() in ("none", "null"):
-        return None
     try:
         if target is bool:
             value = {"true": True, "false": False}.get(text.lower(), raw)

@@ -16,6 +16,7 @@ import torch
 
 from harness.benchmarks import BENCHMARKS, Benchmark
 from harness.benchmarks.base import CHUNK
+from harness.core.fields import check_fields
 from harness.core.io import write_json
 from harness.core.prompts import subset
 from harness.core.results import EvalRecord
@@ -24,7 +25,7 @@ from harness.run.config import EvalSettings, RunError
 from methods import Method, dist
 from methods.memory import memory_phase
 from methods.trainer import TrainConfig
-from models.base import PRECISIONS, FlowModel
+from models.base import FlowModel
 from reports.grid import save_grid
 
 EVAL_SEED = 1234  # the evaluation noise: the same for every method, seed and epoch
@@ -40,17 +41,13 @@ class Evaluation:
         """`device`: where the scorers (judge, PickScore) run; a run's rewards use it too
         (`bench run --reward-device`), so they may sit on a GPU of their own."""
         self.settings, self.device = settings, device
-        if settings.precision not in PRECISIONS:
-            raise RunError(f"eval.precision must be one of {', '.join(PRECISIONS)}, "
-                           f"not {settings.precision!r}")
+        check_fields(settings, RunError, "eval.")  # settings built in Python meet the files' contract
         options = options or {}
         self.benchmarks: list[Benchmark] = []
         for name in settings.benchmarks:
             bench_cls = BENCHMARKS.get(name)
             taken = {k: v for k, v in options.items() if k in bench_cls.options}
             self.benchmarks.append(bench_cls(device, **taken))
-        if not self.benchmarks:
-            raise RunError("the preset's eval.benchmarks is empty: name at least one (bench benchmarks)")
         for bench in self.benchmarks:  # a missing or malformed prompt file fails before any training
             for final in (False, True):
                 bench.run_prompts(settings, final)
