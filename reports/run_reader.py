@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.identity import check_one_base, misplaced
+from harness.core.identity import check_bases, misplaced
 from harness.core.io import load_tensors
 from harness.core.results import CellResult, EvalRecord, Manifest, ResultSchemaError
 from reports.style import method_colours
@@ -204,9 +204,6 @@ def load_run(run_dir: str | Path) -> Run:
         else:
             missing.append(f"{final.relative_to(run)}: absent")
         cells.append(cell)
-    for model in sorted({c.model for c in cells}):  # never pair cells trained from other weights
-        own = [("manifest.json", manifest.config.get("base"))] \
-            if manifest is not None and manifest.config.get("model") == model else []
-        check_one_base(own + [(str(c.path.relative_to(run)), c.config.get("base"))
-                              for c in cells if c.model == model])
+    check_bases(manifest.config if manifest is not None else None,  # never pair other weights' cells
+                [(c.model, str(c.path.relative_to(run)), c.config.get("base")) for c in cells])
     return Run(run, manifest, cells, bases, base_samples, missing)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.identity import check_one_base, misplaced
+from harness.core.identity import check_bases, misplaced
 from harness.core.results import CellResult, EvalRecord, Metric, ResultSchemaError, read_json
 from harness.core.soft_tifa import stderr
 from reports.alarms import HackingAlarm, reward_hacking
@@ -93,7 +93,7 @@ def _collect(run_dir: Path, missing: list[str] | None = None) -> tuple[dict, dic
     Cells of one model trained from different base weights are a BaseMismatch: never paired."""
     results: dict[tuple, list] = {}
     bases: dict[tuple, EvalRecord] = {}
-    trained_from: dict[str, list] = {}  # model -> [(cell, the base its config.json records)]
+    trained_from = []  # (model, cell, the base its config.json records)
     for path in sorted(run_dir.glob("*/*/seed*/result.json")):
         model, method, seed = path.parts[-4], path.parts[-3], path.parent.name[4:]
         if method == "base" or not seed.isdigit() or (r := _read(path, CellResult)) is None:
@@ -103,12 +103,9 @@ def _collect(run_dir: Path, missing: list[str] | None = None) -> tuple[dict, dic
                 missing.append(f"{path.relative_to(run_dir)}: {why}")
             continue
         results.setdefault((r.model, r.method), []).append(r)
-        trained_from.setdefault(model, []).append((str(path.parent.relative_to(run_dir)),
-                                                   _object(path.parent / "config.json").get("base")))
-    run = _object(run_dir / "manifest.json").get("config")
-    run = run if isinstance(run, dict) else {}
-    for model, cells in trained_from.items():
-        check_one_base(([("manifest.json", run.get("base"))] if run.get("model") == model else []) + cells)
+        trained_from.append((model, str(path.parent.relative_to(run_dir)),
+                             _object(path.parent / "config.json").get("base")))
+    check_bases(_object(run_dir / "manifest.json").get("config"), trained_from)
     for path in sorted(run_dir.glob("*/base/seed*/eval.json")):
         if (path.parent / "final.json").exists():  # the test sets' scores, as the cells' finals
             path = path.parent / "final.json"

@@ -99,6 +99,15 @@ def base_changed(what: str, was: dict, now: dict) -> str:
            f"use a new --out or {fix}"
 
 
+def check_bases(run_config: dict | None, cells: list[tuple[str, str, dict | None]]) -> None:
+    """A run's cells, (model, where, the base its config.json records), and the manifest's
+    record for its model: each model's must name one base (the report pairs them)."""
+    run = run_config if isinstance(run_config, dict) else {}
+    for model in sorted({m for m, _, _ in cells}):
+        own = [("manifest.json", run.get("base"))] if run.get("model") == model else []
+        check_one_base(own + [(where, base) for m, where, base in cells if m == model])
+
+
 def check_one_base(records: list[tuple[str, dict | None]]) -> None:
     """(where, base record) of one model's cells (and its manifest): a BaseMismatch line
     naming two that differ, since their paired comparison would be meaningless."""
