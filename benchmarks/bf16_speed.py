@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.core.prompts import load_prompts  # noqa: E402
-from harness.run import Evaluation, get_preset, load_cell_policy  # noqa: E402
-from methods import build_method  # noqa: E402
-from methods.trainer import Trainer  # noqa: E402
-from models import load_model  # noqa: E402
-from rewards import build_rewards  # noqa: E402
+from flowarena.harness.run import Evaluation, get_preset, load_cell_policy  # noqa: E402
+from flowarena.methods import build_method  # noqa: E402
+from flowarena.methods.trainer import Trainer  # noqa: E402
+from flowarena.models import load_model  # noqa: E402
+from flowarena.rewards import build_rewards  # noqa: E402
+from flowarena.tasks.prompts import load_prompts  # noqa: E402
 
 
 def evaluate(precision: str, cell: str | None = None):

@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from harness.core.io import load_tensors
-from harness.core.results import CellResult, EvalRecord, ResultSchemaError, read_json
+from flowarena.core.io import load_tensors
+from flowarena.core.results import CellResult, EvalRecord, ResultSchemaError, read_json
 
 TIMING = {"wall_seconds", "rollout_s", "update_s", "seconds"}
 NOTES: set[str] = set()

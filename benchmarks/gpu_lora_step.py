@@ -64,13 +64,13 @@ def main() -> None:
 
     from diffusers import SD3Transformer2DModel
 
-    from harness.core.prompts import load_toy_split
-    from methods import build_method
-    from methods.sde import flow_sde_step
-    from methods.trainer import Rollout, TrainConfig, Trainer
-    from models.base import PromptEmbeds
-    from models.diffusers_flow import SD3Model
-    from rewards import build_reward
+    from flowarena.methods import build_method
+    from flowarena.methods.sde import flow_sde_step
+    from flowarena.methods.trainer import Rollout, TrainConfig, Trainer
+    from flowarena.models.base import PromptEmbeds
+    from flowarena.models.diffusers_flow import SD3Model
+    from flowarena.rewards import build_reward
+    from flowarena.tasks.prompts import load_toy_split
     from tests.tiny_pipelines import tiny_sd3
 
     device = torch.device(args.device)

@@ -104,14 +104,15 @@ def bench_run(args, pipe: Path, judge: Path, run_dir: Path, size: dict, epochs: 
               *extra: str) -> list[dict]:
     """`bench run` itself, in this process (so the phases' peak memory stays readable); the
     cell's metrics rows."""
-    from harness.cli import app
+    from flowarena.harness.cli import app
 
     argv = ["run", "--model", "sd35", "--model-path", str(pipe), "--judge", str(judge),
             "--device", args.device, "--out", str(run_dir), "--methods", "dppo", "--epochs", str(epochs),
             "--prompts-per-epoch", str(size["prompts"]), "--group-size", str(size["group"]),
-            "--steps", str(size["steps"]), "--resolution", str(size["resolution"]),
-            "--eval-benchmark", "geneval2", "--eval-limit", str(size["eval_limit"]),
-            "--final-limit", str(size["eval_limit"]),
+            "--steps", str(size["steps"]), "--eval-steps", str(size["steps"]),
+            "--resolution", str(size["resolution"]),
+            "--eval-benchmarks", "geneval2", "--eval-limit", str(size["eval_limit"]),
+            "--eval-final-limit", str(size["eval_limit"]),
             "--config", str(run_dir.parent / "minibatch.toml"),  # sd35-geneval2 as its base
             *extra]
     app(argv, standalone_mode=False)
@@ -122,7 +123,7 @@ def bench_run(args, pipe: Path, judge: Path, run_dir: Path, size: dict, epochs: 
 def bare_forward_backward(pipe: Path, args, size: dict, rows: list[dict]) -> float:
     """Seconds of the bare forward + backward passes one update makes (micro-batches of the
     recipe's size, every trained step of both mini-batches), with the recipe's LoRA."""
-    from models import load_model
+    from flowarena.models import load_model
 
     model = load_model("sd35", str(pipe), args.device, resolution=size["resolution"])
     params = model.setup_training(32, 64.0)
@@ -184,7 +185,7 @@ def main() -> None:
     result["build_s"] = round(time.perf_counter() - t0, 1)
     write(out, result)
 
-    from methods.memory import PEAK_MEMORY_GB
+    from flowarena.methods.memory import PEAK_MEMORY_GB
 
     t0 = time.perf_counter()
     rows = bench_run(args, pipe, judge, out / "run", size, 2)

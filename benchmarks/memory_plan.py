@@ -148,7 +148,7 @@ def _latent(name: str, resolution: int, channels: int) -> tuple[int, int, int]:
 
 
 def _embeds(arch: Arch, n: int, cfg: bool):
-    from models.base import PromptEmbeds
+    from flowarena.models.base import PromptEmbeds
 
     def one():
         d = {"tokens": torch.empty(n, *arch.tokens, dtype=torch.bfloat16)}
@@ -180,9 +180,9 @@ def build(preset, blocks: tuple[int, int] | None = None):
     from diffusers import FlowMatchEulerDiscreteScheduler
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    from methods import build_method
-    from methods.trainer import Trainer
-    from models import MODELS
+    from flowarena.methods import build_method
+    from flowarena.methods.trainer import Trainer
+    from flowarena.models import MODELS
 
     arch = ARCHS[preset.model]
     config = dict(arch.transformer_config)
@@ -222,7 +222,7 @@ def trace(preset, blocks: tuple[int, int] | None = None) -> dict[str, float]:
     """Bytes: the weights and training state on the card, and the peak each traced pass adds."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from methods.trainer import Rollout
+    from flowarena.methods.trainer import Rollout
 
     tc, ev = preset.train, preset.eval
     raw: dict[str, float] = {}
@@ -327,8 +327,8 @@ def plan(preset_name: str, scaled: bool = False, cache: dict | None = None, **ov
     `overrides` as `harness.run.config.resolve` takes them (e.g. train={"micro_batch": 16}).
     `scaled`: traced on shallow models and extrapolated to full depth (`scaled_trace`, seconds).
     `cache`: traces by what they depend on, so recipes that differ in other settings share one."""
-    from harness.core.errors import FlowArenaError
-    from harness.run.config import resolve
+    from flowarena.core.errors import FlowArenaError
+    from flowarena.harness.run.config import resolve
 
     preset = resolve(preset_name, **overrides)
     if preset.model not in ARCHS:
@@ -396,7 +396,7 @@ def plan(preset_name: str, scaled: bool = False, cache: dict | None = None, **ov
 
 
 def real_presets() -> list[str]:
-    from harness.run import PRESETS
+    from flowarena.harness.run import PRESETS
 
     return sorted(n for n, p in PRESETS.items() if p.model != "toy")
 
@@ -416,7 +416,7 @@ def table(plans: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.core.errors import FlowArenaError
+    from flowarena.core.errors import FlowArenaError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", required=True, help="a real recipe (bench presets), or 'all'")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,17 +31,26 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.base import native_bf16  # noqa: E402
+from flowarena.models.base import native_bf16  # noqa: E402
 
 
 def bench_run(tree: Path, out: Path, args, jobs: int | None) -> float:
     """Seconds of one `bench run` from `tree`'s code (its directory first on the path); `jobs`
     None: the plain run, one process on all the cores (`--jobs 1` would mean one thread)."""
-    cmd = [sys.executable, "-m", "harness.cli", "run", "--preset", args.preset, "--methods", args.methods,
+    env = dict(os.environ)
+    if (tree / "core").is_dir():  # the flowarena layout: a link named flowarena puts the tree first
+        link = out.parent / f".{out.name}-code" / "flowarena"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(tree.resolve())
+        env["PYTHONPATH"], module = str(link.parent), "flowarena.harness"
+    else:  # commits before the flowarena namespace: top-level packages, run from the tree
+        module = "harness.cli"
+    cmd = [sys.executable, "-m", module, "run", "--preset", args.preset, "--methods", args.methods,
            "--seeds", str(args.seeds), "--epochs", str(args.epochs), "--out", str(out)]
     cmd += [] if jobs is None else ["--jobs", str(jobs)]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"bench run failed in {tree}:\n{done.stderr[-2000:]}")

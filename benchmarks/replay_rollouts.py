@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.io import load_tensors
-from harness.core.prompts import load_prompts
-from harness.run import RunError, read_cell
-from methods import build_method
-from methods.trainer import TrainConfig, Trainer
-from models import load_model
-from rewards import build_rewards
+from flowarena.core.io import load_tensors
+from flowarena.harness.run import RunError, read_cell
+from flowarena.methods import build_method
+from flowarena.methods.trainer import TrainConfig, Trainer
+from flowarena.models import load_model
+from flowarena.rewards import build_rewards
+from flowarena.tasks.prompts import load_prompts
 
 
 def _trainer(cfg: dict, run_config: dict, weights: Path | None) -> Trainer:

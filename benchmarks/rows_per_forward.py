@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from models import load_model
+from flowarena.models import load_model
 
 
 def _sizes(text: str) -> list[int]:

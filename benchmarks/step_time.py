@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from harness.core.prompts import load_toy_split
-from methods import build_method
-from methods.trainer import TrainConfig, Trainer
-from models import load_model
-from rewards import build_reward
+from flowarena.methods import build_method
+from flowarena.methods.trainer import TrainConfig, Trainer
+from flowarena.models import load_model
+from flowarena.rewards import build_reward
+from flowarena.tasks.prompts import load_toy_split
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ import math
 import os
 from pathlib import Path
 
-from harness.core.errors import FlowArenaError
-from harness.core.results import EvalRecord
+from flowarena.core.errors import FlowArenaError
+from flowarena.core.results import EvalRecord
 
 LOG_TO = ("tensorboard", "wandb")
 

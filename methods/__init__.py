@@ -1,8 +1,8 @@
 """RL fine-tuning methods. Every module in this package that registers a method with
 `@register_method` is imported here, so a new method is one new file."""
 
-from harness.core.registry import discover
-from methods.base import (
+from flowarena.core.registry import discover
+from flowarena.methods.base import (
     METHODS,
     Method,
     MethodConfig,

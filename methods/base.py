@@ -22,9 +22,9 @@ from typing import Annotated, Literal
 
 from torch import Tensor
 
-from harness.core.errors import FlowArenaError
-from harness.core.fields import Range, check_fields
-from harness.core.registry import Registry
+from flowarena.core.errors import FlowArenaError
+from flowarena.core.fields import Range, check_fields
+from flowarena.core.registry import Registry
 
 
 class MethodError(FlowArenaError, ValueError):
@@ -50,7 +50,7 @@ class MethodConfig:
     """"exact" Gaussian log-probability, or "cps-surrogate" (−mean((x' − μ)²), Flow-CPS)."""
 
     def validate(self) -> None:
-        """Each field as its type and range allow (`harness.core.fields`); a subclass adds
+        """Each field as its type and range allow (`flowarena.core.fields`); a subclass adds
         what its fields must satisfy together."""
         check_fields(self, MethodError)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import Eta, LogProb, Sampler, register_method
-from methods.grpo import ClipRange, FlowGRPO, GRPOConfig
+from flowarena.methods.base import Eta, LogProb, Sampler, register_method
+from flowarena.methods.grpo import ClipRange, FlowGRPO, GRPOConfig
 
 
 @dataclass

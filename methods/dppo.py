@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.core.fields import NonNegative
-from methods.base import Method, MethodConfig, StepLoss, StepTensors, register_method
+from flowarena.core.fields import NonNegative
+from flowarena.methods.base import Method, MethodConfig, StepLoss, StepTensors, register_method
 
 Delta = NonNegative  # the KL threshold δ
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import Eta, Sampler, register_method
-from methods.dppo import Delta, DPPOConfig, FlowDPPO
+from flowarena.methods.base import Eta, Sampler, register_method
+from flowarena.methods.dppo import Delta, DPPOConfig, FlowDPPO
 
 
 @dataclass

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from methods.base import StepTensors, register_method
-from methods.dppo import FlowDPPO
+from flowarena.methods.base import StepTensors, register_method
+from flowarena.methods.dppo import FlowDPPO
 
 
 @register_method("dppo-sampled-kl")

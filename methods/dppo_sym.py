@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from methods.base import StepLoss, StepTensors, register_method
-from methods.dppo import FlowDPPO, masked_policy_loss
+from flowarena.methods.base import StepLoss, StepTensors, register_method
+from flowarena.methods.dppo import FlowDPPO, masked_policy_loss
 
 
 @register_method("dppo-sym")

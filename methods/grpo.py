@@ -13,8 +13,8 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from harness.core.fields import Range
-from methods.base import Method, MethodConfig, StepLoss, StepTensors, register_method
+from flowarena.core.fields import Range
+from flowarena.methods.base import Method, MethodConfig, StepLoss, StepTensors, register_method
 
 ClipRange = Annotated[float, Range(0, finite=False)]  # inf: no clipping (grpo-noclip)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from methods.base import register_method
-from methods.grpo import ClipRange, FlowGRPO, GRPOConfig
+from flowarena.methods.base import register_method
+from flowarena.methods.grpo import ClipRange, FlowGRPO, GRPOConfig
 
 
 @dataclass

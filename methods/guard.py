@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from methods.base import StepLoss, StepTensors, register_method
-from methods.grpo import ClipRange, FlowGRPO, GRPOConfig, clipped_loss
+from flowarena.methods.base import StepLoss, StepTensors, register_method
+from flowarena.methods.grpo import ClipRange, FlowGRPO, GRPOConfig, clipped_loss
 
 
 @dataclass

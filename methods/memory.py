@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from harness.core.errors import FlowArenaError
+from flowarena.core.errors import FlowArenaError
 
 
 class OutOfMemory(FlowArenaError, RuntimeError):
@@ -23,7 +23,7 @@ class OutOfMemory(FlowArenaError, RuntimeError):
 LOWER = {"rollout": "lower --rollout-batch", "decode": "lower --rollout-batch",
          "reward": "score with a smaller judge batch or give the reward models their own device",
          "update": "lower --micro-batch or add --gradient-checkpointing",
-         "evaluation": "lower --eval-limit / --ood-limit / --final-limit"}
+         "evaluation": "lower --eval-limit / --eval-ood-limit / --eval-final-limit"}
 
 
 PEAK_MEMORY_GB: dict[str, dict[str, float]] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.schedule import ode_step, per_sample, sd3_sigmas, shift_sigmas
+from flowarena.models.schedule import ode_step, per_sample, sd3_sigmas, shift_sigmas
 
 __all__ = [
     "StepResult",

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.core.errors import FlowArenaError
-from harness.core.fields import (
+from flowarena.core.errors import FlowArenaError
+from flowarena.core.fields import (
     Count,
     Decay,
     Fraction,
@@ -43,13 +43,13 @@ from harness.core.fields import (
     Whole,
     check_fields,
 )
-from harness.core.results import diag_key
-from methods import dist
-from methods.base import Method, StepTensors
-from methods.memory import memory_phase, peak_metrics, reset_peaks
-from methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
-from models.base import FlowModel, Precision, PromptEmbeds
-from rewards.base import Reward
+from flowarena.core.results import diag_key
+from flowarena.methods import dist
+from flowarena.methods.base import Method, StepTensors
+from flowarena.methods.memory import memory_phase, peak_metrics, reset_peaks
+from flowarena.methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
+from flowarena.models.base import FlowModel, Precision, PromptEmbeds
+from flowarena.rewards.base import Reward
 
 
 class TrainConfigError(FlowArenaError, ValueError):
@@ -107,9 +107,13 @@ class TrainConfig:
     """Host memory for that cache, least recently used prompts out first (SD3.5 at 256 text
     tokens: ≈ 2.7 MB a prompt, so 8 GB hold ≈ 3,000 prompts; 0: encode every time)."""
     lr: Positive = 3e-4
+    """AdamW's learning rate (the peak, with a warm-up or a cosine schedule)."""
     adam_betas: tuple[Decay, Decay] = (0.9, 0.999)
+    """AdamW's (β1, β2)."""
     weight_decay: NonNegative = 1e-4
+    """AdamW's decoupled weight decay."""
     grad_clip: Annotated[float, Range(0, lo_open=True, finite=False)] = 1.0
+    """Largest gradient norm of an optimizer step (inf: no clipping)."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """"constant" or "cosine" (after the warm-up, decay to `min_lr_ratio` × lr at the end of the
     run: the Flow-DPPO paper's schedule). Counted in optimizer steps: epochs × inner_loops ×
@@ -129,6 +133,7 @@ class TrainConfig:
     adv_std: Literal["group", "global"] = "global"
     """"group" or "global" (the whole batch; the FlowDPPO recipe) standard deviation."""
     adv_clip: Annotated[float, Range(0, lo_open=True, finite=False)] = 5.0
+    """Advantages are clipped to [-adv_clip, adv_clip] (flow_grpo's 5; inf: no clipping)."""
     reward_aggregation: Literal["sum", "normalised"] = "sum"
     """With several rewards: "sum" normalises their weighted sum (flow_grpo); "normalised"
     normalises each within its group and sums the weighted advantages (GDPO / MixGRPO)."""
@@ -161,7 +166,7 @@ class TrainConfig:
         return total
 
     def validate(self) -> None:
-        """Each field as its type and range allow (`harness.core.fields`), then what the fields
+        """Each field as its type and range allow (`flowarena.core.fields`), then what the fields
         must satisfy together."""
         check_fields(self, TrainConfigError, "train.")
         if self.sde_window > self.steps:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.core.registry import discover
-from models.base import MODELS, FlowModel, ModelError, register_model
+from flowarena.core.registry import discover
+from flowarena.models.base import MODELS, FlowModel, ModelError, register_model
 
 discover(__name__, skip={"base", "schedule", "text", "toy_pretrain"})  # each adapter registers itself
 
@@ -47,12 +47,12 @@ def load_model(name: str, path: str | None = None, device: str = "cpu", **option
 
 def base_identity(model_name: str, model_path: str | None = None, model_options: dict | None = None,
                   content: bool = True) -> dict:
-    """What cells are trained from (harness.core.identity): the model, where its weights are
+    """What cells are trained from (flowarena.core.identity): the model, where its weights are
     read (`path` None: the shipped or default ones), and a sha256 of them, as `load_model`
     finds them: the toy's weights file hashed whole; a diffusers directory, or a hub id in the
     local cache, by its small files (`hashed` says). `content=False`: the path alone (what
     runs of older code recorded). `model_options` that change what is loaded are recorded too."""
-    from harness.core.identity import fingerprint
+    from flowarena.core.identity import fingerprint
 
     model = MODELS.get(model_name)
     default, where = model.weights_source(None), model.weights_source(model_path)
@@ -73,7 +73,7 @@ def base_identity(model_name: str, model_path: str | None = None, model_options:
 
 def _cached_snapshot(hub_id: str) -> Path | None:
     """A hub id's folder in the local cache, without going online (None: not downloaded)."""
-    from harness.core.hub import HUB_ID
+    from flowarena.core.hub import HUB_ID
 
     if not HUB_ID.match(hub_id):
         return None

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.core.errors import FlowArenaError
-from harness.core.registry import Registry
-from models.schedule import ode_step, sd3_sigmas
+from flowarena.core.errors import FlowArenaError
+from flowarena.core.registry import Registry
+from flowarena.models.schedule import ode_step, sd3_sigmas
 
 
 class ModelError(FlowArenaError, RuntimeError):
@@ -299,7 +299,15 @@ class FlowModel(ABC):
         net = self.get_denoiser()
         net.requires_grad_(False)
         if lora_rank > 0:
-            net.add_adapter(self.lora_config(lora_rank, lora_alpha, targets))
+            try:
+                net.add_adapter(self.lora_config(lora_rank, lora_alpha, targets))
+            except ValueError as e:  # peft: a target naming no module, or one LoRA cannot adapt
+                if targets is None:
+                    raise
+                why = ("no module has such a name" if "not found" in str(e)
+                       else "a module they name is not one LoRA adapts")
+                raise ModelError(f"lora_targets {list(targets)} do not fit the {type(net).__name__}: {why}; "
+                                 "name its Linear or Conv layers") from None
             params = [p for n, p in net.named_parameters() if "lora_" in n]
             for p in params:
                 p.requires_grad_(True)

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from harness.core.hub import load_pretrained
-from harness.core.io import check_replaceable
-from models.base import MODELS, FlowModel, ModelError, PromptEmbeds, register_model
+from flowarena.core.hub import load_pretrained
+from flowarena.core.io import check_replaceable
+from flowarena.models.base import MODELS, FlowModel, ModelError, PromptEmbeds, register_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

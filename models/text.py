@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.core.errors import FlowArenaError
-from harness.toyworld.grammar import tokenize_words
+from flowarena.core.errors import FlowArenaError
+from flowarena.tasks.toyworld.grammar import tokenize_words
 
 
 class UnknownWordError(FlowArenaError, ValueError):

@@ -21,10 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
-from harness.core.io import atomic_write
-from harness.toyworld.grammar import vocabulary
-from models.base import FlowModel, ModelError, PromptEmbeds, register_model
-from models.text import TextEncoder, WordTokenizer
+from flowarena.core.io import atomic_write
+from flowarena.models.base import FlowModel, ModelError, PromptEmbeds, register_model
+from flowarena.models.text import TextEncoder, WordTokenizer
+from flowarena.tasks.toyworld.grammar import vocabulary
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
 # On a CPU the toy UNet is fastest 32 rows at a time, its activations then staying in cache

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.core.fields import Count, Decay, Fraction, NonNegative, Positive, Whole, check_fields
-from harness.core.io import load_optimizer, load_tensors, optimizer_tensors, save_tensors, write_json
-from harness.toyworld.grammar import held_out_keys, sample_caption_spec
-from harness.toyworld.scene import render, sample_layout
-from models.toy import ToyConfig, ToyNet, save_toy
+from flowarena.core.fields import Count, Decay, Fraction, NonNegative, Positive, Whole, check_fields
+from flowarena.core.io import load_optimizer, load_tensors, optimizer_tensors, save_tensors, write_json
+from flowarena.models.toy import ToyConfig, ToyNet, save_toy
+from flowarena.tasks.toyworld.grammar import held_out_keys, sample_caption_spec
+from flowarena.tasks.toyworld.scene import render, sample_layout
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reports.paired import delta_vs
+from flowarena.reports.paired import delta_vs
 
 
 @dataclass(frozen=True)

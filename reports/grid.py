@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from harness.core.io import atomic_write
+from flowarena.core.io import atomic_write
 
 
 def grid_image(images: Tensor, nrow: int = 8, upscale: int = 4, pad: int = 2) -> Image.Image:

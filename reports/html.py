@@ -8,10 +8,10 @@ import html
 import logging
 from pathlib import Path
 
-from harness.core.io import atomic_write
-from harness.core.results import Manifest
-from reports.figures import Run, load_run
-from reports.tables import (
+from flowarena.core.io import atomic_write
+from flowarena.core.results import Manifest
+from flowarena.reports.figures import Run, load_run
+from flowarena.reports.tables import (
     FLOOR_NOTE,
     PAIRED_NOTE,
     Comparison,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.core.soft_tifa import stderr
+from flowarena.tasks.soft_tifa import stderr
 
 RESAMPLES = 10_000
 Z_POWER = 1.96 + 0.84  # a two-sided 5 % test with 80 % power

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from harness.core.io import atomic_write
-from reports.figures import load_run, render_all
-from reports.html import write_index
-from reports.tables import FLOOR_NOTE, markdown_table, noise_floor_rows, write_run_tables
+from flowarena.core.io import atomic_write
+from flowarena.reports.figures import load_run, render_all
+from flowarena.reports.html import write_index
+from flowarena.reports.tables import FLOOR_NOTE, markdown_table, noise_floor_rows, write_run_tables
 
 log = logging.getLogger(__name__)
 

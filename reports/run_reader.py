@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.identity import check_bases, misplaced
-from harness.core.io import load_tensors
-from harness.core.results import CellResult, EvalRecord, Manifest, ResultSchemaError
-from reports.style import method_colours
+from flowarena.core.identity import check_bases, misplaced
+from flowarena.core.io import load_tensors
+from flowarena.core.results import CellResult, EvalRecord, Manifest, ResultSchemaError
+from flowarena.reports.style import method_colours
 
 DIAG_KEYS = ("ratio", "kl", "adv", "noise", "step", "inner")
 

@@ -4,7 +4,7 @@ reference method, the KL, the out-of-domain score and the reward-hacking alarm."
 
 from __future__ import annotations
 
-from reports.tables import Comparison, format_cell, markdown_table
+from flowarena.reports.tables import Comparison, format_cell, markdown_table
 
 WIDTH = 100
 

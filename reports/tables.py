@@ -1,6 +1,6 @@
 """Plain-text / Markdown tables from result files (reports read results, never models).
 
-Columns come from the metrics the result files describe (harness.core.results.Metric), so
+Columns come from the metrics the result files describe (flowarena.core.results.Metric), so
 a new benchmark's numbers appear without an edit here: the training reward, the primary
 metrics, Δ of the paired one against the base model, the breakdown (detail), the
 out-of-domain scores (secondary), the KL to the pretrained model and the training time.
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.identity import check_bases, misplaced
-from harness.core.results import CellResult, EvalRecord, Metric, ResultSchemaError, read_json
-from harness.core.soft_tifa import stderr
-from reports.alarms import HackingAlarm, reward_hacking
-from reports.paired import PairedDiff, delta_vs, paired_differences
+from flowarena.core.identity import check_bases, misplaced
+from flowarena.core.results import CellResult, EvalRecord, Metric, ResultSchemaError, read_json
+from flowarena.reports.alarms import HackingAlarm, reward_hacking
+from flowarena.reports.paired import PairedDiff, delta_vs, paired_differences
+from flowarena.tasks.soft_tifa import stderr
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
@@ -475,7 +475,7 @@ def write_run_tables(run_dir: str | Path, reference: str | None = None) -> str:
     """report/tables.md, tables.csv (raw numbers) and tables.tex (booktabs) of a run directory."""
     import pandas as pd
 
-    from harness.core.io import atomic_write
+    from flowarena.core.io import atomic_write
 
     run_dir = Path(run_dir)
     c = comparison(run_dir, reference)

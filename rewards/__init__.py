@@ -1,8 +1,8 @@
 """Rewards registered by short name: `build_reward("toy-tifa")`, `build_reward("toy-pick")`;
 several at once with weights: `build_rewards("toy-tifa=1.0,toy-pick=0.5")`."""
 
-from harness.core.registry import discover
-from rewards.base import (
+from flowarena.core.registry import discover
+from flowarena.rewards.base import (
            REWARDS,
            Reward,
            RewardError,
@@ -11,9 +11,9 @@ from rewards.base import (
            register_reward,
            reward_names,
 )
-from rewards.multi import WeightedRewards, build_rewards, check_rewards, parse_reward_spec
+from flowarena.rewards.multi import WeightedRewards, build_rewards, check_rewards, parse_reward_spec
 
-discover(__name__, skip={"base", "multi"})  # each reward file registers itself
+discover(__name__, skip={"base", "judge", "multi"})  # each reward file registers itself
 
 __all__ = ["REWARDS", "Reward", "RewardError", "RewardOutput", "WeightedRewards", "build_reward",
            "build_rewards", "check_rewards", "parse_reward_spec", "register_reward", "reward_names"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from harness.core.errors import FlowArenaError
-from harness.core.registry import Registry
+from flowarena.core.errors import FlowArenaError
+from flowarena.core.registry import Registry
 
 
 class RewardError(FlowArenaError, ValueError):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from harness.toyworld.grammar import tokenize_words
-from harness.toyworld.scene import COLOURS
-from rewards.base import Reward, RewardOutput, register_reward
+from flowarena.rewards.base import Reward, RewardOutput, register_reward
+from flowarena.tasks.toyworld.grammar import tokenize_words
+from flowarena.tasks.toyworld.scene import COLOURS
 
 _PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255
 

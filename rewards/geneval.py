@@ -10,7 +10,7 @@
   with GenEval's three templates (text embeddings averaged per colour), on the box crop
   with the object's mask pasted onto a #999 background.
 
-The rules themselves live in `harness/core/geneval_rules.py`. GenEval's original backends are
+The rules themselves live in `tasks/geneval_rules.py`. GenEval's original backends are
 optional: `--detector mmdet:CONFIG:CHECKPOINT` (mmdet and a compiled mmcv, which does not
 build against current torch on every machine) and `--clip open_clip:ViT-L-14:openai`
 (the `openclip` extra, which pulls torchvision). Both load the pickled checkpoints
@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from harness.core.geneval_rules import COLORS, Detection, class_names, evaluate, keep_detections
-from harness.core.hub import load_pretrained
-from rewards.base import Reward, RewardError, RewardOutput, register_reward
-from rewards.pickscore import ClipScorer
-from rewards.vqa import to_pil
+from flowarena.core.hub import load_pretrained
+from flowarena.rewards.base import Reward, RewardError, RewardOutput, register_reward
+from flowarena.rewards.judge import to_pil
+from flowarena.rewards.pickscore import ClipScorer
+from flowarena.tasks.geneval_rules import COLORS, Detection, class_names, evaluate, keep_detections
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"

@@ -14,8 +14,8 @@ import typing
 import torch
 from torch import Tensor
 
-from harness.core.fields import coerce
-from rewards.base import REWARDS, Reward, RewardError, RewardOutput, build_reward, reward_names
+from flowarena.core.fields import coerce
+from flowarena.rewards.base import REWARDS, Reward, RewardError, RewardOutput, build_reward, reward_names
 
 
 def parse_reward_spec(spec: str) -> list[tuple[str, float]]:

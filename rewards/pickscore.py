@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from harness.core.hub import load_pretrained, shared
-from rewards.base import Reward, RewardError, RewardOutput, register_reward
-from rewards.vqa import to_pil
+from flowarena.core.hub import load_pretrained, shared
+from flowarena.rewards.base import Reward, RewardError, RewardOutput, register_reward
+from flowarena.rewards.judge import to_pil
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"

@@ -33,9 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from harness.core.hub import load_pretrained
-from rewards.base import RewardError
-from rewards.vqa import _HOW, SUFFIX, Judge
+from flowarena.core.hub import load_pretrained
+from flowarena.rewards.base import RewardError
+from flowarena.rewards.judge import HOW_TO_GET, SUFFIX, Judge
 
 
 def data_url(image: Image.Image) -> str:
@@ -58,7 +58,7 @@ class ServedJudge(Judge):
         self.url, self.model = url.rstrip("/"), model
         self.top_logprobs, self.concurrency, self.timeout = top_logprobs, concurrency, timeout
         self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model, f"VQA judge {model}",
-                                         RewardError, _HOW)
+                                         RewardError, HOW_TO_GET)
         self._forms = {}
 
     def _token(self, entry: dict) -> str:

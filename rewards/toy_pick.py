@@ -25,9 +25,12 @@ from safetensors.torch import load_file, safe_open
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from harness.core.fields import Count, NonNegative, Positive, Whole, check_fields
-from harness.core.io import save_tensors, write_json
-from harness.toyworld.grammar import (
+from flowarena.core.fields import Count, NonNegative, Positive, Whole, check_fields
+from flowarena.core.io import save_tensors, write_json
+from flowarena.models.base import ModelError
+from flowarena.models.text import TextEncoder, WordTokenizer
+from flowarena.rewards.base import Reward, RewardOutput, register_reward
+from flowarena.tasks.toyworld.grammar import (
     MAX_OBJECTS,
     OPPOSITE,
     Spec,
@@ -35,10 +38,7 @@ from harness.toyworld.grammar import (
     random_phrasing,
     vocabulary,
 )
-from harness.toyworld.scene import COLOURS, SHAPES, Obj, render, sample_layout, to_toy_size
-from models.base import ModelError
-from models.text import TextEncoder, WordTokenizer
-from rewards.base import Reward, RewardOutput, register_reward
+from flowarena.tasks.toyworld.scene import COLOURS, SHAPES, Obj, render, sample_layout, to_toy_size
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy_pick.safetensors"
 

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from harness.core.soft_tifa import geometric_mean
-from harness.toyworld.judge import ToyJudge
-from rewards.base import Reward, RewardError, RewardOutput, register_reward
+from flowarena.rewards.base import Reward, RewardError, RewardOutput, register_reward
+from flowarena.tasks.soft_tifa import geometric_mean
+from flowarena.tasks.toyworld.judge import ToyJudge
 
 
 @register_reward("toy-tifa")

@@ -8,7 +8,7 @@ the probabilities of the first token of each accepted answer form (yes/no: `Yes,
 with and without one). TIFA (hard): the argmax token, lower-cased, is an accepted form.
 VQAScore: `Does this image show "{prompt}"? Answer the question with Yes or No.`, scored
 like a yes/no question. The scores feed the same Soft-TIFA code as the toy judge
-(`harness/core/soft_tifa.py`).
+(`tasks/soft_tifa.py`).
 
 The inputs are built from the tokenizer's chat template and the image processor, as
 `Qwen3VLProcessor` builds them for images (its video half needs torchvision, which this
@@ -26,28 +26,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from harness.core.hub import load_pretrained, shared
-from harness.core.soft_tifa import geometric_mean
-from rewards.base import Reward, RewardError, RewardOutput, register_reward
-
-DEFAULT_JUDGE = "Qwen/Qwen3-VL-8B-Instruct"
-SUFFIX = " Answer in one word."
-VQASCORE_QUESTION = 'Does this image show "{prompt}"? Answer the question with Yes or No.'
-NUMBERS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty".split())}
-_HOW = "give a local copy with --judge DIR, or download it first with `hf download ID`"
-
-
-def answer_forms(answer: str) -> list[str]:
-    """The strings whose first token counts as `answer` (docs/benchmarks.md's accepted forms)."""
-    a = answer.strip().lower()
-    if a in ("yes", "no"):
-        return [a.capitalize(), a, " " + a, " " + a.capitalize()]
-    if a in NUMBERS:
-        d = str(NUMBERS[a])
-        return [a, a.capitalize(), " " + a, " " + a.capitalize(), d, " " + d]
-    raise RewardError(f"VQA answer {answer!r} is neither yes/no nor a number word")
+from flowarena.core.hub import load_pretrained, shared
+from flowarena.rewards.base import Reward, RewardError, RewardOutput, register_reward
+from flowarena.rewards.judge import DEFAULT_JUDGE, HOW_TO_GET, SUFFIX, Judge
+from flowarena.tasks.soft_tifa import geometric_mean
 
 
 def _processor_template(source: str) -> str | None:
@@ -57,7 +39,7 @@ def _processor_template(source: str) -> str | None:
 
     from transformers.utils import cached_file
 
-    from harness.core.hub import offline
+    from flowarena.core.hub import offline
 
     for name in ("chat_template.jinja", "chat_template.json"):
         try:
@@ -71,63 +53,13 @@ def _processor_template(source: str) -> str | None:
     return None
 
 
-def to_pil(image: Tensor) -> Image.Image:
-    """[3, H, W] in [0, 1] -> RGB PIL image."""
-    arr = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr, "RGB")
-
-
-class Judge:
-    """What GenEval2's reward and benchmark ask of a VQA judge, in process (`VQAJudge`) or
-    served (`rewards.served_judge.ServedJudge`): `answer` scores (image, question, expected
-    answer) triples; the rest is built on it."""
-
-    def answer(self, images: list[Image.Image], questions: list[str], answers: list[str],
-               suffix: str = SUFFIX) -> tuple[np.ndarray, np.ndarray]:
-        """Soft score and TIFA correctness of each (image, question, expected answer); an
-        image asked several questions is the same object in `images` each time."""
-        raise NotImplementedError
-
-    tokenizer = None  # the judge's, which names the answers' first tokens
-    _forms: dict[str, tuple[list[int], set[str]]]  # set by each judge's __init__
-
-    def accepted(self, answer: str) -> tuple[list[int], set[str]]:
-        """The first-token ids whose probabilities sum to the soft score, and the lower-cased
-        forms the most likely token must be for TIFA's hard answer."""
-        if answer not in self._forms:
-            forms = answer_forms(answer)
-            ids = {self.tokenizer.encode(f, add_special_tokens=False)[0] for f in forms}
-            self._forms[answer] = (sorted(ids), {f.lower() for f in forms})
-        return self._forms[answer]
-
-    def judge_batch(self, images: Tensor, vqa_lists: list[list]) -> tuple[list[list[float]], ...]:
-        """Every question of every image in one stream of batches: (soft, hard) per image."""
-        pils = [to_pil(im) for im in images]
-        flat = [(i, q, a) for i, vqa in enumerate(vqa_lists) for q, a in vqa]
-        soft, hard = self.answer([pils[i] for i, _, _ in flat], [q for _, q, _ in flat],
-                                 [a for *_, a in flat])
-        out_soft: list[list[float]] = [[] for _ in vqa_lists]
-        out_hard: list[list[float]] = [[] for _ in vqa_lists]
-        for (i, _, _), s, h in zip(flat, soft, hard):
-            out_soft[i].append(float(s))
-            out_hard[i].append(float(h))
-        return out_soft, out_hard
-
-    def score_batch(self, images: Tensor, vqa_lists: list[list]) -> list[list[float]]:
-        return self.judge_batch(images, vqa_lists)[0]
-
-    def vqascore(self, images: Tensor, prompts: list[str]) -> np.ndarray:
-        questions = [VQASCORE_QUESTION.format(prompt=p) for p in prompts]
-        return self.answer([to_pil(im) for im in images], questions, ["Yes"] * len(prompts), suffix="")[0]
-
-
 def load_judge(judge: str | None = None, device: str = "cpu", url: str | None = None,
                batch_size: int = 16) -> Judge:
     """The judge of a process (loaded once, `shared`): served at `url`, an OpenAI-compatible
     endpoint serving `judge`, else `judge` in process on `device`."""
     judge = judge or DEFAULT_JUDGE
     if url:
-        from rewards.served_judge import ServedJudge
+        from flowarena.rewards.served_judge import ServedJudge
 
         return shared(ServedJudge, url, judge)
     return shared(VQAJudge, judge, device, None, batch_size)
@@ -144,11 +76,11 @@ class VQAJudge(Judge):
         self.source, self.device, self.batch_size = source, torch.device(device), batch_size
         dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         what = f"VQA judge {source}"
-        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, what, RewardError, _HOW)
+        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, what, RewardError, HOW_TO_GET)
         self.image_processor = load_pretrained(AutoImageProcessor.from_pretrained, source, what,
-                                               RewardError, _HOW)
-        self.model = load_pretrained(AutoModelForImageTextToText.from_pretrained, source, what,
-                                     RewardError, _HOW, weights=True, dtype=dtype).to(self.device).eval()
+                                               RewardError, HOW_TO_GET)
+        self.model = load_pretrained(AutoModelForImageTextToText.from_pretrained, source, what, RewardError,
+                                     HOW_TO_GET, weights=True, dtype=dtype).to(self.device).eval()
         cfg = self.model.config
         self.tokenizer.chat_template = self.tokenizer.chat_template or _processor_template(source)
         if getattr(cfg, "image_token_id", None) is None or not self.tokenizer.chat_template:

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from models.toy import ToyConfig, ToyNet, save_toy
+from flowarena.models.toy import ToyConfig, ToyNet, save_toy
 
 TINY = ToyConfig(channels=(8, 16, 16), text_dim=16, heads=2)
 """A toy model small enough that a training epoch takes a fraction of a second."""
@@ -15,7 +15,7 @@ TINY = ToyConfig(channels=(8, 16, 16), text_dim=16, heads=2)
 def interrupted(monkeypatch):
     """`with interrupted(): run_experiment(...)`: Ctrl-C in the n-th epoch trained (the second
     by default: after the first checkpoint), expected; the trainer is restored afterwards."""
-    from methods.trainer import Trainer
+    from flowarena.methods.trainer import Trainer
 
     @contextmanager
     def at(n: int = 2):

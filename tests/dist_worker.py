@@ -7,12 +7,12 @@ import sys
 
 import torch
 
-from harness.core.io import save_tensors
-from harness.core.prompts import load_toy_split
-from methods import build_method, dist
-from methods.trainer import TrainConfig, Trainer
-from models.toy import load_toy
-from rewards import build_reward
+from flowarena.core.io import save_tensors
+from flowarena.methods import build_method, dist
+from flowarena.methods.trainer import TrainConfig, Trainer
+from flowarena.models.toy import load_toy
+from flowarena.rewards import build_reward
+from flowarena.tasks.prompts import load_toy_split
 
 CONFIG = TrainConfig(prompts_per_epoch=4, group_size=4, minibatch_size=8, steps=4, sde_window=2,
                      inner_loops=2, lr=1e-2, lora_rank=4, lora_alpha=8, beta=0.01)

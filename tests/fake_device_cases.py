@@ -38,7 +38,7 @@ class HandOff:
     real reward reads them: PIL, a served judge)."""
 
     def __init__(self, clip_dir: str):
-        from rewards.pickscore import PickScoreReward
+        from flowarena.rewards.pickscore import PickScoreReward
 
         self.inner, self.seen = PickScoreReward(pickscore=clip_dir, device=str(device())), []
         assert {p.device for p in self.inner.clip.model.parameters()} == {device()}
@@ -56,10 +56,10 @@ def _epoch(name: str, clip_dir: str):
     batch), shared group noise on FLUX.1 (one velocity per group). Not gradient checkpointing: its
     recomputation in the backward aborts the process on the stand-in (a C++ terminate in the
     autograd engine); tests/test_memory.py checks its gradients on the CPU."""
-    from harness.run import EvalSettings, Evaluation
-    from methods import build_method
-    from methods.trainer import TrainConfig, Trainer
-    from models import MODELS
+    from flowarena.harness.run import EvalSettings, Evaluation
+    from flowarena.methods import build_method
+    from flowarena.methods.trainer import TrainConfig, Trainer
+    from flowarena.models import MODELS
 
     dev = device()
     pipe = BUILDERS[name]()
@@ -106,8 +106,8 @@ def test_an_epoch_and_an_evaluation_run_on_the_device(name, clip_dir):
 @pytest.mark.parametrize("fault", ["embeddings left in host memory", "a CPU-only call in the decode"])
 def test_a_misplaced_tensor_fails_the_epoch(fault, clip_dir, monkeypatch):
     """The same epoch with one fault injected fails at the op that mixes devices, as CUDA would."""
-    from models.base import PromptEmbeds
-    from models.diffusers_flow import DiffusersFlowModel
+    from flowarena.models.base import PromptEmbeds
+    from flowarena.models.diffusers_flow import DiffusersFlowModel
 
     if fault == "embeddings left in host memory":  # `embed` forgets to move the cached rows
         to = PromptEmbeds.to

@@ -7,11 +7,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from harness.benchmarks import BENCHMARKS, Benchmark, BenchmarkError, build_benchmark, register_benchmark
-from harness.core.prompts import load_toy_split
-from harness.core.results import SCHEMA, CellResult, EvalRecord, Metric, ResultSchemaError
-from harness.core.soft_tifa import stderr
-from harness.run import RunError, run_experiment
+from flowarena.core.results import SCHEMA, CellResult, EvalRecord, Metric, ResultSchemaError
+from flowarena.harness.benchmarks import (
+    BENCHMARKS,
+    Benchmark,
+    BenchmarkError,
+    build_benchmark,
+    register_benchmark,
+)
+from flowarena.harness.run import RunError, run_experiment
+from flowarena.tasks.prompts import load_toy_split
+from flowarena.tasks.soft_tifa import stderr
 from tests.test_run import PRESET
 
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from harness.cli import app
+from flowarena.harness.cli import app
 
 runner = CliRunner()
 
@@ -38,15 +38,15 @@ def test_judge_check_prints_accuracy():
 
 @pytest.mark.parametrize("args", [["--help"], ["eval", "--help"]])
 def test_console_script_help(args):
-    r = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "flowarena.harness", *args], capture_output=True, text=True)
     assert r.returncode == 0 and "Usage" in r.stdout
 
 
 def test_smoke_run_in_a_subprocess(tmp_path):
     """`bench run --preset smoke` on the shipped toy model, as a user types it."""
     out = tmp_path / "smoke"
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--preset", "smoke", "--out", str(out)],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run([sys.executable, "-m", "flowarena.harness", "run", "--preset", "smoke",
+                        "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Δ vs grpo [95 % CI]" in r.stdout and "| grpo " in r.stdout and "| dppo " in r.stdout
     assert max(len(line) for line in r.stdout.splitlines() if line.startswith("|")) <= 100
@@ -58,12 +58,13 @@ def test_smoke_run_in_a_subprocess(tmp_path):
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, tmp_path):
     """A Ctrl-C mid-command ends with one `error:` line (no traceback) and the shell's 130."""
-    import harness.cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness.cli, "_load", interrupted)
+    import flowarena.harness.cli
+
+    monkeypatch.setattr(flowarena.harness.cli, "_load", interrupted)
     r = run("sample", "--prompt", "a red circle", "--out", tmp_path / "grid.png")
     assert r.exit_code == 130
     assert r.output.strip().splitlines() == [
@@ -100,7 +101,7 @@ def test_the_issues_examples_are_refused_before_any_work(tmp_path):
         (["run", "--methods", "grpo,dppo@delta=1e-6,grpo"], "method 'grpo' is named twice"),
         (["run", "--methods", "dppo@delta=1e-6@delta=2e-6"], "'delta' is set twice"),
         (["run", "--methods", "ppo9000", "--dump-config"], "unknown method 'ppo9000'"),
-        (["run", "--epochs", -2], "field 'epochs' must be an integer >= 1, not -2"),
+        (["run", "--epochs", -2], "--epochs must be an integer >= 1, not -2"),
         (["sample", "--prompt", "a red circle", "--steps", 10**6], "--steps must be an integer in [1, 1000]"),
         (["sample", "--prompt", "a red circle", "--seed", 2**40], "--seed must be an integer >= 0 (at most"),
         (["sample", "--prompt", "a red circle", "--n", -1], "--n must be an integer in [1, 4096], not -1"),
@@ -116,7 +117,7 @@ def test_the_issues_examples_are_refused_before_any_work(tmp_path):
 def test_a_method_setting_reads_as_its_type():
     """`grpo@lr=.001` is a number (it used to be a string and a traceback); lists are JSON, and a
     comma inside brackets does not split --methods."""
-    from harness.run.config import get_preset, method_variant, split_methods
+    from flowarena.harness.run.config import get_preset, method_variant, split_methods
 
     specs = split_methods("grpo@lr=.001,dppo@adam_betas=[0.8, 0.9]")
     assert specs == ["grpo@lr=.001", "dppo@adam_betas=[0.8, 0.9]"]

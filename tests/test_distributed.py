@@ -58,12 +58,12 @@ def test_bench_run_nproc_2_matches_one_process(tiny_path, tmp_path):
     args = ["run", "--preset", "smoke", "--methods", "grpo", "--seeds", "1", "--epochs", "1",
             "--model-path", tiny_path]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    two = subprocess.run([sys.executable, "-m", "harness.cli", *args, "--nproc", "2", "--out",
+    two = subprocess.run([sys.executable, "-m", "flowarena.harness", *args, "--nproc", "2", "--out",
                           str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=900)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("full tables:") == 1  # rank 0 prints, the other rank is quiet
-    one = subprocess.run([sys.executable, "-m", "harness.cli", *args, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "flowarena.harness", *args, "--out", str(tmp_path / "one")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert one.returncode == 0, one.stderr[-3000:]
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-import harness.run.cell as run_module
-from harness.run import EvalSettings, Preset, RunError, load_cell_policy, run_experiment
-from methods.trainer import TrainConfig, Trainer
-from rewards.base import REWARDS, Reward, RewardOutput, register_reward
+import flowarena.harness.run.cell as run_module
+from flowarena.harness.run import EvalSettings, Preset, RunError, load_cell_policy, run_experiment
+from flowarena.methods.trainer import TrainConfig, Trainer
+from flowarena.rewards.base import REWARDS, Reward, RewardOutput, register_reward
 from tests.test_run import PRESET as RUN_PRESET
 from tests.test_run import _trainer
 
@@ -51,7 +51,7 @@ _CHILD = """
 import sys
 from pathlib import Path
 from tests.test_faults import PRESET
-from harness.run import run_experiment
+from flowarena.harness.run import run_experiment
 run_experiment(Path(sys.argv[1]), ["grpo"], "toy", PRESET, 1, sys.argv[2], progress=False)
 """
 
@@ -133,7 +133,7 @@ class NaNAfter(Reward):
     calls = 10**9
 
     def __init__(self):
-        from rewards import build_reward
+        from flowarena.rewards import build_reward
 
         self.inner, self.n = build_reward("toy-colour"), 0
 

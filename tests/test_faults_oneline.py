@@ -17,11 +17,17 @@ import torch
 from safetensors import SafetensorError
 from typer.testing import CliRunner
 
-import harness.core.io as io_module
-from harness.cli import app
-from harness.core.io import load_tensors, save_tensors, write_json
-from harness.run import EvalSettings, Preset, load_cell_policy, read_checkpoint_state, run_experiment
-from methods.trainer import TrainConfig, Trainer, TrainingFault
+import flowarena.core.io as io_module
+from flowarena.core.io import load_tensors, save_tensors, write_json
+from flowarena.harness.cli import app
+from flowarena.harness.run import (
+    EvalSettings,
+    Preset,
+    load_cell_policy,
+    read_checkpoint_state,
+    run_experiment,
+)
+from flowarena.methods.trainer import TrainConfig, Trainer, TrainingFault
 from tests.test_run import _trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +165,7 @@ def test_a_full_disk_mid_checkpoint_is_one_line_and_resumes(tiny_path, tmp_path,
 def test_a_real_full_disk_during_bench_run(tiny_path, tmp_path):
     """`bench run` writing to a tmpfs that fills up after its first checkpoint."""
     out = tmp_path / "disk" / "run"
-    cmd = [sys.executable, "-m", "harness.cli", *map(str, run_args(tiny_path, tmp_path, out))]
+    cmd = [sys.executable, "-m", "flowarena.harness", *map(str, run_args(tiny_path, tmp_path, out))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tmpfs(tmp_path / "disk", "16m") as disk:
         p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -188,7 +194,7 @@ def test_a_real_full_disk_during_bench_run(tiny_path, tmp_path):
 
 def test_sigterm_is_one_line_exit_143_and_resumes(tiny_path, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "harness.cli", *map(str, run_args(tiny_path, tmp_path, out))]
+    cmd = [sys.executable, "-m", "flowarena.harness", *map(str, run_args(tiny_path, tmp_path, out))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-"""Property-based tests of the configuration contract (harness/core/fields.py): for every field
+"""Property-based tests of the configuration contract (core/fields.py): for every field
 of every configuration dataclass, values of the wrong type, non-finite numbers and values out
 of range are refused in one line naming the field, before any work and with nothing written.
 
@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.core.fields import INT_LIMIT, FieldError, check_fields, coerce, describe, hints, split
-from harness.run.config import EvalSettings, Preset, _toml_key, _toml_value, get_preset
-from methods import get_method, method_names
-from methods.trainer import TrainConfig
-from models.toy_pretrain import PretrainConfig
-from rewards.toy_pick import ToyPickTrainConfig
+from flowarena.core.fields import INT_LIMIT, FieldError, check_fields, coerce, describe, hints, parse, split
+from flowarena.harness.cli import app
+from flowarena.harness.run.config import EvalSettings, Preset, _toml_key, _toml_value, get_preset
+from flowarena.methods import get_method, method_names
+from flowarena.methods.trainer import TrainConfig
+from flowarena.models.toy_pretrain import PretrainConfig
+from flowarena.rewards.toy_pick import ToyPickTrainConfig
 
 METHOD_CONFIGS = {name: get_method(name).Config for name in method_names()}
 CONFIGS = [TrainConfig, EvalSettings, Preset, PretrainConfig, ToyPickTrainConfig, *METHOD_CONFIGS.values()]
@@ -183,6 +183,11 @@ def test_a_wrong_method_setting_on_the_command_line_is_one_line(cls, name, data)
     if base is str or (type(None) in typing.get_args(base) and isinstance(value, str)):
         return  # any text is a string: there the file test above holds
     text = _toml_value(value).strip('"') if not isinstance(value, (list, dict)) else _toml_value(value)
+    try:
+        parse(text, _hint(cls, name), name)
+        return  # text that reads as a good value ('0' for a number, a,b for a list of strings) is one
+    except FieldError:
+        pass
     if any(c in text for c in "@,=") or not text.strip() and base is str:
         return  # those separate methods and settings
     method = next((m for m, c in METHOD_CONFIGS.items() if c is cls), "grpo")

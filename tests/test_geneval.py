@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from harness.core.geneval_rules import (
+from flowarena.tasks.geneval_rules import (
     COUNTING_THRESHOLD,
     MAX_OBJECTS,
     TAGS,
@@ -17,7 +17,7 @@ from harness.core.geneval_rules import (
     load_geneval_prompts,
     relative_position,
 )
-from harness.core.prompts import DATA, PromptFileError, load_prompt_file
+from flowarena.tasks.prompts import DATA, PromptFileError, load_prompt_file
 
 
 def box(cx, cy, w=10.0, h=10.0, score=0.99):

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from harness.core.geneval2_template import NP, Scene, generate, parse, sample_scene, template
-from harness.core.prompts import DATA, load_prompt_file
+from flowarena.tasks.geneval2_template import NP, Scene, generate, parse, sample_scene, template
+from flowarena.tasks.prompts import DATA, load_prompt_file
 
 OFFICIAL = load_prompt_file(DATA / "geneval2" / "geneval2_data.jsonl")
 
@@ -74,8 +74,8 @@ def test_prompts_outside_the_template_are_refused(bad):
 
 
 def test_the_shipped_splits_are_the_generators_and_disjoint_from_the_test_set():
-    from harness.core.geneval2_template import build_splits
-    from harness.core.prompts import load_prompts
+    from flowarena.tasks.geneval2_template import build_splits
+    from flowarena.tasks.prompts import load_prompts
 
     built = build_splits()
     test_keys = {parse(r["prompt"]).key() for r in OFFICIAL}
@@ -90,7 +90,7 @@ def test_the_shipped_splits_are_the_generators_and_disjoint_from_the_test_set():
 
 
 def test_prompt_sets_by_name_or_file(tmp_path):
-    from harness.core.prompts import PromptFileError, load_prompts
+    from flowarena.tasks.prompts import PromptFileError, load_prompts
 
     assert load_prompts("geneval2-test") == OFFICIAL
     (tmp_path / "p.txt").write_text("a red car\n\nthe sea at dawn\n")

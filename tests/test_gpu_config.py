@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from harness.cli import app
-from models.diffusers_flow import DiffusersFlowModel
+from flowarena.harness.cli import app
+from flowarena.models.diffusers_flow import DiffusersFlowModel
 from tests.tiny_pipelines import RESOLUTION
 
 NAMES = ("sd35", "flux1-dev", "flux2-klein")
@@ -115,7 +115,7 @@ def test_fp32_over_bf16_weights_is_the_fp32_policy(pipeline_dirs):
     """`precision(float32)` on bf16 weights (the rounding check's reference) computes what fp32
     weights holding the same values compute, without keeping an fp32 copy, and leaves the
     bf16 weights as they were."""
-    from models import load_model
+    from flowarena.models import load_model
 
     half = load_model("sd35", str(pipeline_dirs["sd35"]), resolution=RESOLUTION, max_sequence_length=32,
                       dtype="bfloat16", compute_dtype="bfloat16")

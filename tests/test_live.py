@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from harness.live import LiveLogError, check_log_to, scalars
-from harness.run import run_experiment
+from flowarena.harness.live import LiveLogError, check_log_to, scalars
+from flowarena.harness.run import run_experiment
 from tests.test_run import PRESET
 
 EVAL_TAGS = {"eval/gm", "eval/am", "eval/kl_to_pretrained", "eval/preference_ood"}

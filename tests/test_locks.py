@@ -1,4 +1,4 @@
-"""Locks that cannot hang (harness/core/locks.py): what a crash, a full disk or a dead machine
+"""Locks that cannot hang (core/locks.py): what a crash, a full disk or a dead machine
 leaves behind is taken over with one warning line, and a wait on a live holder ends when asked to.
 Each wait runs in a thread joined with a timeout, so a regression fails instead of hanging."""
 
@@ -14,9 +14,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.core import locks
-from harness.core.locks import LockError, describe, holder, release, try_lock, wait_lock
+from flowarena.core import locks
+from flowarena.core.locks import LockError, describe, holder, release, try_lock, wait_lock
+from flowarena.harness.cli import app
 
 
 def _within(seconds: float, fn, *args, **kwargs):
@@ -198,8 +198,9 @@ def test_a_run_left_with_empty_locks_completes(tiny_path, tmp_path):
         path.parent.mkdir(parents=True)
         path.touch()
         _backdate(path, 60)
-    args = ["run", "--preset", "smoke", "--methods", "dppo", "--epochs", "1", "--steps", "4", "--eval-limit",
-            "2", "--ood-limit", "2", "--model-path", tiny_path, "--out", str(out)]
+    args = ["run", "--preset", "smoke", "--methods", "dppo", "--epochs", "1", "--steps", "4",
+            "--eval-steps", "4", "--eval-limit", "2", "--eval-ood-limit", "2",
+            "--model-path", tiny_path, "--out", str(out)]
     r = _within(300, CliRunner().invoke, app, args)
     assert r.exit_code == 0, r.output[-2000:]
     for path in empty:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from benchmarks.memory_plan import ARCHS
-from models.diffusers_flow import Flux2KleinModel, FluxModel, SD3Model
-from models.toy import ToyModel
+from flowarena.models.diffusers_flow import Flux2KleinModel, FluxModel, SD3Model
+from flowarena.models.toy import ToyModel
 
 # the full-size architectures the memory plan traces (one place for their configs)
 SD35_MEDIUM, FLUX1_DEV, KLEIN_9B = (ARCHS[m].transformer_config for m in ("sd35", "flux1-dev", "flux2-klein"))

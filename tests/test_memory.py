@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.core.prompts import load_toy_split
-from methods import build_method
-from methods.trainer import TrainConfig, TrainConfigError, Trainer
-from models.toy import load_toy
-from rewards import build_reward
+from flowarena.methods import build_method
+from flowarena.methods.trainer import TrainConfig, TrainConfigError, Trainer
+from flowarena.models.toy import load_toy
+from flowarena.rewards import build_reward
+from flowarena.tasks.prompts import load_toy_split
 
 CFG = TrainConfig(prompts_per_epoch=3, group_size=4, steps=6, sde_window=2, minibatch_size=12, beta=0.1)
 
@@ -61,8 +61,8 @@ def test_the_knobs_are_preset_fields_and_options():
 
     from typer.testing import CliRunner
 
-    from harness.cli import app
-    from harness.run import PRESETS
+    from flowarena.harness.cli import app
+    from flowarena.harness.run import PRESETS
 
     if sys.version_info >= (3, 11):
         import tomllib
@@ -91,7 +91,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_path):
 @pytest.mark.parametrize("phase,target", [("rollout", "velocity"), ("decode", "decode"),
                                           ("update", "update")])
 def test_out_of_memory_is_one_line_naming_the_phase_and_knob(tiny_path, monkeypatch, phase, target):
-    from methods.memory import OutOfMemory
+    from flowarena.methods.memory import OutOfMemory
 
     tr = _trainer(tiny_path)
 
@@ -106,8 +106,8 @@ def test_out_of_memory_is_one_line_naming_the_phase_and_knob(tiny_path, monkeypa
 def test_bench_run_out_of_memory_ends_in_one_line(tiny_path, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from harness.cli import app
-    from methods.trainer import Trainer
+    from flowarena.harness.cli import app
+    from flowarena.methods.trainer import Trainer
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -137,7 +137,7 @@ def test_the_noise_floor_is_measured_before_the_first_update(tiny_path):
 
 
 def test_a_noise_floor_near_the_threshold_is_one_warning_line():
-    from methods.trainer import floor_warning
+    from flowarena.methods.trainer import floor_warning
 
     quiet = {"floor_logratio_abs_mean": 1e-9, "floor_kl_mean": 1e-12}
     assert floor_warning(quiet, {"ratio_clip": 1e-4}) is None
@@ -156,8 +156,8 @@ def test_a_noise_floor_near_the_threshold_is_one_warning_line():
 def test_the_reward_device_is_checked_and_carries_the_scorers(tiny_path, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from harness.cli import app
-    from harness.run import cell
+    from flowarena.harness.cli import app
+    from flowarena.harness.run import cell
 
     r = CliRunner().invoke(app, ["run", "--preset", "smoke", "--reward-device", "cuda:7"])
     assert r.exit_code == 1 and "no CUDA GPU is visible" in r.output.strip().splitlines()[-1]
@@ -171,7 +171,7 @@ def test_the_reward_device_is_checked_and_carries_the_scorers(tiny_path, tmp_pat
         raise Stop
 
     monkeypatch.setattr(cell, "build_rewards", build)
-    from harness.run import run_experiment
+    from flowarena.harness.run import run_experiment
 
     with pytest.raises(Stop):
         run_experiment(tmp_path / "r", ["grpo"], "toy", "smoke", 1, tiny_path, progress=False,
@@ -236,7 +236,7 @@ def test_the_rounding_in_a_change_is_measured_on_the_first_off_policy_mini_batch
     an AVX-512 CPU, 4e-14 on an AVX2 one, whose kernels depend on the batch's shape); in bf16
     the rounding, not the change, sets the KL (measured: 2.7e-7 against 7.8e-9 in fp32), and
     the warning names it; fp32 trained steps remove it while the other steps stay in bf16."""
-    from methods.trainer import floor_warning
+    from flowarena.methods.trainer import floor_warning
 
     fp32 = _trainer(tiny_path, minibatch_size=6, lr=1e-4).train_epoch(0)[0]
     negligible = 1e-4 * fp32["change_kl_mean_fp32"]
@@ -261,7 +261,7 @@ def test_the_rounding_in_a_change_is_measured_on_the_first_off_policy_mini_batch
 
 def test_a_bf16_rollout_against_an_fp32_update_shows_the_floor(tiny_path):
     """Where the rollout and the update compute differently, the same-weights floor is not 0."""
-    from methods.trainer import floor_warning
+    from flowarena.methods.trainer import floor_warning
 
     tr = _bf16_trainer(tiny_path)
     ro = tr.rollout(0)
@@ -273,7 +273,7 @@ def test_a_bf16_rollout_against_an_fp32_update_shows_the_floor(tiny_path):
 
 
 def test_fp32_trained_steps_need_fp32_weights(tiny_path, monkeypatch):
-    from models.toy import ToyModel
+    from flowarena.models.toy import ToyModel
 
     monkeypatch.setattr(ToyModel, "weights_dtype", property(lambda self: torch.bfloat16))
     with pytest.raises(TrainConfigError, match="fp32 trained steps need the denoiser's weights in fp32"):
@@ -286,7 +286,7 @@ def test_each_phase_records_its_peak_memory_per_device_and_cell(monkeypatch, tin
     """The peak counters restart at each phase; an enclosing phase keeps its own peak and its
     inner phases'; each device counts apart (the reward models on cuda:1); a new cell's trainer
     starts afresh. CUDA's counters are simulated: allocations are a list of sizes per device."""
-    import methods.memory as memory
+    import flowarena.methods.memory as memory
 
     now, peak = [0, 0], [0, 0]
 
@@ -367,7 +367,7 @@ def test_bf16_ode_steps_leave_the_ratio_exact(tiny_path):
 def test_bf16_evaluation_images_keep_the_kl_in_the_model_precision(tiny_path):
     from dataclasses import replace
 
-    from harness.run import EvalSettings, Evaluation, RunError
+    from flowarena.harness.run import EvalSettings, Evaluation, RunError
 
     settings = EvalSettings(every=1, limit=8, ood_limit=4, steps=3, kl_prompts=2, samples=2)
     model, method = load_toy(tiny_path), build_method("dppo")
@@ -389,8 +389,8 @@ def test_bf16_native_uses_bf16_only_where_the_hardware_has_it(tiny_path, monkeyp
     bf16 would be emulated (20–24x slower on an AVX2 CPU); the evaluation records which it was."""
     from dataclasses import replace
 
-    from harness.run import EvalSettings, Evaluation
-    from models.base import native_bf16, resolve_precision
+    from flowarena.harness.run import EvalSettings, Evaluation
+    from flowarena.models.base import native_bf16, resolve_precision
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: units)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
@@ -413,8 +413,8 @@ def test_plain_bf16_on_a_cpu_without_bf16_units_is_warned_about(monkeypatch):
     """`bench run` names each setting that asks for emulated bf16; "bf16-native" is not one."""
     from dataclasses import replace
 
-    from harness.run import get_preset
-    from harness.run.experiment import emulated_bf16
+    from flowarena.harness.run import get_preset
+    from flowarena.harness.run.experiment import emulated_bf16
 
     p = get_preset("default")
     assert (p.eval.precision, p.train.ode_precision) == ("bf16-native", "bf16-native")

@@ -45,7 +45,7 @@ def test_the_plan_follows_the_memory_knobs():
     """A bigger micro-batch, rollout batch or prompt count plans more memory where it acts,
     gradient checkpointing less in the update, β > 0 a reference forward (traced on one block
     of each kind: seconds)."""
-    from harness.run.config import resolve
+    from flowarena.harness.run.config import resolve
 
     def traced(**train):
         return mp.trace(resolve("sd35-geneval2", train=train), blocks=(1, 1))

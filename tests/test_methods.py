@@ -1,14 +1,15 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from methods import MethodError, build_method, get_method, method_names
-from methods.dppo import dppo_loss
-from methods.grpo import clipped_loss
-from methods.trainer import TrainConfig, TrainConfigError, group_advantages
+from flowarena.methods import MethodError, build_method, get_method, method_names
+from flowarena.methods.dppo import dppo_loss
+from flowarena.methods.grpo import clipped_loss
+from flowarena.methods.trainer import TrainConfig, TrainConfigError, group_advantages
 
 
 def test_registry_lists_grpo_and_dppo_with_descriptions():
@@ -91,11 +92,9 @@ def test_a_new_method_is_one_file(tmp_path):
     """Dropping one file into methods/ registers a method: no other edit."""
     import shutil
 
-    import methods
-
     code = textwrap.dedent('''
         from dataclasses import dataclass
-        from methods.base import Method, MethodConfig, StepLoss, register_method
+        from flowarena.methods.base import Method, MethodConfig, StepLoss, register_method
 
         @dataclass
         class ProbeConfig(MethodConfig):
@@ -113,14 +112,19 @@ def test_a_new_method_is_one_file(tmp_path):
                 return StepLoss(-self.config.scale * s.advantages * ratio, ratio.detach(),
                                 ratio < 0)
     ''')
-    # a copy of the package plus the one new file, imported in a fresh interpreter
-    dst = tmp_path / "copy"
-    shutil.copytree(methods.__path__[0], dst / "methods", ignore=shutil.ignore_patterns("__pycache__"))
+    # the project with a copy of methods/ plus the one new file, imported in a fresh interpreter
+    root = Path(__file__).resolve().parents[1]
+    dst = tmp_path / "copy" / "flowarena"
+    dst.mkdir(parents=True)
+    for package in ("core", "tasks", "models", "rewards"):
+        (dst / package).symlink_to(root / package)
+    shutil.copytree(root / "methods", dst / "methods", ignore=shutil.ignore_patterns("__pycache__"))
     (dst / "methods" / "probe.py").write_text(code)
     out = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import methods; "
-         "print(','.join(methods.method_names())); print(methods.build_method('probe').config.scale)",
-         str(dst)], capture_output=True, text=True, cwd=tmp_path)
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import flowarena.methods as m; "
+         "assert m.__file__.startswith(sys.argv[1]), m.__file__; "
+         "print(','.join(m.method_names())); print(m.build_method('probe').config.scale)",
+         str(dst.parent)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     names, scale = out.stdout.split()
     assert "probe" in names.split(",") and float(scale) == 2.0

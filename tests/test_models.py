@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import ModelError, load_model
-from models.text import UnknownWordError
-from models.toy import ToyConfig, ToyNet, load_toy, save_toy
-from models.toy_pretrain import PretrainConfig, pretrain_toy
+from flowarena.models import ModelError, load_model
+from flowarena.models.text import UnknownWordError
+from flowarena.models.toy import ToyConfig, ToyNet, load_toy, save_toy
+from flowarena.models.toy_pretrain import PretrainConfig, pretrain_toy
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def toy():
 
 
 def test_shipped_weights_load_and_are_small(toy):
-    from models.toy import WEIGHTS
+    from flowarena.models.toy import WEIGHTS
 
     assert WEIGHTS.stat().st_size < 12e6
     assert toy.latent_shape == (3, 32, 32)
@@ -108,7 +108,7 @@ def test_pretraining_resumes_exactly(tmp_path):
 
 def test_shipped_model_draws_single_objects_well(toy):
     """A guard against shipping a broken model: single coloured objects on eval prompts."""
-    from harness.benchmarks.toy import soft_tifa_eval
+    from flowarena.harness.benchmarks.toy import soft_tifa_eval
 
     r = soft_tifa_eval(toy, "eval", steps=10, seed=0, limit=32)
     assert r.per_skill["object"] > 60 and r.per_skill["attribute"] > 60
@@ -126,7 +126,7 @@ def test_default_pretraining_recipe_is_deterministic_across_processes(tmp_path):
     for name in ("a", "b"):
         r = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-    from harness.core.io import load_tensors
+    from flowarena.core.io import load_tensors
 
     a = load_tensors(tmp_path / "a" / "state.safetensors")
     b = load_tensors(tmp_path / "b" / "state.safetensors")

@@ -1,5 +1,5 @@
 """Outputs that cannot destroy (issue 29, item 2): every write goes through
-`harness.core.io.atomic_write`, which replaces a regular file or creates one and refuses
+`flowarena.core.io.atomic_write`, which replaces a regular file or creates one and refuses
 anything else; a path a user names for an output is never inside a cell's checkpoints nor
 one of the command's inputs, and is refused before any work, in one line."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.core.io import OutputError, check_output, write_json
+from flowarena.core.io import OutputError, check_output, write_json
+from flowarena.harness.cli import app
 
 
 def _digest(directory: Path) -> dict[str, str]:
@@ -61,7 +61,7 @@ def test_an_output_inside_a_cells_checkpoints_or_equal_to_an_input_is_refused(tm
     (["eval", "--limit", "2", "--json", "/dev/null"], "it is a character device"),
 ])
 def test_the_cli_refuses_a_destructive_output_in_one_line_before_any_work(args, message, monkeypatch):
-    import harness.cli as cli
+    import flowarena.harness.cli as cli
 
     def no_work(*a, **k):
         raise AssertionError("the model was loaded before the output was checked")
@@ -74,7 +74,7 @@ def test_the_cli_refuses_a_destructive_output_in_one_line_before_any_work(args, 
 def test_bench_export_never_writes_over_the_cells_checkpoint(tiny_path, tmp_path):
     from dataclasses import replace
 
-    from harness.run import run_experiment
+    from flowarena.harness.run import run_experiment
     from tests.test_run import PRESET
 
     run = run_experiment(tmp_path / "r", ["grpo"], "toy", replace(PRESET, epochs=1), 1, tiny_path,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.core.results import CellResult, EvalRecord, Metric
-from reports.alarms import reward_hacking
-from reports.paired import bootstrap_mean, paired_differences
+from flowarena.core.results import CellResult, EvalRecord, Metric
+from flowarena.harness.cli import app
+from flowarena.reports.alarms import reward_hacking
+from flowarena.reports.paired import bootstrap_mean, paired_differences
 
 PROMPTS = 60
 
@@ -101,7 +101,7 @@ def test_a_reward_hacked_cell_is_flagged_and_a_clean_one_is_not():
 
 
 def test_the_report_and_bench_report_carry_the_comparison(tmp_path):
-    from reports.report import build_report
+    from flowarena.reports.report import build_report
     from tests.test_report import make_run
 
     run = make_run(tmp_path / "run", seeds=(0, 1))
@@ -123,8 +123,8 @@ def test_the_report_and_bench_report_carry_the_comparison(tmp_path):
 
 
 def test_the_terminal_summary_fits_100_columns(tmp_path, monkeypatch):
-    from reports.summary import terminal_summary
-    from reports.tables import comparison
+    from flowarena.reports.summary import terminal_summary
+    from flowarena.reports.tables import comparison
     from tests import test_report
 
     long = "dppo-sampled-kl@delta=3e-6"  # a variant's name, cut to fit
@@ -143,7 +143,7 @@ def test_cells_scored_in_different_precisions_are_flagged():
     """Under "bf16-native" a sharded run on machines with and without bf16 units scores its
     cells in different precisions: the comparison says so, a uniform run does not, and it
     tells whether the paired differences mix precisions (a seed's cells on two machines)."""
-    from reports.tables import Comparison, _mixed_seeds, _precisions
+    from flowarena.reports.tables import Comparison, _mixed_seeds, _precisions
 
     results = _results(0.0)
     cells = [c for rs in results.values() for c in rs]

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.run import PRESETS, RunError, load_preset, resolve, to_toml
+from flowarena.harness.cli import app
+from flowarena.harness.run import PRESETS, RunError, load_preset, resolve, to_toml
 
 runner = CliRunner()
 
@@ -30,7 +30,7 @@ def test_dump_config_reads_back_to_the_same_preset(name, tmp_path):
 
 def test_cli_dump_config_applies_the_command_line(tmp_path):
     r = runner.invoke(app, ["run", "--preset", "smoke", "--epochs", "5", "--methods", "dppo@delta=1e-6",
-                            "--seeds", "2", "--aggregation", "normalised", "--dump-config"])
+                            "--seeds", "2", "--reward-aggregation", "normalised", "--dump-config"])
     assert r.exit_code == 0, r.output
     (tmp_path / "mine.toml").write_text(r.output)
     mine = load_preset(tmp_path / "mine.toml")
@@ -74,7 +74,7 @@ def test_overrides_are_checked_like_files():
 
 def test_size_knobs_scale_a_preset_down():
     r = runner.invoke(app, ["run", "--preset", "smoke", "--prompts-per-epoch", "4", "--group-size", "2",
-                            "--steps", "4", "--eval-limit", "8", "--dump-config"])
+                            "--steps", "4", "--eval-steps", "4", "--eval-limit", "8", "--dump-config"])
     assert r.exit_code == 0, r.output
     import tomllib
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from methods.sde import sd3_sigmas, shift_sigmas
-from models import ModelError, load_model
-from models.diffusers_flow import FluxModel
+from flowarena.methods.sde import sd3_sigmas, shift_sigmas
+from flowarena.models import ModelError, load_model
+from flowarena.models.diffusers_flow import FluxModel
 from tests.tiny_pipelines import RESOLUTION
 
 NAMES = ("sd35", "flux1-dev", "flux2-klein")
@@ -170,9 +170,9 @@ def test_bf16_autocast_path(pipeline_dirs, models):
 def test_fp32_weights_compute_in_bf16_except_in_fp32_steps(pipeline_dirs, models):
     """`trained_precision = "fp32"`: fp32 weights (the run's model option, a dtype name) that
     compute in bf16 under autocast, and in fp32 inside `precision(float32)`, as the fp32 model."""
-    from methods import build_method
-    from methods.trainer import TrainConfig, TrainConfigError, Trainer
-    from rewards import build_reward
+    from flowarena.methods import build_method
+    from flowarena.methods.trainer import TrainConfig, TrainConfigError, Trainer
+    from flowarena.rewards import build_reward
 
     m = load_model("sd35", str(pipeline_dirs["sd35"]), resolution=RESOLUTION, max_sequence_length=TOKENS,
                    dtype="float32", compute_dtype="bfloat16")
@@ -257,8 +257,8 @@ def test_export_without_an_adapter_is_a_model_error(models, tmp_path):
 RECIPES = {"sd35": "sd35-geneval2", "flux1-dev": "flux1-dev-geneval2", "flux2-klein": "flux2-klein-geneval2"}
 # the recipe scaled down with the size knobs, as a user tries it before a GPU run
 KNOBS = ["--epochs", "2", "--prompts-per-epoch", "2", "--group-size", "2", "--steps", "6",
-         "--eval-limit", "8", "--ood-limit", "4", "--final-limit", "8", "--resolution", str(RESOLUTION),
-         "--methods", "grpo,dppo"]
+         "--eval-steps", "6", "--eval-limit", "8", "--eval-ood-limit", "4", "--eval-final-limit", "8",
+         "--resolution", str(RESOLUTION), "--methods", "grpo,dppo"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -272,7 +272,7 @@ def test_the_published_recipe_end_to_end_on_a_saved_pipeline(pipeline_dirs, scor
 
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from flowarena.harness.cli import app
 
     out = tmp_path / "run"
     judge, pick = str(scorer_dirs["judge"]), str(scorer_dirs["pickscore"])
@@ -308,8 +308,8 @@ def test_the_published_recipe_end_to_end_on_a_saved_pipeline(pipeline_dirs, scor
     for column in ("Soft-TIFA GM", "ΔGM vs base", "GM @3 atoms", "PickScore", "KL to pretrained"):
         assert column in table
     assert "geneval2 test (8 prompts), pickscore test (8 prompts)" in table
-    from reports.figures.curves import learning_curves
-    from reports.run_reader import load_run
+    from flowarena.reports.figures.curves import learning_curves
+    from flowarena.reports.run_reader import load_run
 
     titles = [ax.get_title() for ax in learning_curves(load_run(out), name).axes]
     assert "Held-out Soft-TIFA GM" in titles and "Held-out PickScore" in titles
@@ -317,7 +317,7 @@ def test_the_published_recipe_end_to_end_on_a_saved_pipeline(pipeline_dirs, scor
     assert f"| {name} " in (out / "report" / "tables.md").read_text()
 
     cell = out / name / "dppo" / "seed0"
-    import harness.run.export as export
+    import flowarena.harness.run.export as export
 
     def no_pipeline(*args, **kwargs):
         raise AssertionError("bench export loaded the pipeline")

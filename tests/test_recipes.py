@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.core.prompts import DATA, load_prompts, subset
-from harness.run import PRESETS, TOY_CALIBRATION, RunError, load_preset, method_variant, recipe
-from methods import build_method, method_names
+from flowarena.harness.cli import app
+from flowarena.harness.run import PRESETS, TOY_CALIBRATION, RunError, load_preset, method_variant, recipe
+from flowarena.methods import build_method, method_names
+from flowarena.tasks.prompts import DATA, load_prompts, subset
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,7 +91,7 @@ def test_a_recipe_runs_on_its_own_model_only(tmp_path):
 
 
 def test_lora_settings_left_to_the_model_take_its_defaults(tiny_path):
-    from models import load_model
+    from flowarena.models import load_model
 
     model = load_model("toy", tiny_path)
     model.setup_training(None, None, None)
@@ -112,9 +112,9 @@ def test_the_val_subset_spreads_over_atom_counts():
 
 
 def test_a_runs_judge_and_pickscore_load_once_for_evaluation_and_reward(tmp_path, offline_single_thread):
-    from harness.run import EvalSettings, Evaluation
-    from rewards import build_rewards
-    from rewards.vqa import VQAJudge
+    from flowarena.harness.run import EvalSettings, Evaluation
+    from flowarena.rewards import build_rewards
+    from flowarena.rewards.vqa import VQAJudge
     from tests.tiny_scorers import save_clip, save_qwen3_vl
 
     options = {"judge": str(save_qwen3_vl(tmp_path / "judge")),
@@ -126,7 +126,7 @@ def test_a_runs_judge_and_pickscore_load_once_for_evaluation_and_reward(tmp_path
     def held(scorer, kind):
         return next(c.cell_contents for c in scorer.__closure__ if isinstance(c.cell_contents, kind))
 
-    from rewards.pickscore import PickScoreReward
+    from flowarena.rewards.pickscore import PickScoreReward
 
     assert held(geneval2, VQAJudge) is reward.parts[0][2].judge
     assert held(pickscore, PickScoreReward).clip is reward.parts[1][2].clip

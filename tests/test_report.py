@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.core.io import save_tensors, write_json, write_jsonl
-from reports.figures import FIGURES
-from reports.report import build_report
-from reports.style import BASE_COLOUR, method_colours
+from flowarena.core.io import save_tensors, write_json, write_jsonl
+from flowarena.reports.figures import FIGURES
+from flowarena.reports.report import build_report
+from flowarena.reports.style import BASE_COLOUR, method_colours
 
 SKILLS = ["object", "count", "attribute", "position"]
 N_PROMPTS, EPOCHS, WINDOW, B, MB, INNER = 8, 8, [1, 2], 8, 4, 2
@@ -192,7 +192,7 @@ def test_method_colours_are_stable_and_distinct():
 def test_tables_mark_the_best_trained_method_in_markdown_latex_and_html(report):
     import pandas as pd
 
-    from reports.tables import best_methods, comparison, format_cell
+    from flowarena.reports.tables import best_methods, comparison, format_cell
 
     run, _ = report
     c = comparison(run)
@@ -231,7 +231,7 @@ def test_tables_mark_the_best_trained_method_in_markdown_latex_and_html(report):
 
 
 def test_identical_seeds_get_no_error_bar_but_small_real_ones_do():
-    from reports.tables import format_cell
+    from flowarena.reports.tables import format_cell
 
     copies = {"gm": 46.3, "gm_stderr": 46.3 * 1e-15}  # the mean of three equal floats, off by an ulp
     assert format_cell(copies, "gm", 1) == "46.3"
@@ -239,7 +239,7 @@ def test_identical_seeds_get_no_error_bar_but_small_real_ones_do():
 
 
 def test_training_reward_running_mean_and_its_stderr():
-    from reports.figures.curves import _running_mean
+    from flowarena.reports.figures.curves import _running_mean
 
     mean, se = _running_mean(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 2.0, 2.0]), 3)
     np.testing.assert_allclose(mean, [1.0, 1.5, 2.0, 3.0])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reports.report import build_report
+from flowarena.reports.report import build_report
 from tests.test_report import make_run
 
 LAPTOP = {"width": 1366, "height": 768}

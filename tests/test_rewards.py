@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.core.prompts import load_toy_split
-from harness.toyworld.grammar import parse_prompt
-from harness.toyworld.scene import render, sample_layout
-from models import ModelError
-from rewards import RewardError, build_reward, build_rewards, reward_names
-from rewards.toy_pick import load_toy_pick, perturb_spec, spoil_scene
+from flowarena.models import ModelError
+from flowarena.rewards import RewardError, build_reward, build_rewards, reward_names
+from flowarena.rewards.toy_pick import load_toy_pick, perturb_spec, spoil_scene
+from flowarena.tasks.prompts import load_toy_split
+from flowarena.tasks.toyworld.grammar import parse_prompt
+from flowarena.tasks.toyworld.scene import render, sample_layout
 
 
 def _as_tensor(imgs):
@@ -58,7 +58,7 @@ def test_missing_preference_checkpoint(tmp_path):
 
 
 def test_reward_spec_parsing_and_bad_specs():
-    from rewards import parse_reward_spec
+    from flowarena.rewards import parse_reward_spec
 
     assert parse_reward_spec("toy-tifa=1.0, toy-pick=0.5") == [("toy-tifa", 1.0), ("toy-pick", 0.5)]
     assert parse_reward_spec("toy-tifa") == [("toy-tifa", 1.0)]
@@ -84,7 +84,7 @@ def test_weighted_rewards_sum_and_keep_components(eval_scenes):
 
 
 def test_multi_reward_advantages_normalise_each_reward():
-    from methods.trainer import group_advantages, multi_reward_advantages
+    from flowarena.methods.trainer import group_advantages, multi_reward_advantages
 
     a = torch.tensor([0.0, 1.0, 0.0, 1.0])  # small scale
     b = torch.tensor([10.0, 30.0, 20.0, 20.0])  # large scale

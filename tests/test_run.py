@@ -4,12 +4,20 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.core.prompts import load_toy_split
-from harness.run import CellRun, EvalSettings, Evaluation, Preset, RunError, base_eval, run_experiment
-from methods import build_method, method_names
-from methods.trainer import TrainConfig, Trainer
-from models.toy import load_toy
-from rewards import build_reward
+from flowarena.harness.run import (
+    CellRun,
+    EvalSettings,
+    Evaluation,
+    Preset,
+    RunError,
+    base_eval,
+    run_experiment,
+)
+from flowarena.methods import build_method, method_names
+from flowarena.methods.trainer import TrainConfig, Trainer
+from flowarena.models.toy import load_toy
+from flowarena.rewards import build_reward
+from flowarena.tasks.prompts import load_toy_split
 
 PRESET = Preset(
     "test", "tiny", epochs=2,
@@ -124,13 +132,13 @@ def test_mismatched_resume_is_refused(tiny_path, tmp_path):
 
 
 def test_method_variants_change_one_setting():
-    from harness.run import TOY_CALIBRATION, method_variant
+    from flowarena.harness.run import TOY_CALIBRATION, method_variant
 
     method, train = method_variant("dppo@delta=3e-6@beta=0.04", PRESET)
     assert method.config.delta == 3e-6 and train.beta == 0.04 and train.lr == PRESET.train.lr
     method, train = method_variant("grpo", PRESET)
     assert method.config.clip_range == TOY_CALIBRATION["grpo"]["clip_range"] and train == PRESET.train
-    from harness.run import PRESETS
+    from flowarena.harness.run import PRESETS
 
     method, _ = method_variant("grpo", PRESETS["sd35-geneval2"])  # real models: published value
     assert method.config.clip_range == 1e-4
@@ -204,7 +212,7 @@ def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_pat
     """The trainer and harness need no edit for a new method: register one here and run it."""
     from dataclasses import dataclass
 
-    from methods.base import METHODS, Method, MethodConfig, StepLoss, register_method
+    from flowarena.methods.base import METHODS, Method, MethodConfig, StepLoss, register_method
 
     @dataclass
     class HalfConfig(MethodConfig):
@@ -240,9 +248,9 @@ def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_pat
 
 
 def test_experiment_presets_name_valid_methods_rewards_and_seeds():
-    from harness.run import PRESETS, TOY_CALIBRATION, method_variant
-    from methods import method_names
-    from rewards import build_rewards, check_rewards
+    from flowarena.harness.run import PRESETS, TOY_CALIBRATION, method_variant
+    from flowarena.methods import method_names
+    from flowarena.rewards import build_rewards, check_rewards
 
     experiments = ("main", "main-multi", "stability", "ablation", "sweep")
     assert set(experiments) <= set(PRESETS)
@@ -276,8 +284,8 @@ def test_export_writes_the_fine_tuned_toy_policy(tiny_path, tmp_path):
 
     from typer.testing import CliRunner
 
-    from harness.cli import app
-    from harness.run import load_cell_policy
+    from flowarena.harness.cli import app
+    from flowarena.harness.run import load_cell_policy
 
     run = run_experiment(tmp_path / "r", ["grpo"], "toy", replace(PRESET, epochs=1), 1, tiny_path,
                         progress=False)
@@ -301,7 +309,7 @@ def test_the_manifest_names_the_code_commit():
     import subprocess
     from pathlib import Path
 
-    from harness.run import versions as _versions
+    from flowarena.harness.run import versions as _versions
 
     repo = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],

@@ -11,17 +11,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.core.identity import SMALL_FILES, BaseMismatch, fingerprint, same_base
-from harness.run import RunError, run_experiment
-from models import base_identity
-from reports.run_reader import load_run
-from reports.tables import _collect
+from flowarena.core.identity import SMALL_FILES, BaseMismatch, fingerprint, same_base
+from flowarena.harness.cli import app
+from flowarena.harness.run import RunError, run_experiment
+from flowarena.models import base_identity
+from flowarena.reports.run_reader import load_run
+from flowarena.reports.tables import _collect
 from tests.test_run import PRESET
 
 pytestmark = pytest.mark.usefixtures("offline_single_thread")  # tiny networks: one thread is fastest
 runner = CliRunner()
-SMALL = ["--preset", "smoke", "--methods", "grpo", "--epochs", "1", "--eval-limit", "4", "--ood-limit", "4"]
+SMALL = ["--preset", "smoke", "--methods", "grpo", "--epochs", "1", "--eval-limit", "4",
+         "--eval-ood-limit", "4"]
 
 
 def _other_weights(path, out):
@@ -137,7 +138,7 @@ def test_a_run_of_older_code_still_resumes(tiny_path, tmp_path, interrupted):
 
 def test_a_checkpoint_of_other_weights_is_refused(tiny_path, tmp_path):
     """A cell's checkpoint that records another base (a cell copied in from another run)."""
-    from harness.run import CellRun, Evaluation, base_eval
+    from flowarena.harness.run import CellRun, Evaluation, base_eval
 
     ev = Evaluation(PRESET.eval)
     ckpt = tmp_path / "r/toy/grpo/seed0/checkpoints/latest"

@@ -10,14 +10,22 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from harness.core.io import load_tensors
-from harness.core.prompts import load_toy_split
-from harness.run import EvalSettings, Evaluation, Preset, method_variant, read_cell, resolve, run_experiment
-from harness.run.config import upgrade_resolved
-from methods import build_method
-from methods.trainer import TrainConfig, TrainConfigError, Trainer
-from models.toy import load_toy
-from rewards import build_reward
+from flowarena.core.io import load_tensors
+from flowarena.harness.run import (
+    EvalSettings,
+    Evaluation,
+    Preset,
+    method_variant,
+    read_cell,
+    resolve,
+    run_experiment,
+)
+from flowarena.harness.run.config import upgrade_resolved
+from flowarena.methods import build_method
+from flowarena.methods.trainer import TrainConfig, TrainConfigError, Trainer
+from flowarena.models.toy import load_toy
+from flowarena.rewards import build_reward
+from flowarena.tasks.prompts import load_toy_split
 
 TRAIN = TrainConfig(prompts_per_epoch=2, group_size=4, minibatch_size=4, steps=4, sde_window=2,
                     inner_loops=2, lr=1e-2, lora_rank=4, lora_alpha=8)  # 2 × 2 = 4 optimizer steps an epoch
@@ -187,7 +195,7 @@ def test_the_defaults_change_nothing(tiny_path, monkeypatch):
 def test_bench_run_refuses_a_warm_up_past_the_run_before_any_work(tmp_path):
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from flowarena.harness.cli import app
 
     out = tmp_path / "run"
     r = CliRunner().invoke(app, ["run", "--preset", "smoke", "--methods", "grpo,dppo@warmup_steps=1000",

@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.core.geneval_rules import Detection
-from rewards import RewardError, WeightedRewards, build_rewards
-from rewards.vqa import VQAJudge, answer_forms
+from flowarena.harness.cli import app
+from flowarena.rewards import RewardError, WeightedRewards, build_rewards
+from flowarena.rewards.judge import answer_forms
+from flowarena.rewards.vqa import VQAJudge
+from flowarena.tasks.geneval_rules import Detection
 from tests.tiny_scorers import save_clip, save_mask2former, save_qwen3_vl
 
 runner = CliRunner()
@@ -99,7 +100,7 @@ def test_judge_that_is_not_a_vlm_is_one_line(saved):
 def test_pickscore_is_clip_logit_scale_times_cosine(saved):
     from transformers import CLIPModel
 
-    from rewards.vqa import to_pil
+    from flowarena.rewards.judge import to_pil
 
     reward = build_rewards("pickscore", pickscore=str(saved["clip"]))
     imgs, prompts = images(3), ["a red circle", "two blue squares", "x"]
@@ -117,7 +118,7 @@ def test_pickscore_is_clip_logit_scale_times_cosine(saved):
 # --- GenEval: detector and colour ------------------------------------------------------
 @pytest.fixture(scope="module")
 def scorer(saved):
-    from rewards.geneval import GenEvalScorer
+    from flowarena.rewards.geneval import GenEvalScorer
 
     s = GenEvalScorer(str(saved["m2f"]), str(saved["clip"]))
     head = s.detector.model.class_predictor  # make every query a confident "person" (label 0)
@@ -130,7 +131,7 @@ def scorer(saved):
 
 def test_detector_reads_instances_like_mmdet(scorer):
     pil = Image.new("RGB", (48, 40), (120, 30, 30))
-    from harness.core.geneval_rules import keep_detections
+    from flowarena.tasks.geneval_rules import keep_detections
 
     dets = scorer.detector.detect([pil])[0]  # the top 100 (query, class) pairs, thresholds later
     assert len(dets["person"]) == 10  # every query is a person
@@ -167,7 +168,7 @@ def test_colour_crop_pastes_the_mask_on_grey(scorer):
 
 
 def test_detector_needs_coco_labels(tmp_path):
-    from rewards.geneval import Detector
+    from flowarena.rewards.geneval import Detector
 
     with pytest.raises(RewardError, match="has 3 labels, not COCO's 80"):
         Detector(str(save_mask2former(tmp_path / "m", names=["cat", "dog", "cow"])))
@@ -199,7 +200,7 @@ def test_bench_eval_geneval2_on_the_toy_model(saved, tmp_path):
 
 
 def test_bench_eval_and_the_reward_take_a_served_judge(saved, judge, tmp_path):
-    from rewards.served_judge import ServedJudge
+    from flowarena.rewards.served_judge import ServedJudge
     from tests.judge_server import serve_judge
 
     args = ["eval", "--model", "toy", "--benchmark", "geneval2", "--judge", str(saved["qwen"]),
@@ -260,7 +261,7 @@ def test_bench_run_with_two_real_rewards(saved, tmp_path):
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", "--preset", "smoke", "--methods", "grpo", "--seeds", "1",
                               "--epochs", "1", "--reward", "geneval2=1.0,pickscore=0.5",
-                              "--aggregation", "normalised", "--judge", str(saved["qwen"]),
+                              "--reward-aggregation", "normalised", "--judge", str(saved["qwen"]),
                               "--pickscore", str(saved["clip"]), "--out", str(out)])
     assert res.exit_code == 0, res.output
     resolved = json.loads((out / "manifest.json").read_text())["config"]["resolved"]
@@ -275,7 +276,7 @@ def test_bench_run_with_two_real_rewards(saved, tmp_path):
 def test_mmdet_outputs_read_in_both_formats():
     from types import SimpleNamespace
 
-    from rewards.geneval import mmdet_instances
+    from flowarena.rewards.geneval import mmdet_instances
 
     names = ["person", "bicycle", "car"]
     mask = np.zeros((8, 8), bool)
@@ -304,7 +305,7 @@ def test_mmdet_outputs_read_in_both_formats():
     ({"detector": "mmdet:cfg.py"}, None, "write the backend as mmdet:CONFIG:CHECKPOINT"),
 ])
 def test_optional_backends_fail_in_one_line(saved, monkeypatch, option, module, msg):
-    from rewards.geneval import GenEvalScorer
+    from flowarena.rewards.geneval import GenEvalScorer
 
     if module:
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
@@ -351,7 +352,7 @@ def test_judge_computes_only_the_logits_it_reads(judge, monkeypatch):
     """`logits_to_keep=1`: the last position's logits alone, equal to the full forward's last row
     (the full one costs batch × length × vocab floats)."""
     assert judge._keep == {"logits_to_keep": 1}
-    from rewards.vqa import to_pil
+    from flowarena.rewards.judge import to_pil
 
     pils = [to_pil(im) for im in images(2)]
     questions = ["Is there a cat? Answer in one word.", "How many dogs are in the image? Answer in one word."]
@@ -384,7 +385,7 @@ def test_each_image_is_encoded_once_for_all_its_questions(judge, monkeypatch):
 def test_the_served_judge_scores_as_the_judge_in_process(saved, judge):
     """`--judge-url`: the same Soft-TIFA and TIFA answers through an OpenAI-compatible server
     (a loopback one over the tiny judge), scored from the first token's top log-probabilities."""
-    from rewards.served_judge import ServedJudge
+    from flowarena.rewards.served_judge import ServedJudge
     from tests.judge_server import serve_judge
 
     name = str(saved["qwen"])
@@ -407,13 +408,13 @@ def test_the_served_judge_scores_as_the_judge_in_process(saved, judge):
 
 
 def to_pil_image(image):
-    from rewards.vqa import to_pil
+    from flowarena.rewards.judge import to_pil
 
     return to_pil(image)
 
 
 def test_a_served_judge_out_of_reach_is_one_line(saved):
-    from rewards.served_judge import ServedJudge
+    from flowarena.rewards.served_judge import ServedJudge
 
     with pytest.raises(RewardError, match="must be an http"):
         ServedJudge("localhost:8000", str(saved["qwen"]))

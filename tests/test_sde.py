@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from methods.sde import (
+from flowarena.methods.sde import (
     cps_step,
     flow_sde_step,
     gaussian_kl,

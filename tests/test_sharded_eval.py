@@ -12,14 +12,14 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from harness.benchmarks import BENCHMARKS, Benchmark, register_benchmark
-from harness.core.prompts import load_toy_split, subset
-from harness.core.results import Metric
-from harness.core.soft_tifa import stderr
-from harness.run.config import EvalSettings, load_preset, method_variant
-from harness.run.evaluation import EVAL_SEED, Evaluation, kl_to_pretrained
-from methods import build_method, dist
-from methods.trainer import TrainConfig
+from flowarena.core.results import Metric
+from flowarena.harness.benchmarks import BENCHMARKS, Benchmark, register_benchmark
+from flowarena.harness.run.config import EvalSettings, load_preset, method_variant
+from flowarena.harness.run.evaluation import EVAL_SEED, Evaluation, kl_to_pretrained
+from flowarena.methods import build_method, dist
+from flowarena.methods.trainer import TrainConfig
+from flowarena.tasks.prompts import load_toy_split, subset
+from flowarena.tasks.soft_tifa import stderr
 
 REPO = Path(__file__).resolve().parents[1]
 # shares that split unevenly and end in short blocks: the toy's 96 eval and 80 ood prompts are
@@ -63,7 +63,7 @@ def evaluate(model_path: str) -> dict:
     """The tiny toy model with a fixed random LoRA: the evaluation between epochs, the final one,
     a KL along CPS (whose last step is deterministic), and how many images and velocity rows
     this rank computed."""
-    from models.toy import load_toy
+    from flowarena.models.toy import load_toy
 
     register_benchmark("test-shards")(Brightness)
     try:
@@ -140,8 +140,8 @@ def test_two_ranks_score_what_one_process_scores(tiny_path, tmp_path):
 def test_bench_run_nproc_2_evaluates_in_shards(tiny_path, tmp_path):
     """The whole run under torchrun: the base model and the trained cell, each evaluated by two
     ranks, hold the scores one process computes for the same weights."""
-    from harness.run.export import load_cell_policy
-    from models.toy import load_toy
+    from flowarena.harness.run.export import load_cell_policy
+    from flowarena.models.toy import load_toy
 
     config = tmp_path / "sharded.toml"
     # toy-colour and lr 1e-2: rewards that spread on the random tiny model, so that it moves off the base
@@ -152,8 +152,8 @@ def test_bench_run_nproc_2_evaluates_in_shards(tiny_path, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     args = ["run", "--config", str(config), "--methods", "grpo", "--seeds", "1", "--model-path", tiny_path,
             "--nproc", "2", "--out", str(tmp_path / "two")]
-    r = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=900)
+    r = subprocess.run([sys.executable, "-m", "flowarena.harness", *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "two" / "toy"
     preset = load_preset(config)

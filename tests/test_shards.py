@@ -1,5 +1,5 @@
 """One experiment across processes (`bench run --shard I/N`) and the locks that keep two
-processes from writing the same run or cell (harness/core/locks.py)."""
+processes from writing the same run or cell (core/locks.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app
-from harness.core.locks import LockError, holder, release, try_lock
-from harness.run import run_experiment
+from flowarena.core.locks import LockError, holder, release, try_lock
+from flowarena.harness.cli import app
+from flowarena.harness.run import run_experiment
 from tests.test_run import PRESET
 
 METHODS = ["grpo", "dppo"]
@@ -94,8 +94,8 @@ def test_jobs_1_and_jobs_2_give_the_same_tables(tiny_path, tmp_path):
     """`--jobs N`: N shards at once, one thread each, so the cells' results do not depend on N."""
     import pandas as pd
 
-    args = [sys.executable, "-m", "harness.cli", "run", "--preset", "smoke", "--epochs", "1", "--seeds", "2",
-            "--model-path", tiny_path]
+    args = [sys.executable, "-m", "flowarena.harness", "run", "--preset", "smoke", "--epochs", "1",
+            "--seeds", "2", "--model-path", tiny_path]
     runs = {}
     for jobs in (1, 2):  # as a user types it: the jobs rerun this command line
         out = tmp_path / f"jobs{jobs}"
@@ -140,7 +140,7 @@ def test_stopping_a_jobs_run_stops_its_jobs(tiny_path, tmp_path, sig):
     """Ctrl-C or a scheduler's SIGTERM sent to `bench run --jobs 2` alone ends its jobs too, with
     one line that says how to resume, instead of leaving them training on."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "harness.cli", "run", "--preset", "smoke", "--seeds", "2",
+    cmd = [sys.executable, "-m", "flowarena.harness", "run", "--preset", "smoke", "--seeds", "2",
            "--model-path", tiny_path, "--jobs", "2", "--out", str(out)]
     parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -165,7 +165,7 @@ def test_a_stop_while_a_job_starts_stops_that_job_too(tmp_path, monkeypatch):
     before `bench run --jobs` holds it. That job must be stopped with the others, not orphaned."""
     import typer
 
-    from harness import cli
+    from flowarena.harness import launch
 
     started = []
     real_popen = subprocess.Popen
@@ -181,7 +181,7 @@ def test_a_stop_while_a_job_starts_stops_that_job_too(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench", "run", "--preset", "smoke", "--jobs", "2"])
     try:
         with pytest.raises(typer.Exit) as stop:
-            cli._run_jobs(2, tmp_path, 2, None)
+            launch.run_jobs(2, tmp_path, 2, None)
         assert stop.value.exit_code == 130
         assert len(started) == 2 and all(p.poll() is not None for p in started)
     finally:

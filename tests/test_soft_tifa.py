@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from harness.core.prompts import PromptFileError, load_prompt_file
-from harness.core.soft_tifa import geometric_mean, soft_tifa
+from flowarena.tasks.prompts import PromptFileError, load_prompt_file
+from flowarena.tasks.soft_tifa import geometric_mean, soft_tifa
 
 RECS = [
     {"prompt": "a red circle", "atom_count": 2,

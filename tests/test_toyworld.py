@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from harness.core.prompts import load_toy_split, toy_split_path
-from harness.toyworld.grammar import (
+from flowarena.tasks.prompts import load_toy_split, toy_split_path
+from flowarena.tasks.toyworld.grammar import (
     Spec,
     canonical_specs,
     held_out_keys,
@@ -13,9 +13,9 @@ from harness.toyworld.grammar import (
     sample_caption_spec,
     vocabulary,
 )
-from harness.toyworld.judge import QuestionError, ToyJudge
-from harness.toyworld.judge_check import judge_accuracy
-from harness.toyworld.scene import Obj, relation_of, render, sample_layout
+from flowarena.tasks.toyworld.judge import QuestionError, ToyJudge
+from flowarena.tasks.toyworld.judge_check import judge_accuracy
+from flowarena.tasks.toyworld.scene import Obj, relation_of, render, sample_layout
 
 
 def test_shipped_splits_are_reproducible():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import harness.core.io
-from harness.cli import app
+import flowarena.core.io
+from flowarena.harness.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 runner = CliRunner()
@@ -77,7 +77,7 @@ def test_troubleshooting_row(command, message, scratch, monkeypatch, tmp_path):
 def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
     def full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-    monkeypatch.setattr(harness.core.io.os, "replace", full)
+    monkeypatch.setattr(flowarena.core.io.os, "replace", full)
     r = runner.invoke(app, ["sample", "--prompt", "a red circle", "--steps", "1", "--n", "1",
                             "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 1 and r.output.strip().startswith("error: No space left on device"), r.output

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from methods import build_method, get_method, method_names
-from methods.base import StepTensors
-from methods.grpo import clipped_loss
-from methods.sde import cps_step, flow_sde_step, gaussian_kl, kl_per_unit_velocity, sd3_sigmas
+from flowarena.methods import build_method, get_method, method_names
+from flowarena.methods.base import StepTensors
+from flowarena.methods.grpo import clipped_loss
+from flowarena.methods.sde import cps_step, flow_sde_step, gaussian_kl, kl_per_unit_velocity, sd3_sigmas
 
 ZOO = ["grpo", "cps", "guard", "dppo", "dppo-cps", "dppo-sym", "grpo-noclip", "dppo-sampled-kl"]
 
@@ -43,7 +43,7 @@ def _step(sampler="sde", B=6, seed=0, scale=1e-2, adv=None):
 
 def test_ratio_norm_removes_the_kl_bias():
     """log ρ = −KL + mean(ε·Δμ/s), so s·(log ρ + b) = s·mean(ε·Δμ/s): the noise term alone."""
-    from methods.guard import ratio_norm
+    from flowarena.methods.guard import ratio_norm
 
     st, old, new = _step()
     log_rt = ratio_norm(st.log_prob, st.old_log_prob, st.mean, st.old_mean, st.std)
@@ -61,7 +61,7 @@ def test_guard_loss_clips_normalised_ratio_and_reweights_by_dt():
     out = guard.step_loss(st)
     plain = build_method("guard", clip_range=1e-3, reweight_dt=False).step_loss(st)
     assert torch.allclose(out.loss, plain.loss / 0.1)  # |dt| = 0.1
-    from methods.guard import ratio_norm
+    from flowarena.methods.guard import ratio_norm
 
     log_rt = ratio_norm(st.log_prob, st.old_log_prob, st.mean, st.old_mean, st.std)
     ref, _, clipped = clipped_loss(log_rt, torch.zeros_like(log_rt), st.advantages, clip_range=1e-3)
@@ -84,7 +84,7 @@ def _guard_script_log_ratio(st, dim):
 def test_guard_bias_per_sample_or_per_batch_as_the_references():
     """b per sample (verl-omni, Flow-Factory; the default) or one b per micro-batch (the
     authors' script: `mean(dim=tuple(range(1, log_prob.ndim)))` with log_prob [B] is dim=())."""
-    from methods.guard import ratio_norm
+    from flowarena.methods.guard import ratio_norm
 
     assert torch.tensor([1.0, 2.0]).mean(dim=()).item() == 1.5  # torch reads dim=() as every dimension
     st, _, _ = _step(B=6, scale=0.3)
@@ -109,7 +109,7 @@ def test_a_guard_run_of_older_code_resumes_with_the_per_sample_bias():
     """A cell's config written before `bias` existed upgrades to "sample", the b it used."""
     from dataclasses import asdict
 
-    from harness.run.config import upgrade_cell_config
+    from flowarena.harness.run.config import upgrade_cell_config
 
     current = {"method": "guard", "method_config": asdict(build_method("guard").config)}
     settings = {k: v for k, v in current["method_config"].items() if k != "bias"}

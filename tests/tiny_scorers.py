@@ -88,7 +88,7 @@ def save_mask2former(path: Path, seed: int = 0, names: list[str] | None = None) 
         Mask2FormerImageProcessorPil as Mask2FormerImageProcessor,
     )
 
-    from harness.core.geneval_rules import class_names
+    from flowarena.tasks.geneval_rules import class_names
 
     backbone = SwinConfig(image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
                           window_size=2, out_features=["stage1", "stage2", "stage3", "stage4"])

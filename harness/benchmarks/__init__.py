@@ -9,10 +9,11 @@ A new benchmark is one file in this package (or anywhere that is imported first)
         def prompts(self, path=None): ...
         def load_scorer(self): ...          # (images, records, n) -> one result per record
         def summary(self, records, per_prompt): ...
-        def metrics(self, result): ...      # [harness.core.results.Metric]
+        def metrics(self, result): ...      # [flowarena.core.results.Metric]
 """
 
-from harness.benchmarks.base import (
+from flowarena.core.registry import discover
+from flowarena.harness.benchmarks.base import (
     BENCHMARKS,
     Benchmark,
     BenchmarkError,
@@ -20,7 +21,6 @@ from harness.benchmarks.base import (
     load_text_prompts,
     register_benchmark,
 )
-from harness.core.registry import discover
 
 discover(__name__, skip={"base"})
 

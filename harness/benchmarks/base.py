@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness.core.errors import FlowArenaError
-from harness.core.prompts import PromptFileError, subset
-from harness.core.registry import Registry
-from harness.core.results import Metric
-from methods import dist
-from models.base import FlowModel
-from models.text import UnknownWordError
+from flowarena.core.errors import FlowArenaError
+from flowarena.core.registry import Registry
+from flowarena.core.results import Metric
+from flowarena.methods import dist
+from flowarena.models.base import FlowModel
+from flowarena.models.text import UnknownWordError
+from flowarena.tasks.prompts import PromptFileError, subset
 
 
 class BenchmarkError(FlowArenaError, ValueError):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.benchmarks.base import Benchmark, per_record, register_benchmark
-from harness.core.geneval_rules import geneval_summary, load_geneval_prompts
-from harness.core.results import Metric
+from flowarena.core.results import Metric
+from flowarena.harness.benchmarks.base import Benchmark, per_record, register_benchmark
+from flowarena.tasks.geneval_rules import geneval_summary, load_geneval_prompts
 
 
 @register_benchmark("geneval")
@@ -21,7 +21,7 @@ class GenEvalBenchmark(Benchmark):
         return load_geneval_prompts(path)  # one set: a training run's val and test prompts alike
 
     def load_scorer(self):
-        from rewards.geneval import DEFAULT_CLIP, DEFAULT_DETECTOR, GenEvalScorer
+        from flowarena.rewards.geneval import DEFAULT_CLIP, DEFAULT_DETECTOR, GenEvalScorer
 
         ge = GenEvalScorer(self.settings.get("detector") or DEFAULT_DETECTOR,
                            self.settings.get("clip") or DEFAULT_CLIP, self.device)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.benchmarks.base import Benchmark, per_record, register_benchmark
-from harness.core.prompts import load_prompts
-from harness.core.results import Metric, soft_tifa_metrics
-from harness.core.soft_tifa import soft_tifa, stderr
+from flowarena.core.results import Metric, soft_tifa_metrics
+from flowarena.harness.benchmarks.base import Benchmark, per_record, register_benchmark
+from flowarena.tasks.prompts import load_prompts
+from flowarena.tasks.soft_tifa import soft_tifa, stderr
 
 
 @register_benchmark("geneval2")
@@ -25,7 +25,7 @@ class GenEval2Benchmark(Benchmark):
         return load_prompts(path or f"geneval2-{split}")
 
     def load_scorer(self):
-        from rewards.vqa import load_judge
+        from flowarena.rewards.vqa import load_judge
 
         vqa = load_judge(self.settings.get("judge"), self.device, self.settings.get("judge_url"))
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.benchmarks.base import Benchmark, load_text_prompts, per_record, register_benchmark
-from harness.core.prompts import load_prompts
-from harness.core.results import Metric
-from harness.core.soft_tifa import stderr
+from flowarena.core.results import Metric
+from flowarena.harness.benchmarks.base import Benchmark, load_text_prompts, per_record, register_benchmark
+from flowarena.tasks.prompts import load_prompts
+from flowarena.tasks.soft_tifa import stderr
 
 
 @register_benchmark("pickscore")
@@ -27,7 +27,7 @@ class PickScoreBenchmark(Benchmark):
         return {**super().run_options(settings, final), "prompts": settings.ood_prompts}
 
     def load_scorer(self):
-        from rewards.pickscore import DEFAULT_MODEL, PickScoreReward
+        from flowarena.rewards.pickscore import DEFAULT_MODEL, PickScoreReward
 
         pick = PickScoreReward(self.settings.get("pickscore") or DEFAULT_MODEL,
                                self.settings.get("pickscore_processor"), scale=False, device=self.device)

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.benchmarks.base import Benchmark, register_benchmark
-from harness.core.prompts import PromptFileError, load_toy_split, subset
-from harness.core.results import Metric, toy_metrics
-from harness.core.soft_tifa import SoftTifaResult, soft_tifa, stderr
-from harness.toyworld.judge import ToyJudge
-from methods import dist
-from models.base import FlowModel
+from flowarena.core.results import Metric, toy_metrics
+from flowarena.harness.benchmarks.base import Benchmark, register_benchmark
+from flowarena.methods import dist
+from flowarena.models.base import FlowModel
+from flowarena.tasks.prompts import PromptFileError, load_toy_split, subset
+from flowarena.tasks.soft_tifa import SoftTifaResult, soft_tifa, stderr
+from flowarena.tasks.toyworld.judge import ToyJudge
 
 BATCH = 64  # images per `generate` batch (its default); ranks share out whole batches
 
@@ -68,7 +68,7 @@ def preference_eval(model: FlowModel, split: str = "ood", *, steps: int | None =
                     guidance: float | None = None, seed: int = 0, reward=None,
                     progress: bool = False, limit: int | None = None) -> dict:
     """Mean toy preference score (raw, like PickScore's) over a split's prompts, ± stderr."""
-    from rewards import build_reward
+    from flowarena.rewards import build_reward
 
     records = subset(load_toy_split(split), limit)
     reward = reward or build_reward("toy-pick")

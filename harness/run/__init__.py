@@ -7,8 +7,8 @@
 - `export.py`: a trained cell read back
 """
 
-from harness.run.cell import CellRun, checkpoint_files, read_checkpoint_state, save_checkpoint
-from harness.run.config import (
+from flowarena.harness.run.cell import CellRun, checkpoint_files, read_checkpoint_state, save_checkpoint
+from flowarena.harness.run.config import (
     PRESETS,
     TOY_CALIBRATION,
     EvalSettings,
@@ -20,9 +20,9 @@ from harness.run.config import (
     resolve,
     to_toml,
 )
-from harness.run.evaluation import EVAL_SEED, Evaluation, kl_to_pretrained
-from harness.run.experiment import base_eval, recipe, run_experiment, versions
-from harness.run.export import export_cell, load_cell_policy, read_cell
+from flowarena.harness.run.evaluation import EVAL_SEED, Evaluation, kl_to_pretrained
+from flowarena.harness.run.experiment import base_eval, recipe, run_experiment, versions
+from flowarena.harness.run.export import export_cell, load_cell_policy, read_cell
 
 __all__ = ["CellRun", "EVAL_SEED", "EvalSettings", "Evaluation", "PRESETS", "Preset", "RunError",
            "TOY_CALIBRATION", "base_eval", "checkpoint_files", "export_cell", "get_preset",

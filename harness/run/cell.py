@@ -21,8 +21,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from harness.core.identity import base_changed, same_base
-from harness.core.io import (
+from flowarena.core.identity import base_changed, same_base
+from flowarena.core.io import (
     load_optimizer,
     load_tensors,
     optimizer_tensors,
@@ -30,15 +30,15 @@ from harness.core.io import (
     write_json,
     write_jsonl,
 )
-from harness.core.prompts import load_prompts
-from harness.core.results import CellResult, EvalRecord, read_json
-from harness.live import eval_scalars, open_live_log, scalars
-from harness.run.config import Preset, RunError, method_variant, upgrade_cell_config
-from harness.run.evaluation import Evaluation
-from methods import dist
-from methods.trainer import TrainConfig, Trainer, TrainingFault, floor_warning
-from models import base_identity, load_model
-from rewards import build_rewards
+from flowarena.core.results import CellResult, EvalRecord, read_json
+from flowarena.harness.live import eval_scalars, open_live_log, scalars
+from flowarena.harness.run.config import Preset, RunError, method_variant, upgrade_cell_config
+from flowarena.harness.run.evaluation import Evaluation
+from flowarena.methods import dist
+from flowarena.methods.trainer import TrainConfig, Trainer, TrainingFault, floor_warning
+from flowarena.models import base_identity, load_model
+from flowarena.rewards import build_rewards
+from flowarena.tasks.prompts import load_prompts
 
 
 def save_checkpoint(ckpt: Path, model, optimizer, state: dict, ema: dict | None = None) -> None:

@@ -15,12 +15,12 @@ import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from harness.core.errors import FlowArenaError
-from harness.core.fields import Count, Limit, NonNegative, Steps, coerce, hints, parse
-from harness.core.registry import Registry
-from methods import Method, build_method, get_method, method_names
-from methods.trainer import TrainConfig
-from models.base import Precision
+from flowarena.core.errors import FlowArenaError
+from flowarena.core.fields import Count, Limit, NonNegative, Steps, coerce, hints, parse
+from flowarena.core.registry import Registry
+from flowarena.methods import Method, build_method, get_method, method_names
+from flowarena.methods.trainer import TrainConfig
+from flowarena.models.base import Precision
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,6 +91,7 @@ class Preset:
     name: str
     description: str
     epochs: Count
+    """Training epochs: each samples P·G trajectories and trains on them `inner_loops` times."""
     train: TrainConfig
     eval: EvalSettings
     reward: str = "toy-tifa"

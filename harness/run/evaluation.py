@@ -14,19 +14,19 @@ from pathlib import Path
 
 import torch
 
-from harness.benchmarks import BENCHMARKS, Benchmark
-from harness.benchmarks.base import CHUNK
-from harness.core.fields import check_fields
-from harness.core.io import write_json
-from harness.core.prompts import subset
-from harness.core.results import EvalRecord
-from harness.core.soft_tifa import stderr
-from harness.run.config import EvalSettings, RunError
-from methods import Method, dist
-from methods.memory import memory_phase
-from methods.trainer import TrainConfig
-from models.base import FlowModel
-from reports.grid import save_grid
+from flowarena.core.fields import check_fields
+from flowarena.core.io import write_json
+from flowarena.core.results import EvalRecord
+from flowarena.harness.benchmarks import BENCHMARKS, Benchmark
+from flowarena.harness.benchmarks.base import CHUNK
+from flowarena.harness.run.config import EvalSettings, RunError
+from flowarena.methods import Method, dist
+from flowarena.methods.memory import memory_phase
+from flowarena.methods.trainer import TrainConfig
+from flowarena.models.base import FlowModel
+from flowarena.reports.grid import save_grid
+from flowarena.tasks.prompts import subset
+from flowarena.tasks.soft_tifa import stderr
 
 EVAL_SEED = 1234  # the evaluation noise: the same for every method, seed and epoch
 
@@ -133,7 +133,7 @@ def kl_to_pretrained(model: FlowModel, records: list[dict], *, sampler: str = "s
 
     In blocks of `CHUNK` prompts, which the ranks share out under torchrun; every noise is
     drawn for the whole list and sliced, so a prompt's KL does not depend on the ranks."""
-    from methods.sde import cps_step, flow_sde_step, gaussian_kl
+    from flowarena.methods.sde import cps_step, flow_sde_step, gaussian_kl
 
     step_fn = flow_sde_step if sampler == "sde" else cps_step
     gen = torch.Generator().manual_seed(seed)

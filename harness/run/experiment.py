@@ -28,20 +28,27 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from harness.core.identity import base_changed, same_base
-from harness.core.io import atomic_write, write_json
-from harness.core.locks import LockError, describe, holder, release, try_lock, wait_lock
-from harness.core.prompts import load_prompts
-from harness.core.results import EvalRecord, Manifest, read_json
-from harness.live import check_log_to
-from harness.run.cell import CellRun
-from harness.run.config import Preset, RunError, check_methods, check_model, resolve, upgrade_resolved
-from harness.run.evaluation import Evaluation
-from methods import dist
-from methods.trainer import place_text_encoders
-from models import MODELS, base_identity, check_device, check_options, load_model
-from models.base import native_bf16
-from rewards import check_rewards
+from flowarena.core.identity import base_changed, same_base
+from flowarena.core.io import atomic_write, write_json
+from flowarena.core.locks import LockError, describe, holder, release, try_lock, wait_lock
+from flowarena.core.results import EvalRecord, Manifest, read_json
+from flowarena.harness.live import check_log_to
+from flowarena.harness.run.cell import CellRun
+from flowarena.harness.run.config import (
+    Preset,
+    RunError,
+    check_methods,
+    check_model,
+    resolve,
+    upgrade_resolved,
+)
+from flowarena.harness.run.evaluation import Evaluation
+from flowarena.methods import dist
+from flowarena.methods.trainer import place_text_encoders
+from flowarena.models import MODELS, base_identity, check_device, check_options, load_model
+from flowarena.models.base import native_bf16
+from flowarena.rewards import check_rewards
+from flowarena.tasks.prompts import load_prompts
 
 
 def versions() -> dict:
@@ -103,7 +110,7 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
     main = dist.is_main()
     if main:
         # another shard evaluating this seed: wait for it, then read; no timeout, since a large
-        # model takes long and a dead holder's lock turns stale (harness/core/locks.py)
+        # model takes long and a dead holder's lock turns stale (core/locks.py)
         wait_lock(path / ".lock", f"another process's evaluation of {model_name} (seed {seed})")
     try:
         todo = main and not all((path / n).exists() for n in names)
@@ -132,7 +139,7 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
 
 
 def _check_toy_words(records: list[dict], name: str) -> None:
-    from harness.toyworld.grammar import tokenize_words, vocabulary
+    from flowarena.tasks.toyworld.grammar import tokenize_words, vocabulary
 
     known = set(vocabulary())
     for r in records:
@@ -159,7 +166,7 @@ def recipe(model_name: str | None, preset: str | Path | Preset | None, **overrid
 def _check_reward_prompts(spec: str, records: list[dict], name: str) -> None:
     """Rewards that ask questions need prompt records that carry them (GenEval2 or GenEval
     format); a plain prompt list trains PickScore-like rewards only."""
-    from rewards import REWARDS, parse_reward_spec
+    from flowarena.rewards import REWARDS, parse_reward_spec
 
     for reward, _ in parse_reward_spec(spec):
         key = getattr(REWARDS.get(reward), "record_field", None)
@@ -181,7 +188,9 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     the report pairs the others against (default: grpo where it runs); `shard` (I, N): only every
     N-th cell from the I-th, so that N processes, on one machine or many sharing the directory,
     run one experiment (`bench run --shard I/N`); a lock per cell keeps two from training one."""
-    from reports.report import build_report  # now, not after hours of training: the code of the start
+    from flowarena.reports.report import (
+        build_report,  # now, not after hours of training: the code of the start
+    )
 
     check_device(device)
     if reward_device is not None:

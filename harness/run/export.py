@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.core.io import load_tensors
-from harness.run.cell import checkpoint_files, read_checkpoint_state
-from harness.run.config import RunError
-from models import MODELS, ModelError, load_model
+from flowarena.core.io import load_tensors
+from flowarena.harness.run.cell import checkpoint_files, read_checkpoint_state
+from flowarena.harness.run.config import RunError
+from flowarena.models import MODELS, ModelError, load_model
 
 
 def read_cell(cell_dir: str | Path) -> tuple[dict, dict, Path]:

@@ -9,19 +9,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from harness.core.io import atomic_write
-from reports.figures.curves import frontier, learning_curves
-from reports.figures.paired import paired_intervals
-from reports.figures.ratios import (
+from flowarena.core.io import atomic_write
+from flowarena.reports.figures.curves import frontier, learning_curves
+from flowarena.reports.figures.paired import paired_intervals
+from flowarena.reports.figures.ratios import (
     kl_per_step,
     logratio_decomposition,
     ratio_histograms,
     ratio_mean,
     trust_fractions,
 )
-from reports.figures.samples import sample_grid
-from reports.run_reader import Run, load_run
-from reports.style import DPI
+from flowarena.reports.figures.samples import sample_grid
+from flowarena.reports.run_reader import Run, load_run
+from flowarena.reports.style import DPI
 
 log = logging.getLogger(__name__)
 

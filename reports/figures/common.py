@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from reports.run_reader import CellData
+from flowarena.reports.run_reader import CellData
 
 
 def finite(x) -> float | None:

@@ -6,10 +6,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.core.results import EvalRecord
-from reports.figures.common import finite, mean_se, n_seeds, number_at, over_seeds, seed_note
-from reports.run_reader import CellData, Run
-from reports.style import BASE, BASE_COLOUR, DPI, REWARD_WINDOW
+from flowarena.core.results import EvalRecord
+from flowarena.reports.figures.common import finite, mean_se, n_seeds, number_at, over_seeds, seed_note
+from flowarena.reports.run_reader import CellData, Run
+from flowarena.reports.style import BASE, BASE_COLOUR, DPI, REWARD_WINDOW
 
 
 # --- 1. learning curves -------------------------------------------------------------------------

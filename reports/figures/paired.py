@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from reports.run_reader import Run
-from reports.style import method_colours
+from flowarena.reports.run_reader import Run
+from flowarena.reports.style import method_colours
 
 
 def paired_intervals(run: Run, model: str) -> Figure | None:
     """One panel per compared metric (GM, AM, out-of-domain, KL): each method's difference to
     the reference with its interval, 0 marked; filled where the interval excludes 0."""
-    from reports.tables import comparison
+    from flowarena.reports.tables import comparison
 
     diffs = [d for d in comparison(run.path, run.reference).paired if d.model == model and d.low is not None]
     if not diffs:

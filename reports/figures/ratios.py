@@ -10,10 +10,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from harness.core.results import parse_diag_key
-from reports.figures.common import mean_se, number_at, sci
-from reports.run_reader import DIAG_KEYS, CellData, Run
-from reports.style import DPI
+from flowarena.core.results import parse_diag_key
+from flowarena.reports.figures.common import mean_se, number_at, sci
+from flowarena.reports.run_reader import DIAG_KEYS, CellData, Run
+from flowarena.reports.style import DPI
 
 
 def _pooled(cells: list[CellData]) -> dict[str, np.ndarray] | None:

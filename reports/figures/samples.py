@@ -10,8 +10,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from reports.run_reader import Run
-from reports.style import BASE, BASE_COLOUR, DPI
+from flowarena.reports.run_reader import Run
+from flowarena.reports.style import BASE, BASE_COLOUR, DPI
 
 
 def _sample_prompts(pngs: list[Path]) -> list[str]:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from harness.core.errors import FlowArenaError
+from flowarena.core.errors import FlowArenaError
 
 SCHEMA = 2
 ROLES = ("primary", "detail", "secondary")

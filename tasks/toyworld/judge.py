@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from harness.core.errors import FlowArenaError
-from harness.toyworld.grammar import NUMBERS, PLURAL
-from harness.toyworld.scene import BACKGROUND, COLOURS, RELATIONS, SHAPES, to_toy_size
+from flowarena.core.errors import FlowArenaError
+from flowarena.tasks.toyworld.grammar import NUMBERS, PLURAL
+from flowarena.tasks.toyworld.scene import BACKGROUND, COLOURS, RELATIONS, SHAPES, to_toy_size
 
 _SINGULAR = {**{p: s for s, p in PLURAL.items()}, **{s: s for s in SHAPES}}
 _NUM = {"zero": 0, **{w: i + 1 for i, w in enumerate(NUMBERS)}}

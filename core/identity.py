@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from harness.core.errors import FlowArenaError
+from flowarena.core.errors import FlowArenaError
 
 HASH_LIMIT = 2**30
 """A single weights file up to this many bytes is hashed whole (the toy's 9 MB: ~20 ms)."""

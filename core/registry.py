@@ -17,7 +17,7 @@ import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from harness.core.errors import FlowArenaError
+from flowarena.core.errors import FlowArenaError
 
 T = TypeVar("T")
 

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.core.prompts import PromptFileError
-from harness.core.soft_tifa import stderr
+from flowarena.core.errors import PromptFileError
+from flowarena.tasks.soft_tifa import stderr
 
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS = ("left of", "right of", "above", "below")
 THRESHOLD, COUNTING_THRESHOLD, MAX_OBJECTS, POSITION_MARGIN = 0.3, 0.9, 16, 0.1
-DATA = Path(__file__).parents[1] / "data" / "geneval"
+DATA = Path(__file__).parent / "data" / "geneval"
 
 
 @dataclass

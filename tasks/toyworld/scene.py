@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from harness.core.geneval_rules import box_relations as relation_of  # GenEval's position rule, as evaluated
+from flowarena.tasks.geneval_rules import (
+    box_relations as relation_of,  # GenEval's position rule, as evaluated
+)
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {

@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.core.errors import FlowArenaError
+from flowarena.core.errors import FlowArenaError
 
 HEARTBEAT = 30.0  # seconds between touches of a held lock's mtime
 LEASE = 300.0  # a foreign lock untouched this long is stale (default of FLOWARENA_LOCK_LEASE)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.core.errors import FlowArenaError
+from flowarena.core.errors import FlowArenaError
 
 
 def _umask() -> int:

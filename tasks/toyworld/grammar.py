@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.toyworld.scene import COLOURS, RELATIONS, SHAPES
+from flowarena.tasks.toyworld.scene import COLOURS, RELATIONS, SHAPES
 
 NUMBERS = ("one", "two", "three", "four")
 MAX_OBJECTS = 4

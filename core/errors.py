@@ -6,3 +6,7 @@ from __future__ import annotations
 
 class FlowArenaError(Exception):
     """A user-facing error: its message is one line that says what to do."""
+
+
+class PromptFileError(FlowArenaError, ValueError):
+    """A prompt file is missing or malformed (the message names file and line)."""

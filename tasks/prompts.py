@@ -2,7 +2,7 @@
 
 Each line: `{"prompt": str, "atom_count": int, "vqa_list": [[question, answer], ...],
 "skills": [skill per question]}`. The toy world ships `train`, `eval` and `ood` splits
-in this format (`harness/data/toy_<split>.jsonl`); GenEval2 itself uses it too.
+in this format (`tasks/data/toy_<split>.jsonl`); GenEval2 itself uses it too.
 """
 
 from __future__ import annotations
@@ -12,15 +12,11 @@ import json
 import zlib
 from pathlib import Path
 
-from harness.core.errors import FlowArenaError
-from harness.core.soft_tifa import SKILLS
+from flowarena.core.errors import PromptFileError
+from flowarena.tasks.soft_tifa import SKILLS
 
-DATA = Path(__file__).parents[1] / "data"  # harness/data: shipped prompt sets with their licences
+DATA = Path(__file__).parent / "data"  # tasks/data: shipped prompt sets with their licences
 TOY_SPLITS = ("train", "eval", "ood")
-
-
-class PromptFileError(FlowArenaError, ValueError):
-    """A prompt file is missing or malformed (the message names file and line)."""
 
 
 # what reading a binary file as text raises: bad UTF-8; a .gz that is not gzip, or cut short
@@ -105,7 +101,7 @@ PROMPT_SETS = {"toy-train": "toy_train.jsonl", "toy-eval": "toy_eval.jsonl", "to
 
 
 def parti_prompts(split: str) -> list[dict]:
-    """PartiPrompts (Apache-2.0, harness/data/parti): 1,632 prompts in 12 categories, PickScore's
+    """PartiPrompts (Apache-2.0, tasks/data/parti): 1,632 prompts in 12 categories, PickScore's
     out-of-domain set. `parti-test` is every third prompt of each category in the file's order
     (539), `parti-train` the rest (1,093), for training on PickScore without its test prompts."""
     import csv
@@ -156,7 +152,7 @@ def load_prompts(spec: str | Path) -> list[dict]:
     except json.JSONDecodeError as e:
         raise PromptFileError(f"{path}:1: not valid JSON ({e.msg})") from None
     if isinstance(head, dict) and "include" in head and "vqa_list" not in head:
-        from harness.core.geneval_rules import load_geneval_prompts
+        from flowarena.tasks.geneval_rules import load_geneval_prompts
 
         try:
             return load_geneval_prompts(path)

@@ -14,9 +14,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from harness.toyworld.grammar import NUMBERS, OPPOSITE, PLURAL, Spec
-from harness.toyworld.judge import ToyJudge
-from harness.toyworld.scene import COLOURS, SHAPES, render, sample_layout
+from flowarena.tasks.toyworld.grammar import NUMBERS, OPPOSITE, PLURAL, Spec
+from flowarena.tasks.toyworld.judge import ToyJudge
+from flowarena.tasks.toyworld.scene import COLOURS, SHAPES, render, sample_layout
 
 
 def falsify(question: str, answer: str, skill: str, spec: Spec, rng: np.random.Generator):

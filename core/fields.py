@@ -24,7 +24,7 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Annotated, Literal
 
-from harness.core.errors import FlowArenaError
+from flowarena.core.errors import FlowArenaError
 
 
 class FieldError(FlowArenaError, ValueError):
@@ -167,7 +167,7 @@ def coerce(value, hint, where: str, error: type[Exception] = FieldError, shown=N
 def parse(raw: str, hint, where: str, error: type[Exception] = FieldError):
     """A value typed on the command line (`name@key=value`) read as the field's type, then
     checked as `coerce` does: numbers as Python reads them (.001, 1e-4, inf), true / false,
-    "none", and lists as JSON ([0.9, 0.99])."""
+    "none", and lists as JSON ([0.9, 0.99]) or comma-separated (geneval2,pickscore)."""
     target, text = split(hint)[0], raw.strip()
     if optional(hint):
         if text.lower() in ("none", "null"):
@@ -181,6 +181,8 @@ def parse(raw: str, hint, where: str, error: type[Exception] = FieldError):
             value = int(text)
         elif target is float:
             value = float(text)
+        elif typing.get_origin(target) in (tuple, list) and not text.startswith("["):
+            value = [v.strip() for v in text.split(",")]  # a,b,c as well as ["a", "b", "c"]
         elif typing.get_origin(target) in (tuple, list, dict) or target is dict:
             value = json.loads(text)
     except ValueError:

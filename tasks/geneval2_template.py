@@ -23,7 +23,7 @@ from functools import cache
 
 import numpy as np
 
-from harness.core.prompts import DATA
+from flowarena.tasks.prompts import DATA
 
 NUMBERS = ("one", "two", "three", "four", "five", "six", "seven")
 MIRROR = {"to the right of": "to the left of", "behind": "in front of", "on top of": "under"}
@@ -40,7 +40,7 @@ VERB_SHARE = 86 / 180
 
 @cache
 def template() -> dict:
-    """The vocabularies and the shape frequencies per atom count (harness/data/geneval2/template.json)."""
+    """The vocabularies and the shape frequencies per atom count (tasks/data/geneval2/template.json)."""
     return json.loads((DATA / "geneval2" / "template.json").read_text())
 
 
@@ -218,14 +218,14 @@ def generate(n: int, seed: int, atom_counts=range(3, 11), exclude: set | None = 
 # --- the shipped splits ---------------------------------------------------------------------------
 SPLITS = {"geneval2-val": ("geneval2_val.jsonl", 800, 2),
           "geneval2-train": ("geneval2_train.jsonl.gz", 20_000, 1)}
-"""name: (file in harness/data/geneval2, records, seed). The validation split (100 per atom count)
+"""name: (file in tasks/data/geneval2, records, seed). The validation split (100 per atom count)
 avoids the test set; the training split avoids both."""
 
 
 def build_splits() -> dict[str, list[dict]]:
     """The shipped splits, regenerated: disjoint by canonical key from the 800 test prompts and
     from each other (tests/test_geneval2_template.py checks the shipped files equal these)."""
-    from harness.core.prompts import load_prompt_file
+    from flowarena.tasks.prompts import load_prompt_file
 
     taken = {parse(r["prompt"]).key() for r in load_prompt_file(DATA / "geneval2" / "geneval2_data.jsonl")}
     out = {}
