@@ -20,7 +20,7 @@ from pathlib import Path
 from flowarena.core.io import load_tensors
 from flowarena.core.results import CellResult, EvalRecord, ResultSchemaError, read_json
 
-TIMING = {"wall_seconds", "rollout_s", "update_s", "seconds"}
+TIMING = {"wall_seconds", "rollout_s", "update_s", "baseline_s", "seconds"}
 NOTES: set[str] = set()
 
 

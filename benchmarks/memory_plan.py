@@ -1,12 +1,12 @@
 """Peak GPU memory per phase of one epoch of a real recipe, planned on the CPU at full size.
 
 The recipe's model is built at its full-size architecture (SD3.5-medium 2.24 B, FLUX.1-dev
-12 B, FLUX.2 [klein] 9 B) under torch's FakeTensorMode: every tensor has its shape, dtype
-and storage size but no values, so nothing is allocated and nothing is downloaded. The
-model adapter (models/diffusers_flow.py) and the trainer (methods/trainer.py) run their own
-code on it: bf16 weights under bf16 autocast, the recipe's LoRA (fp32 adapter weights) on
-the adapter's targets, gradient checkpointing where the recipe sets it. A dispatch mode
-counts the bytes of live storages and keeps the peak. One pass of each kind is traced:
+12 B, FLUX.2 [klein] 9 B) under torch's FakeTensorMode (benchmarks/fake_models.py): every tensor
+has its shape, dtype and storage size but no values, so nothing is allocated and nothing is
+downloaded. The model adapter (models/diffusers_flow.py) and the trainer (methods/trainer.py)
+run their own code on it: bf16 weights under bf16 autocast, the recipe's LoRA (fp32 adapter
+weights) on the adapter's targets, gradient checkpointing where the recipe sets it. A dispatch
+mode counts the bytes of live storages and keeps the peak. One pass of each kind is traced:
 
 - rollout: one rollout batch's velocity and SDE step (no gradient);
 - decode: the VAE decode of one rollout batch at the recipe's resolution;
@@ -45,59 +45,22 @@ import json
 import sys
 import time
 import weakref
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_lora_step import SD35_MEDIUM  # noqa: E402 - after the path
+from benchmarks.fake_models import ARCHS, BLOCKS, build, embeds, embeds_bytes, no_module_moves  # noqa: E402
 
 GB = 2**30
 CARD_GB = 80
 JUDGE_PARAMS, JUDGE_ACTIVATIONS_GB = 8.77e9, 2.0  # Qwen3-VL-8B-Instruct; one image + questions a call
 PICKSCORE_PARAMS, PICKSCORE_ACTIVATIONS_GB = 0.99e9, 0.5  # CLIP ViT-H/14, fp16 on CUDA (rewards/pickscore.py)
 GENERATE_BATCH = 64  # FlowModel.generate's batch_size: the evaluation samples this many at once
-
-# the VAEs' configs (stabilityai/stable-diffusion-3.5-medium and black-forest-labs/FLUX.1-dev vae/config.json)
-SD3_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
-               norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 4,
-               up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=1.5305, shift_factor=0.0609,
-               use_quant_conv=False, use_post_quant_conv=False)
-FLUX1_VAE = {**SD3_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159}
-# FLUX.2 [klein] 9B (black-forest-labs/FLUX.2-klein-base-9B): 8 double- and 24 single-stream blocks,
-# 32 heads of 128, Qwen3-8B's hidden states 9, 18 and 27 stacked (3 × 4096); 4B: 5 + 20, 24 heads, 3 × 2560
-KLEIN_9B = dict(num_layers=8, num_single_layers=24, num_attention_heads=32, attention_head_dim=128,
-                joint_attention_dim=12288, guidance_embeds=False)
-
-
-@dataclass(frozen=True)
-class Arch:
-    pipeline: str
-    transformer: str
-    transformer_config: dict
-    vae: str
-    vae_config: dict
-    tokens: tuple[int, int]  # text tokens and their width, as the adapter's encode_prompts gives them
-    pooled: int | None  # the pooled text vector's width
-    text_ids: tuple[int, ...] | None  # FLUX's position ids of the text tokens (meta, one row)
-    cfg_capable: bool  # guidance > 1 is classifier-free guidance (a second, unconditional batch)
-
-
-ARCHS = {
-    "sd35": Arch("StableDiffusion3Pipeline", "SD3Transformer2DModel", SD35_MEDIUM, "AutoencoderKL", SD3_VAE,
-                 (77 + 256, 4096), 2048, None, True),
-    "flux1-dev": Arch("FluxPipeline", "FluxTransformer2DModel", dict(guidance_embeds=True), "AutoencoderKL",
-                      FLUX1_VAE, (512, 4096), 768, (512, 3), False),
-    "flux2-klein": Arch("Flux2KleinPipeline", "Flux2Transformer2DModel", KLEIN_9B, "AutoencoderKLFlux2", {},
-                        (512, 12288), None, (1, 512, 4), True),
-}
 
 
 class LiveBytes(TorchDispatchMode):
@@ -134,90 +97,6 @@ class LiveBytes(TorchDispatchMode):
         self.peak = self.now
 
 
-@contextmanager
-def _no_module_moves():
-    """Modules built under FakeTensorMode cannot be `.to()`-ed (torch swaps fake parameters,
-    which their weak references forbid); they are built where and as they are to stay."""
-    with mock.patch.object(nn.Module, "to", lambda self, *a, **k: self):
-        yield
-
-
-def _latent(name: str, resolution: int, channels: int) -> tuple[int, int, int]:
-    side = resolution // 8
-    return (channels * 4, side // 2, side // 2) if name == "flux2-klein" else (channels, side, side)
-
-
-def _embeds(arch: Arch, n: int, cfg: bool):
-    from flowarena.models.base import PromptEmbeds
-
-    def one():
-        d = {"tokens": torch.empty(n, *arch.tokens, dtype=torch.bfloat16)}
-        if arch.pooled:
-            d["pooled"] = torch.empty(n, arch.pooled, dtype=torch.bfloat16)
-        return d
-    meta = {"txt_ids": torch.zeros(arch.text_ids)} if arch.text_ids else {}
-    return PromptEmbeds(one(), one() if cfg else None, meta)
-
-
-def _embeds_bytes(arch: Arch, n: int, cfg: bool) -> int:
-    row = arch.tokens[0] * arch.tokens[1] + (arch.pooled or 0)
-    return n * row * 2 * (2 if cfg else 1)  # bf16, as the text encoders give them on a GPU
-
-
-# the transformer's blocks of each kind at full size, and how a count of each makes its config
-BLOCKS = {
-    "sd35": ((13, 10), lambda dual, joint: dict(num_layers=dual + joint + 1,  # + the last, context-only block
-                                                dual_attention_layers=tuple(range(dual)))),
-    "flux1-dev": ((19, 38), lambda double, single: dict(num_layers=double, num_single_layers=single)),
-    "flux2-klein": ((8, 24), lambda double, single: dict(num_layers=double, num_single_layers=single)),
-}
-
-
-def build(preset, blocks: tuple[int, int] | None = None):
-    """The recipe's model and trainer, on fake tensors: at full size, or with `blocks` of each
-    of the transformer's two kinds of block."""
-    import diffusers
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    from flowarena.methods import build_method
-    from flowarena.methods.trainer import Trainer
-    from flowarena.models import MODELS
-
-    arch = ARCHS[preset.model]
-    config = dict(arch.transformer_config)
-    if blocks is not None:
-        config.update(BLOCKS[preset.model][1](*blocks))
-    torch.set_default_dtype(torch.bfloat16)  # the weights as `load` gives them on a GPU
-    try:
-        net = getattr(diffusers, arch.transformer)(**config)
-        vae = getattr(diffusers, arch.vae)(**arch.vae_config)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    with unset_fake_temporarily():  # the schedulers compute real numbers (σ, shifts)
-        sched = (FlowMatchEulerDiscreteScheduler(shift=3.0) if preset.model == "sd35" else
-                 FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                                 max_shift=1.15, base_image_seq_len=256,
-                                                 max_image_seq_len=4096))
-        parts = dict(transformer=net, scheduler=sched, vae=vae)
-        if preset.model == "sd35":
-            parts.update({k: None for k in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
-                                            "text_encoder_3", "tokenizer_3")})
-        elif preset.model == "flux1-dev":
-            parts.update(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
-        else:
-            parts.update(text_encoder=None, tokenizer=None, is_distilled=False)
-        pipe = getattr(diffusers, arch.pipeline)(**parts)
-        model = MODELS.get(preset.model)(pipe, "cpu", resolution=preset.resolution,
-                                         compute_dtype=torch.bfloat16)
-        for steps in (preset.train.steps, preset.eval.steps or model.default_steps):
-            model.sigmas(steps)
-    prompts = [{"prompt": f"p{i}"} for i in range(preset.train.prompts_per_epoch)]
-    # the method changes the loss's few per-sample tensors, not the memory
-    method = build_method("dppo" if "dppo" in preset.methods else preset.methods[0])
-    return arch, model, Trainer(model, method, None, prompts, preset.train, seed=0)
-
-
 def trace(preset, blocks: tuple[int, int] | None = None) -> dict[str, float]:
     """Bytes: the weights and training state on the card, and the peak each traced pass adds."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -227,7 +106,7 @@ def trace(preset, blocks: tuple[int, int] | None = None) -> dict[str, float]:
     tc, ev = preset.train, preset.eval
     raw: dict[str, float] = {}
     live = LiveBytes()
-    with FakeTensorMode(allow_non_fake_inputs=True), live, _no_module_moves():
+    with FakeTensorMode(allow_non_fake_inputs=True), live, no_module_moves():
         arch, model, trainer = build(preset, blocks)
         latent, net = model.latent_shape, model.get_denoiser()
         for p in trainer.params:  # gradients stay allocated between updates (set to None at the next)
@@ -253,7 +132,7 @@ def trace(preset, blocks: tuple[int, int] | None = None) -> dict[str, float]:
         def rollout():
             with torch.no_grad():
                 x = torch.empty(rb, *latent)
-                v = trainer._velocity(x, k, sig, _embeds(arch, rb, cfg))
+                v = trainer._velocity(x, k, sig, embeds(arch, rb, cfg))
                 trainer._step(x, v, k, sig, noise=torch.empty_like(x))
         raw["rollout_pass"] = peak_of(rollout)
         raw["decode_pass"] = peak_of(lambda: model.decode(torch.empty(rb, *latent)))
@@ -264,7 +143,7 @@ def trace(preset, blocks: tuple[int, int] | None = None) -> dict[str, float]:
         def update():
             def t():
                 return torch.empty(mb, *latent)
-            ro = Rollout([""] * mb, [{}] * mb, _embeds(arch, mb, cfg), [k], sig, [t()], [t()], [t()],
+            ro = Rollout([""] * mb, [{}] * mb, embeds(arch, mb, cfg), [k], sig, [t()], [t()], [t()],
                          [torch.full((mb, 1, 1, 1), 0.1)], [torch.zeros(mb, dtype=torch.float64)],
                          torch.empty(0), torch.empty(0), torch.zeros(mb), torch.zeros(mb))
             velocity = model.velocity
@@ -296,7 +175,7 @@ def trace(preset, blocks: tuple[int, int] | None = None) -> dict[str, float]:
 
         def evaluation():
             with torch.no_grad():
-                trainer._velocity(torch.empty(nb, *latent), 0, esig, _embeds(arch, nb, ecfg))
+                trainer._velocity(torch.empty(nb, *latent), 0, esig, embeds(arch, nb, ecfg))
         raw["eval_pass"] = peak_of(evaluation)
         raw["eval_decode"] = peak_of(lambda: model.decode(torch.empty(nb, *latent)))
         raw.update(latent=latent, lora_rank=model.lora_rank, eval_batch=nb)
@@ -355,7 +234,7 @@ def plan(preset_name: str, scaled: bool = False, cache: dict | None = None, **ov
     trajectories = tc.sde_window * B * (3 * elem * 4 + 4 + 8)  # x, x', mean in fp32; std, log p in fp64
     # one row of prompt embeddings per prompt (Rollout.prompt_embeds), not per trajectory
     cfg = arch.cfg_capable and tc.guidance > 1
-    kept = trajectories + B * elem * 4 + _embeds_bytes(arch, tc.prompts_per_epoch, cfg)
+    kept = trajectories + B * elem * 4 + embeds_bytes(arch, tc.prompts_per_epoch, cfg)
     res = raw["resident"] / GB
     judge = JUDGE_PARAMS * 2 / GB + JUDGE_ACTIVATIONS_GB
     pick = PICKSCORE_PARAMS * 2 / GB + PICKSCORE_ACTIVATIONS_GB

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flowarena.core.errors import FlowArenaError
+from flowarena.core.rundir import CellPaths
 
 
 def _umask() -> int:
@@ -47,7 +48,7 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *, f
     (a `file`, not a directory to write into) nothing but a regular file to replace."""
     target = Path(out).resolve()
     for d in (target, *target.parents):
-        if d.name == "checkpoints" and (d.parent / "config.json").is_file():
+        if d == (cell := CellPaths(d.parent)).checkpoints and cell.config.is_file():
             raise OutputError(f"refusing to write {out}: it is inside the checkpoints of the cell "
                               f"{d.parent}; write elsewhere")
     for given in inputs:

@@ -16,6 +16,7 @@ import typer
 
 from flowarena.core.fields import Count, Limit, NonNegative, Range, Steps, Whole, coerce
 from flowarena.core.io import check_output
+from flowarena.core.rundir import RunDir
 from flowarena.harness.launch import JOB, parse_shard, relaunch, run_jobs
 from flowarena.harness.oneline import BadInput, OneLineUsage, friendly
 from flowarena.harness.options import overrides, settings, settings_of
@@ -373,7 +374,7 @@ def _print_comparison(out: Path, reference: str | None) -> None:
         typer.echo(f"warning: {alarm.line()}")
     if c.mixed_precision:
         typer.echo(f"warning: {c.mixed_precision}")
-    report = out / "report"
+    report = RunDir(out).report
     paired = f"; paired: {report / 'paired.md'}" if c.paired else ""
     typer.echo(f"\nfull tables: {report / 'tables.md'}{paired}; report: {report / 'index.html'}")
 
@@ -392,12 +393,12 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory written by 
     only; missing or half-written ones are listed and skipped."""
     from flowarena.reports.report import build_report
 
-    if not (run_dir / "manifest.json").is_file():
+    if not RunDir(run_dir).manifest.is_file():
         raise BadInput(f"{run_dir} is not a run directory (no manifest.json)")
     if reference is not None:
         from flowarena.core.results import read_json
 
-        ran = read_json(run_dir / "manifest.json").get("config", {}).get("methods", [])
+        ran = read_json(RunDir(run_dir).manifest).get("config", {}).get("methods", [])
         if reference not in ran:
             raise BadInput(f"--reference {reference} is not among the run's methods ({', '.join(ran)})")
     res = build_report(run_dir, reference)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from flowarena.core.rundir import RunDir
 from flowarena.harness.oneline import BadInput
 
 
@@ -37,12 +38,10 @@ def run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
     from flowarena.reports.report import build_report
 
     args = argv_without("--jobs", "--out", "-o")
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    rundir = RunDir(out)
+    rundir.logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, JOB: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    def finished() -> int:
-        return len(list(out.glob("*/*/seed*/result.json")))
-
+    finished = rundir.finished
     t0, before = time.perf_counter(), finished()
     shown = before
     procs = []
@@ -59,7 +58,7 @@ def run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
         for k in range(1, jobs + 1):
             # appended to, never truncated: a refused second command on a directory in use, or a
             # resumption, must not wipe the logs of the jobs that ran (or still run) there
-            log = open(logs / f"job-{k}-of-{jobs}.log", "a")  # noqa: SIM115 - open while the job runs
+            log = open(rundir.job_log(k, jobs), "a")  # noqa: SIM115 - open while the job runs
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: job {k} of {jobs} starts ---\n")
             log.flush()
             cmd = [sys.executable, "-m", "flowarena.harness", *args, "--out", str(out),
@@ -90,7 +89,7 @@ def run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
     for k, (proc, log) in enumerate(procs, start=1):
         log.close()
         if proc.returncode:
-            path = logs / f"job-{k}-of-{jobs}.log"
+            path = rundir.job_log(k, jobs)
             lines = [ln.strip("│╭╮╰╯─ ") for ln in path.read_text().splitlines()]  # typer's boxes too
             last = ([ln for ln in lines if ln] or [""])[-1]
             why = last.removeprefix("error: ")

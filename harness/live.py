@@ -22,6 +22,7 @@ from pathlib import Path
 
 from flowarena.core.errors import FlowArenaError
 from flowarena.core.results import EvalRecord
+from flowarena.core.rundir import RunDir
 
 LOG_TO = ("tensorboard", "wandb")
 
@@ -95,5 +96,5 @@ def open_live_log(kind: str | None, run_dir: Path, model: str, method: str, seed
         return None
     check_log_to(kind)
     if kind == "tensorboard":
-        return TensorBoardLog(run_dir / "tensorboard" / model / method / f"seed{seed}", config)
+        return TensorBoardLog(RunDir(run_dir).tensorboard(model, method, seed), config)
     return WandbLog(run_dir, f"{model}/{method}/seed{seed}", config)

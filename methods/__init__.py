@@ -15,7 +15,9 @@ from flowarena.methods.base import (
     register_method,
 )
 
-discover(__name__, skip={"base", "dist", "sde", "trainer"})
+# every method file registers itself; the trainer's own modules register nothing
+discover(__name__, skip={"advantages", "base", "config", "diagnostics", "dist", "memory", "optim", "sde",
+                         "trainer"})
 
 __all__ = ["METHODS", "Method", "MethodConfig", "MethodError", "StepLoss", "StepTensors", "build_method",
            "get_method", "method_names", "register_method"]

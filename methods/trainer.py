@@ -12,48 +12,33 @@ Per epoch:
      step's loss from `method.step_loss` plus β·KL_ref (exact KL to the pretrained
      policy: the adapter disabled), averaged over steps, one AdamW step with gradient
      clipping.
-The prompts, initial noise, SDE noise, window and mini-batch order of epoch e depend
-only on (seed, e): two methods with one seed see exactly the same data. Under `torchrun`
-each process rolls out whole groups and trains on an equal share of every mini-batch,
-with the same data and advantages as one process (`methods/dist.py`).
+The data of epoch e (`draws`) depend only on (seed, e): two methods with one seed see the
+same. Under `torchrun` each process rolls out whole groups and trains on an equal share of
+every mini-batch (`dist.py`). Beside the loop: advantages.py (§4), diagnostics.py (§8, and
+the reward against the pretrained model's), optim.py (lr schedule, EMA), memory.py.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from flowarena.core.errors import FlowArenaError
-from flowarena.core.fields import (
-    Count,
-    Decay,
-    Fraction,
-    NonNegative,
-    Positive,
-    Range,
-    Steps,
-    Whole,
-    check_fields,
-)
-from flowarena.core.results import diag_key
+from flowarena.methods import diagnostics as diagnose
 from flowarena.methods import dist
+from flowarena.methods.advantages import group_advantages, multi_reward_advantages
 from flowarena.methods.base import Method, StepTensors
-from flowarena.methods.memory import memory_phase, peak_metrics, reset_peaks
+from flowarena.methods.config import TrainConfig, TrainConfigError  # noqa: F401 - re-exported
+from flowarena.methods.memory import MemoryMeter
+from flowarena.methods.optim import EMA, lr_at
 from flowarena.methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
-from flowarena.models.base import FlowModel, Precision, PromptEmbeds
+from flowarena.models.base import FlowModel, PromptEmbeds
 from flowarena.rewards.base import Reward
-
-
-class TrainConfigError(FlowArenaError, ValueError):
-    """Impossible training settings."""
 
 
 class TrainingFault(RuntimeError):
@@ -64,117 +49,6 @@ def place_text_encoders(model: FlowModel, cfg: TrainConfig) -> None:
     """The text encoders off the device when the config says so (training and evaluation alike)."""
     if cfg.offload_text_encoders and model.prompt_cache is None:
         model.offload_text_encoders(int(cfg.prompt_cache_gb * 2**30))
-
-
-@dataclass
-class TrainConfig:
-    prompts_per_epoch: Count = 8
-    """P: prompt groups per epoch."""
-    group_size: Annotated[int, Range(2)] = 8
-    """G: samples per prompt (the group of the group-relative advantage)."""
-    steps: Steps = 10
-    """K: sampling steps of a rollout."""
-    sde_window: Count = 3
-    """W: stochastic, trained steps per trajectory (the rest are ODE steps)."""
-    window_fraction: Annotated[float, Range(0, 1, lo_open=True)] = 0.5
-    """The W steps are drawn within the first fraction of the trajectory."""
-    guidance: NonNegative = 1.0
-    """CFG scale during rollouts and training (1.0: the no-CFG recipe)."""
-    inner_loops: Count = 1
-    """I: passes over each batch (later passes are off-policy: the trust region acts there)."""
-    minibatch_size: Count = 32
-    """Trajectories per optimizer step."""
-    micro_batch: Count | None = None
-    """Trajectories per forward / backward pass of the update (None: the whole mini-batch);
-    gradients accumulate over a mini-batch's micro-batches, so the update is the same."""
-    rollout_batch: Count | None = None
-    """Trajectories sampled and decoded together in a rollout (None: all of the process's)."""
-    gradient_checkpointing: bool = False
-    """Recompute the denoiser's activations in the backward pass instead of keeping them:
-    less memory for the update, about one more forward pass of time; the same gradients."""
-    offload_text_encoders: bool = False
-    """Keep the text encoders in host memory and the prompts' embeddings in a cache there; the
-    encoders visit the device only to encode prompts the cache lacks (SD3.5: ≈ 9.5 GB freed)."""
-    trained_precision: Literal["auto", "fp32"] = "auto"
-    """"auto": the model's precision everywhere (bf16 on a GPU, fp32 on the CPU); "fp32": the
-    trained steps (the rollout's SDE window and the update) in fp32 with fp32 weights, bf16
-    elsewhere, so that ρ and the KL are not set by bf16 rounding (docs/methods.md §8)."""
-    ode_precision: Precision = "auto"
-    """The rollout's ODE steps (outside the SDE window, never in ρ): "auto" as the model computes,
-    "bf16" under bf16 autocast, "bf16-native" bf16 only on hardware with bf16 units (there the
-    toy UNet runs ≈ 1.8× faster; elsewhere bf16 is emulated and far slower)."""
-    prompt_cache_gb: NonNegative = 8.0
-    """Host memory for that cache, least recently used prompts out first (SD3.5 at 256 text
-    tokens: ≈ 2.7 MB a prompt, so 8 GB hold ≈ 3,000 prompts; 0: encode every time)."""
-    lr: Positive = 3e-4
-    """AdamW's learning rate (the peak, with a warm-up or a cosine schedule)."""
-    adam_betas: tuple[Decay, Decay] = (0.9, 0.999)
-    """AdamW's (β1, β2)."""
-    weight_decay: NonNegative = 1e-4
-    """AdamW's decoupled weight decay."""
-    grad_clip: Annotated[float, Range(0, lo_open=True, finite=False)] = 1.0
-    """Largest gradient norm of an optimizer step (inf: no clipping)."""
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """"constant" or "cosine" (after the warm-up, decay to `min_lr_ratio` × lr at the end of the
-    run: the Flow-DPPO paper's schedule). Counted in optimizer steps: epochs × inner_loops ×
-    ⌈P·G / minibatch_size⌉ in a run; a skipped non-finite update still takes its step's place."""
-    warmup_steps: Whole = 0
-    """Optimizer steps of linear warm-up to lr (the n-th at n / warmup_steps × lr); 0: none."""
-    min_lr_ratio: Fraction = 0.0
-    """Where the cosine ends, as a fraction of lr (0: to zero, as transformers' cosine schedule)."""
-    ema_decay: Decay | None = None
-    """An exponential moving average of the trained weights (None: none). When on, every
-    evaluation, the sample grid and `bench export` use the EMA weights while training goes on
-    with the raw ones (flow_grpo: 0.9, its decay warmed up as min(decay, (1 + n) / (10 + n)))."""
-    ema_every: Count = 8
-    """Optimizer steps between EMA updates (flow_grpo: 8)."""
-    beta: NonNegative = 0.0
-    """β of the β·KL_ref term (exact per-element KL to the pretrained policy)."""
-    adv_std: Literal["group", "global"] = "global"
-    """"group" or "global" (the whole batch; the FlowDPPO recipe) standard deviation."""
-    adv_clip: Annotated[float, Range(0, lo_open=True, finite=False)] = 5.0
-    """Advantages are clipped to [-adv_clip, adv_clip] (flow_grpo's 5; inf: no clipping)."""
-    reward_aggregation: Literal["sum", "normalised"] = "sum"
-    """With several rewards: "sum" normalises their weighted sum (flow_grpo); "normalised"
-    normalises each within its group and sums the weighted advantages (GDPO / MixGRPO)."""
-    group_noise: Literal["independent", "shared"] = "independent"
-    """Initial noise of a group's G samples: "independent" (flow_grpo) or "shared" (DanceGRPO):
-    shared noise leaves the SDE steps, the trained actions, as the group's only variation."""
-    lora_rank: Whole | None = 16
-    """LoRA rank; 0 = full fine-tuning of the denoiser; None = the model adapter's default
-    (`bench models`: 32 for sd35, 64 for FLUX)."""
-    lora_alpha: Positive | None = 32.0
-    """LoRA α (None: 2 × rank, every peer's choice)."""
-    lora_targets: tuple[str, ...] | None = None
-    """Module names LoRA adapts (default: the model adapter's attention projections)."""
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps an epoch: I passes over ⌈P·G / mini-batch⌉ mini-batches."""
-        return self.inner_loops * math.ceil(self.prompts_per_epoch * self.group_size / self.minibatch_size)
-
-    def check_schedule(self, epochs: int | None) -> int | None:
-        """The run's optimizer steps (None without its length), checked against the schedule:
-        a cosine needs the length, a warm-up must end before the run does. `bench run` asks
-        before any work; the trainer again."""
-        total = epochs * self.steps_per_epoch if epochs else None
-        if self.lr_schedule == "cosine" and total is None:
-            raise TrainConfigError("the cosine schedule needs the run's length (Trainer(..., epochs=N))")
-        if self.warmup_steps and total is not None and self.warmup_steps >= total:
-            raise TrainConfigError(f"the warm-up ({self.warmup_steps} optimizer steps) must be shorter than "
-                                   f"the run ({total}: {epochs} epochs x {self.steps_per_epoch})")
-        return total
-
-    def validate(self) -> None:
-        """Each field as its type and range allow (`flowarena.core.fields`), then what the fields
-        must satisfy together."""
-        check_fields(self, TrainConfigError, "train.")
-        if self.sde_window > self.steps:
-            raise TrainConfigError(f"the SDE window ({self.sde_window}) must be at most the steps "
-                                   f"({self.steps})")
-        if self.sde_window > max(1, int(self.steps * self.window_fraction)):
-            raise TrainConfigError(f"the SDE window ({self.sde_window}) does not fit in the first "
-                                   f"{self.window_fraction:g} of {self.steps} steps")
 
 
 @dataclass
@@ -203,52 +77,8 @@ class Rollout:
         return self.embeds.select(idx // (len(self.prompts) // len(self.embeds)))
 
 
-def group_advantages(rewards: Tensor, group_size: int, *, std: str = "global",
-                     clip: float = 5.0) -> tuple[Tensor, Tensor]:
-    """(r − mean_group) / (std + 1e-4), clipped; groups with no reward spread get 0.
-    Returns the advantages and the mask of zero-spread groups (per group)."""
-    r = rewards.view(-1, group_size).double()
-    centred = r - r.mean(1, keepdim=True)
-    scale = r.std(1, keepdim=True) if std == "group" else r.std().expand_as(r[:, :1])
-    adv = (centred / (scale + 1e-4)).clamp(-clip, clip)
-    flat = r.std(1) < 1e-8
-    adv[flat] = 0.0
-    return adv.flatten().float(), flat
-
-
-def multi_reward_advantages(components: dict[str, Tensor], weights: dict[str, float],
-                            group_size: int, *, std: str = "global",
-                            clip: float = 5.0) -> tuple[Tensor, Tensor]:
-    """Σ_j w_j·A_j with each reward normalised within its group, then clipped; a group is
-    flat when every reward is."""
-    advs, flats = zip(*(group_advantages(r, group_size, std=std, clip=float("inf"))
-                        for r in components.values()))
-    adv = sum(weights[n] * a for n, a in zip(components, advs))
-    return adv.clamp(-clip, clip), torch.stack(flats).all(0)
-
-
 def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
-
-
-def floor_warning(floor: dict, trust_region: dict) -> str | None:
-    """One line when a part of the ratio's noise floor reaches 10 % of the method's ε (on
-    |log ρ| ≈ |ρ − 1|) or δ (on the KL): the same-weights floor, or the rounding in a change
-    (run precision against fp32). The trust region would then act on rounding rather than on
-    policy change."""
-    parts = [("floor", "with unchanged weights"), ("rounding", "added by rounding to a change")]
-    checks = [("ratio_clip", "logratio_abs_mean", "|log ρ|", "ε"),
-              ("kl_threshold", "kl_mean", "KL(old ‖ new)", "δ")]
-    found = []
-    for part, how in parts:
-        for region, key, what, sym in checks:
-            limit, value = trust_region.get(region), floor.get(f"{part}_{key}")
-            if limit and value is not None and value >= 0.1 * limit:
-                found.append(f"{what} {value:.2g} {how} is {value / limit:.0%} of {sym} = {limit:g}")
-    if not found:
-        return None
-    return (f"the ratio's noise floor ({'; '.join(found)}): the trust region acts on rounding, not only on "
-            "policy change (train.trained_precision = \"fp32\" computes the trained steps in fp32)")
 
 
 class Trainer:
@@ -264,7 +94,7 @@ class Trainer:
                  cfg: TrainConfig, seed: int = 0, epochs: int | None = None):
         """`epochs`: the run's length, which sets where the cosine schedule ends."""
         cfg.validate()
-        reset_peaks()  # a cell's rows report its own memory peaks
+        self.memory = MemoryMeter()  # a cell's rows report its own memory peaks
         self.model, self.method, self.reward, self.prompts, self.cfg, self.seed = (
             model, method, reward, prompts, cfg, seed)
         if cfg.prompts_per_epoch > len(prompts):
@@ -290,8 +120,7 @@ class Trainer:
         self.ddp = dist.wrap(model, model.device)  # None in one process
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
-        # the EMA in fp32 whatever the weights' precision: a 0.9 average of bf16 weights rounds away
-        self.ema = None if cfg.ema_decay is None else [p.detach().float().clone() for p in self.params]
+        self.ema = None if cfg.ema_decay is None else EMA(self.params, cfg.ema_decay)
         mc = method.config
         self._step_fn = flow_sde_step if mc.sampler == "sde" else cps_step
         self._eta = mc.eta
@@ -317,36 +146,45 @@ class Trainer:
         s = torch.full((x.shape[0],), float(sigmas[k]), device=x.device)
         return self.model.velocity(x, s, embeds, self.cfg.guidance)
 
-    @torch.no_grad()
-    def rollout(self, epoch: int) -> Rollout:
+    def draws(self, epoch: int) -> dict:
+        """Everything random in epoch `epoch`'s rollout, a function of (seed, epoch) alone: the
+        prompts picked, the SDE window, the initial noise and the SDE steps' noise (drawn for the
+        whole batch; `own` are this process's rows, whole groups)."""
         cfg, G = self.cfg, self.cfg.group_size
         rng = np.random.default_rng([self.seed, epoch, 0])
         picks = rng.choice(len(self.prompts), cfg.prompts_per_epoch, replace=False)
         window = sorted(int(k) for k in rng.choice(max(1, int(cfg.steps * cfg.window_fraction)),
                                                     cfg.sde_window, replace=False))
-        records = [self.prompts[i] for i in picks for _ in range(G)]
-        prompts = [r["prompt"] for r in records]
         gen = _generator(self.seed, epoch, 1)
         if cfg.group_noise == "shared":
             x_init = self.model.initial_noise(cfg.prompts_per_epoch, gen).repeat_interleave(G, 0)
         else:
-            x_init = self.model.initial_noise(len(prompts), gen)
-        picked = [self.prompts[i]["prompt"] for i in picks]
-        embeds = self.model.embed(picked, cfg.guidance)  # one row a prompt, not G copies (FLUX.2: 12 GB)
-        # this process's whole groups; all noise is drawn for the whole batch, then sliced
-        B, n, rank = len(prompts), dist.world(), dist.rank()
+            x_init = self.model.initial_noise(cfg.prompts_per_epoch * G, gen)
+        B, n, rank = len(x_init), dist.world(), dist.rank()
         own = torch.arange(rank * B // n, (rank + 1) * B // n)
+        noises = [torch.randn(x_init.shape, generator=gen)[own] for _ in window]
+        return {"picks": picks, "window": window, "x_init": x_init, "own": own, "noises": noises,
+                "records": [self.prompts[i] for i in picks for _ in range(G)]}
+
+    @torch.no_grad()
+    def rollout(self, epoch: int) -> Rollout:
+        cfg, G = self.cfg, self.cfg.group_size
+        d = self.draws(epoch)
+        window, x_init, own, noises, records = d["window"], d["x_init"], d["own"], d["noises"], d["records"]
+        prompts = [r["prompt"] for r in records]
+        picked = [self.prompts[i]["prompt"] for i in d["picks"]]
+        embeds = self.model.embed(picked, cfg.guidance)  # one row a prompt, not G copies (FLUX.2: 12 GB)
         sig = self.model.sigmas(cfg.steps)
-        noises = [torch.randn(x_init.shape, generator=gen)[own] for _ in window]  # the SDE steps' noise
-        with memory_phase("rollout"):
+        with self.memory.phase("rollout"):
             chunks = [self._trajectories(x_init[part], embeds.select(part // G),
                                          [z[part - own[0]] for z in noises], window, sig,
                                          part // G if cfg.group_noise == "shared" else None)
                       for part in own.split(cfg.rollout_batch or len(own))]
-        xs, nxt, means, stds, lps = ([torch.cat(ts) for ts in zip(*(c[i] for c in chunks))] for i in range(5))
-        images = torch.cat([c[5] for c in chunks])
+        # per window step, the batches joined: the Rollout's x, x_next, old_mean, std, old_log_prob
+        steps = {name: [torch.cat(ts) for ts in zip(*(c[0][name] for c in chunks))] for name in chunks[0][0]}
+        images = torch.cat([c[1] for c in chunks])
         del chunks  # the batches' own copies: the reward phase would hold them beside the concatenation
-        with memory_phase("reward"):
+        with self.memory.phase("reward"):
             out = self.reward(images, [prompts[i] for i in own], [records[i] for i in own])
         # complete groups everywhere: the rewards and trajectories of every rank
         scores = dist.gather(out.scores.float())
@@ -359,19 +197,20 @@ class Trainer:
         details = {**out.details, "zero_spread_groups": int(flat.sum())}
         if components:
             details["components"] = components
-        xs, nxt, means, stds, lps = ([dist.gather(t) for t in ts] for ts in (xs, nxt, means, stds, lps))
-        return Rollout(prompts, records, embeds, window, sig, xs, nxt, means, stds, lps, x_init, images,
-                       scores, adv.to(self.model.device), details,
-                       G if cfg.group_noise == "shared" else None)
+        steps = {name: [dist.gather(t) for t in ts] for name, ts in steps.items()}
+        return Rollout(prompts=prompts, records=records, embeds=embeds, window=window, sigmas=sig, **steps,
+                       noise=x_init, images=images, rewards=scores, advantages=adv.to(self.model.device),
+                       reward_details=details, group_size=G if cfg.group_noise == "shared" else None)
 
     def _trajectories(self, x: Tensor, embeds: PromptEmbeds, noises: list[Tensor], window: list[int],
-                      sig: Tensor, groups: Tensor | None = None) -> tuple[list[Tensor], ...]:
+                      sig: Tensor, groups: Tensor | None = None) -> tuple[dict[str, list[Tensor]], Tensor]:
         """One rollout batch from its initial noise: ODE steps outside the window, the method's
         SDE step (with the given noise) inside; per window step x_k, x_{k+1}, mean, std and
-        log-prob, and the decoded images. `groups`: each row's group when a group shares its
-        initial noise; until the first SDE step its rows are one computation."""
+        log-prob (under the Rollout's names), and the decoded images. `groups`: each row's group
+        when a group shares its initial noise; until the first SDE step its rows are one computation."""
         x = x.to(self.model.device)
-        xs, nxt, means, stds, lps = [], [], [], [], []
+        steps: dict[str, list[Tensor]] = {name: [] for name in ("x", "x_next", "old_mean", "std",
+                                                                 "old_log_prob")}
         for k in range(self.cfg.steps):
             with self._precision(k in window):
                 if groups is not None and k <= window[0]:
@@ -380,25 +219,20 @@ class Trainer:
                     v = self._velocity(x, k, sig, embeds)
             if k in window:
                 r = self._step(x, v, k, sig, noise=noises[window.index(k)].to(x.device))
-                xs.append(x)
-                nxt.append(r.next_sample)
-                means.append(r.mean)
-                stds.append(r.std)
-                lps.append(self._log_prob(r))
+                for name, t in zip(steps, (x, r.next_sample, r.mean, r.std, self._log_prob(r))):
+                    steps[name].append(t)
                 x = r.next_sample
             else:
                 x = ode_step(x, v, float(sig[k]), float(sig[k + 1]))
-        with memory_phase("decode"):
-            return xs, nxt, means, stds, lps, self.model.decode(x).float().cpu()
+        with self.memory.phase("decode"):
+            return steps, self.model.decode(x).float().cpu()
 
     def update(self, ro: Rollout, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         """I inner loops of mini-batch steps; returns (metrics, per-step samples)."""
         cfg, B = self.cfg, len(ro.prompts)
         gen = _generator(self.seed, epoch, 2)
-        diag: dict[str, list] = defaultdict(list)
-        samples: dict[str, list[Tensor]] = defaultdict(list)
+        diag = diagnose.EpochDiagnostics(self.method.trust_threshold)
         losses, grad_norms, skipped, rounding = [], [], 0, {}
-        delta = self.method.trust_threshold
         n, rank = dist.world(), dist.rank()
         before = self._weights_before_update
         # the run's optimizer step, a function of the epoch: a resumed run continues the schedule
@@ -409,12 +243,12 @@ class Trainer:
                 step += 1
                 mb = batch[rank::n]  # this process's equal share of the global mini-batch
                 if before is not None and losses:  # the first off-policy mini-batch
-                    rounding, before = self.rounding_in_a_change(ro, mb, before), None
+                    rounding, before = diagnose.rounding_in_a_change(self, ro, mb, before), None
                 self.optimizer.zero_grad(set_to_none=True)
                 parts = mb.split(cfg.micro_batch or len(mb))  # gradients accumulate over them
                 total = 0.0
                 for j, k in enumerate(ro.window):
-                    values: dict[str, list[Tensor]] = defaultdict(list)
+                    values = []  # per micro-batch: what the diagnostics summarise
                     for i, part in enumerate(parts):
                         # DDP averages the gradients once, at the last backward of the mini-batch
                         last = j == len(ro.window) - 1 and i == len(parts) - 1
@@ -425,10 +259,8 @@ class Trainer:
                             loss = loss.mean() * (len(part) / len(mb)) / len(ro.window)
                             loss.backward()
                         total += loss.item()
-                        for name, t in part_values.items():
-                            values[name].append(t)
-                    gathered = {name: dist.gather(torch.cat(ts)) for name, ts in values.items()}
-                    self._record(diag, samples, gathered, k, inner, delta)
+                        values.append(part_values)
+                    diag.record(values, k, inner)
                 total = dist.mean(total)
                 norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
                 if dist.any_true(not (math.isfinite(total) and torch.isfinite(norm))):
@@ -454,7 +286,7 @@ class Trainer:
                     raise TrainingFault(f"the weights became non-finite in an update of epoch {epoch + 1} "
                                         f"(learning rate {self.lr_at(step):g}); lower the learning rate")
                 if self.ema is not None and (step + 1) % cfg.ema_every == 0:
-                    self._update_ema(step + 1)
+                    self.ema.update(step + 1)
                 losses.append(total)
                 grad_norms.append(norm.item())
         self._weights_before_update = None
@@ -463,9 +295,8 @@ class Trainer:
                    "skipped_updates": skipped, **rounding}
         if cfg.lr_schedule != "constant" or cfg.warmup_steps:
             metrics["lr"] = self.lr_at(step)  # the epoch's last step's
-        for key, vals in diag.items():
-            metrics[key] = float(np.mean(vals))
-        return metrics, {k: torch.cat(v) for k, v in samples.items()}
+        metrics.update(diag.metrics())
+        return metrics, diag.samples()
 
     @torch.no_grad()
     def _weights_finite(self) -> bool:
@@ -474,55 +305,21 @@ class Trainer:
         return bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all())
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of the run's optimizer step `step` (from 0): a linear warm-up over
-        `warmup_steps`, then lr, or a cosine from lr to `min_lr_ratio` × lr at the run's end
-        (transformers' get_cosine_schedule_with_warmup; the warm-up's first step is not at 0)."""
-        cfg, w = self.cfg, self.cfg.warmup_steps
-        if step < w:
-            return cfg.lr * (step + 1) / w
-        if cfg.lr_schedule == "constant":
-            return cfg.lr
-        progress = min(1.0, (step - w) / max(1, self.total_steps - w))
-        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        """The learning rate of the run's optimizer step `step` (from 0): `optim.lr_at`."""
+        cfg = self.cfg
+        return lr_at(cfg.lr, step, schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps,
+                     min_lr_ratio=cfg.min_lr_ratio, total_steps=self.total_steps)
 
-    @torch.no_grad()
-    def _update_ema(self, n: int) -> None:
-        """flow_grpo's EMA step after the run's n-th optimizer step, its decay warmed up as
-        min(decay, (1 + n) / (10 + n)) so that the first averages do not cling to the base model."""
-        d = min(self.cfg.ema_decay, (1 + n) / (10 + n))
-        for e, p in zip(self.ema, self.params):
-            e.mul_(d).add_(p.detach().float(), alpha=1 - d)
-
-    @contextmanager
     def ema_weights(self):
         """Inside, the model holds the EMA weights (where the config keeps an EMA): what is
         evaluated and exported. The raw weights come back bit for bit and training goes on."""
-        if self.ema is None:
-            yield
-            return
-        raw = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, e in zip(self.params, self.ema):
-                p.copy_(e)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, r in zip(self.params, raw):
-                    p.copy_(r)
+        return nullcontext() if self.ema is None else self.ema.weights()
 
     def ema_state_dict(self) -> dict[str, Tensor] | None:
-        """The EMA weights under the names of `model.trainable_state_dict()`, so that a checkpoint's
-        EMA file loads like its weights (exact where the weights are fp32, as LoRA's are)."""
-        if self.ema is None:
-            return None
-        with self.ema_weights():
-            return self.model.trainable_state_dict()
+        return None if self.ema is None else self.ema.state_dict(self.model)
 
     def load_ema_state_dict(self, state: dict[str, Tensor]) -> None:
-        with self.ema_weights():  # the raw weights come back afterwards
-            self.model.load_trainable_state_dict(state)
-            self.ema = [p.detach().float().clone() for p in self.params]
+        self.ema.load_state_dict(self.model, state)
 
     def _step_loss(self, ro: Rollout, j: int, k: int, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The per-sample loss of window step j (timestep k) for the trajectories `idx`, with
@@ -541,7 +338,7 @@ class Trainer:
                                       ro.sigmas, next_sample=x_next).mean
             kl_ref = gaussian_kl(r.mean, ref_mean, std)
             loss = loss + cfg.beta * kl_ref
-        return loss, self._per_sample(st, out, kl_ref)
+        return loss, diagnose.per_sample(st, out, kl_ref)
 
     def _recompute(self, ro: Rollout, j: int, k: int, idx: Tensor, velocity):
         """Window step j (timestep k) of the trajectories `idx` under the current weights: the
@@ -571,110 +368,20 @@ class Trainer:
         s = torch.full((x.shape[0],), float(sigmas[k]), device=x.device)
         return self.ddp(x, s, embeds, self.cfg.guidance)
 
-    @staticmethod
-    @torch.no_grad()
-    def _per_sample(st: StepTensors, out, kl_ref) -> dict[str, Tensor]:
-        """The per-sample quantities the diagnostics summarise (gathered across processes)."""
-        # log ρ = −KL + mean(ε·Δμ/s) per element: deterministic signal plus zero-mean noise
-        safe = torch.where(st.std > 0, st.std, torch.ones_like(st.std))
-        values = {
-            # ρ stays float64 (as the log-probs are): ρ − 1 is often below float32's resolution
-            "ratio": out.ratio.detach().double(), "kl": st.kl.detach().float(),
-            "adv": st.advantages.float(), "trust": out.trust.float(),
-            "noise": (st.noise * (st.mean.detach() - st.old_mean) / safe).flatten(1).mean(1).float()}
-        if kl_ref is not None:
-            values["kl_ref"] = kl_ref.detach().float()
-        return values
-
-    @staticmethod
-    @torch.no_grad()
-    def _record(diag, samples, v: dict[str, Tensor], k: int, inner: int, delta) -> None:
-        """docs/methods.md §8: the same diagnostics for every method, per timestep index k
-        (keys `k<k>/...` on the first pass, `k<k>/i<pass>/...` on later ones: results.diag_key)."""
-        A, ratio, kl, noise = v["adv"], v["ratio"], v["kl"], v["noise"]
-        pos, neg, trust = A > 0, A < 0, v["trust"] > 0.5
-        values = {
-            "ratio_mean": ratio.mean(), "ratio_std": ratio.std(correction=0),
-            "ratio_min": ratio.min(), "ratio_max": ratio.max(),
-            "trust_frac": trust.float().mean(),
-            "trust_frac_pos_adv": (trust & pos).float().sum() / pos.sum().clamp(min=1),
-            "trust_frac_neg_adv": (trust & neg).float().sum() / neg.sum().clamp(min=1),
-            "kl_mean": kl.mean(), "kl_max": kl.max(),
-            "logratio_signal": -kl.mean(), "logratio_noise_std": noise.std(correction=0),
-        }
-        if delta is not None:
-            values["kl_above_delta"] = (kl >= delta).float().mean()
-        if "kl_ref" in v:
-            values["kl_ref"] = v["kl_ref"].mean()
-        for name, val in values.items():
-            diag[diag_key(k, inner, name)].append(val.item())
-        for name, val in (("ratio", ratio), ("kl", kl), ("adv", A), ("noise", noise),
-                          ("step", torch.full_like(ratio, k)), ("inner", torch.full_like(ratio, inner))):
-            samples[name].append(val.cpu())
-
-    @torch.no_grad()
-    def noise_floor(self, ro: Rollout) -> dict[str, float]:
-        """The ratio's same-weights noise floor (docs/methods.md §8): the log-probabilities and
-        mean of the first mini-batch's trained steps recomputed, before any update, with the
-        weights that rolled them out, in the update's batch shape. Exactly 0 where the rollout
-        and the update compute alike; on GPUs whose kernels depend on the batch shape, the
-        |log ρ| and KL(old ‖ new) that a trust region sees from rounding alone."""
-        cfg, n, rank = self.cfg, dist.world(), dist.rank()
-        first = torch.arange(min(cfg.minibatch_size, len(ro.prompts)))[rank::n]
-        log_ratio, kl = [], []
-        for j, k in enumerate(ro.window):
-            for idx in first.split(cfg.micro_batch or len(first)):
-                with self._precision():
-                    r, step_kl = self._recompute(ro, j, k, idx, self._velocity)
-                log_ratio.append((self._log_prob(r) - ro.old_log_prob[j][idx]).double())
-                kl.append(step_kl.double())
-        lr, d = dist.gather(torch.cat(log_ratio)).abs(), dist.gather(torch.cat(kl))
-        return {"floor_logratio_abs_mean": lr.mean().item(), "floor_logratio_abs_max": lr.max().item(),
-                "floor_kl_mean": d.mean().item(), "floor_kl_max": d.max().item()}
-
-    @torch.no_grad()
-    def rounding_in_a_change(self, ro: Rollout, mb: Tensor, before: dict[str, Tensor]) -> dict[str, float]:
-        """The ratio's rounding in a change (docs/methods.md §8): for an off-policy mini-batch,
-        log ρ and KL(old ‖ new) as the update computes them (the rollout's stored old step, the
-        new weights in the trained steps' precision) and both sides recomputed in fp32 from the
-        weights `before` the update and the current ones (bf16 weights, as on a GPU, are read
-        in fp32 layer by layer: `models.base.fp32_over`). The difference is what rounding adds
-        to the policy change the trust region is meant to see. In the update's micro-batches,
-        so it needs no more memory than the update."""
-        micro = mb.split(self.cfg.micro_batch or len(mb))
-        parts = [(j, k, idx) for j, k in enumerate(ro.window) for idx in micro]
-        now = self.model.trainable_state_dict()
-        fp32 = {}  # per side: each part's (log-prob, mean) in fp32
-        for side, state in (("new", now), ("old", before)):
-            self.model.load_trainable_state_dict(state)
-            with self.model.precision(torch.float32):
-                fp32[side] = [(self._log_prob(r), r.mean) for r, _ in
-                              (self._recompute(ro, j, k, idx, self._velocity) for j, k, idx in parts)]
-        self.model.load_trainable_state_dict(now)
-        lr, lr32, kl, kl32 = [], [], [], []
-        for (j, k, idx), (new_lp, new_mean), (old_lp, old_mean) in zip(parts, fp32["new"], fp32["old"]):
-            with self._precision():
-                r, step_kl = self._recompute(ro, j, k, idx, self._velocity)
-            lr.append((self._log_prob(r) - ro.old_log_prob[j][idx]).double())
-            kl.append(step_kl.double())
-            lr32.append((new_lp - old_lp).double())
-            kl32.append(gaussian_kl(old_mean, new_mean, ro.std[j][idx]).double())
-        lr, lr32, kl, kl32 = (dist.gather(torch.cat(t)) for t in (lr, lr32, kl, kl32))
-        return {"change_logratio_abs_mean": lr.abs().mean().item(),
-                "change_logratio_abs_mean_fp32": lr32.abs().mean().item(),
-                "change_kl_mean": kl.mean().item(), "change_kl_mean_fp32": kl32.mean().item(),
-                "rounding_logratio_abs_mean": (lr - lr32).abs().mean().item(),
-                "rounding_kl_mean": (kl - kl32).abs().mean().item()}
-
     def train_epoch(self, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         t0 = time.perf_counter()
         ro = self.rollout(epoch)
-        floor = self.noise_floor(ro) if epoch == 0 else {}  # once per cell, before the first update
+        floor = diagnose.noise_floor(self, ro) if epoch == 0 else {}  # once per cell, before the first update
+        t_base = time.perf_counter()
+        if self.cfg.baseline_groups:  # the curve's baseline: these rollouts, the pretrained model
+            with self.memory.phase("rollout"):
+                floor.update(diagnose.reward_vs_base(self, ro, epoch))
+            floor["baseline_s"] = round(time.perf_counter() - t_base, 2)
         off_policy = self.cfg.inner_loops > 1 or self.cfg.minibatch_size < len(ro.prompts)
         if epoch == 0 and off_policy:  # kept for the rounding in a change, measured once per cell
             self._weights_before_update = self.model.trainable_state_dict()
         t1 = time.perf_counter()
-        with memory_phase("update"):
+        with self.memory.phase("update"):
             metrics, samples = self.update(ro, epoch)
         r = ro.rewards
         metrics.update({
@@ -686,5 +393,5 @@ class Trainer:
         for name, scores in ro.reward_details.get("components", {}).items():
             metrics[f"reward/{name}"] = scores.mean().item()
         metrics.update(floor)
-        metrics.update(peak_metrics())
+        metrics.update(self.memory.metrics())
         return metrics, samples

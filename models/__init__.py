@@ -7,7 +7,8 @@ from pathlib import Path
 from flowarena.core.registry import discover
 from flowarena.models.base import MODELS, FlowModel, ModelError, register_model
 
-discover(__name__, skip={"base", "schedule", "text", "toy_pretrain"})  # each adapter registers itself
+# each adapter registers itself; the skipped modules are helpers that register nothing
+discover(__name__, skip={"base", "diffusers_io", "precision", "schedule", "text", "toy_pretrain"})
 
 
 def check_device(device: str) -> None:
@@ -32,8 +33,7 @@ def check_options(name: str, options: dict) -> None:
     resolution = options.get("resolution")
     if resolution is not None and resolution < 1:  # 0 would silently mean "the pipeline's default"
         raise ModelError("--resolution must be a positive number of pixels")
-    if name == "toy" and options.get("resolution") not in (None, 32):
-        raise ModelError("the toy model draws 32 x 32 images only; --resolution is for diffusers models")
+    MODELS.get(name).check_options(options)
 
 
 def load_model(name: str, path: str | None = None, device: str = "cpu", **options) -> FlowModel:

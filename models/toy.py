@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from flowarena.core.io import atomic_write
 from flowarena.models.base import FlowModel, ModelError, PromptEmbeds, register_model
 from flowarena.models.text import TextEncoder, WordTokenizer
-from flowarena.tasks.toyworld.grammar import vocabulary
+from flowarena.tasks.toyworld.grammar import tokenize_words, vocabulary
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy.safetensors"
 # On a CPU the toy UNet is fastest 32 rows at a time, its activations then staying in cache
@@ -76,6 +76,33 @@ class ToyNet(nn.Module):
 @register_model("toy")
 class ToyModel(FlowModel):
     description = "the embedded 32x32 toy generator (default, CPU-friendly)"
+    # The toy world's trust-region thresholds: on the `default` setting (I = 1, so the second
+    # mini-batch of each epoch is the off-policy one), each removes the gradient of about 10 %
+    # of the off-policy steps (docs/toy-world.md asks for 5–30 %). Measured on runs whose trust
+    # region never binds, with `benchmarks/calibrate.py` (docs/results.md, "Calibration", has the
+    # command and the shares). The published values (SD3.5 latents: 1e-4, 2e-6, 1e-5) clip or
+    # mask nothing here except cps's, which makes grpo, guard and dppo the same algorithm.
+    calibration = {
+        "grpo": {"clip_range": 5e-6},  # removes 14.1 % of off-policy steps
+        "cps": {"clip_range": 1e-5},  # 10.0 % (the published value happens to fit)
+        "guard": {"clip_range": 5e-6},  # 9.3 %
+        "dppo": {"delta": 1e-7},  # 7.7 %
+        "dppo-cps": {"delta": 1e-7},  # 8.9 %: the CPS KL scale matches (methods/sde.py)
+        "dppo-sym": {"delta": 1e-7},  # dppo's δ, both sides: 15.0 %
+        "dppo-sampled-kl": {"delta": 3e-11},  # ½(log ρ)² is ~KL/D: δ giving dppo's share, 7.5 %
+    }
+    train_defaults = {}  # the trainer's LoRA rank 16 and α 32
+    casts_weights = False  # fp32 weights always
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if options.get("resolution") not in (None, 32):
+            raise ModelError("the toy model draws 32 x 32 images only; --resolution is for diffusers models")
+
+    @classmethod
+    def unknown_words(cls, prompts: list[str]) -> list[str]:
+        known = set(vocabulary())
+        return [w for p in prompts for w in tokenize_words(p) if w not in known]
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", **options) -> ToyModel:

@@ -10,18 +10,10 @@ from pathlib import Path
 
 from flowarena.core.io import atomic_write
 from flowarena.core.results import Manifest
+from flowarena.core.rundir import RunDir
 from flowarena.reports.figures import Run, load_run
-from flowarena.reports.tables import (
-    FLOOR_NOTE,
-    PAIRED_NOTE,
-    Comparison,
-    comparison,
-    format_cell,
-    headline_keys,
-    markdown_comparison,
-    noise_floor_rows,
-    paired_rows,
-)
+from flowarena.reports.table_files import FLOOR_NOTE, PAIRED_NOTE, noise_floor_rows, paired_rows
+from flowarena.reports.tables import Comparison, comparison, format_cell, headline_keys, markdown_comparison
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +96,14 @@ def write_index(run_dir: str | Path, figures: list[dict] | None = None, run: Run
     """Write run_dir/report/index.html. `figures` ([{path, caption}], as reports.figures.render_all
     returns) defaults to the PNGs in report/figures; `run` (its manifest and missing files) to
     reports.figures.load_run(run_dir)."""
-    run_dir = Path(run_dir)
-    report = run_dir / "report"
+    run_dir, rundir = Path(run_dir), RunDir(run_dir)
+    report = rundir.report
     run = load_run(run_dir) if run is None else run
     missing = list(run.missing)
     if figures is None:
-        figures = [{"path": p, "caption": p.stem} for p in sorted((report / "figures").glob("*.png"))]
+        figures = [{"path": p, "caption": p.stem} for p in sorted(rundir.figures.glob("*.png"))]
     try:
-        comp = comparison(run_dir, run.reference)
+        comp = comparison(run, run.reference)
         markdown = markdown_comparison(comp)
     except Exception as e:  # a malformed result.json must not cost the figures
         log.exception("comparison table failed")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flowarena.core.identity import check_bases, misplaced
-from flowarena.core.results import CellResult, EvalRecord, Metric, ResultSchemaError, read_json
+from flowarena.core.results import CellResult, EvalRecord, Metric
 from flowarena.reports.alarms import HackingAlarm, reward_hacking
 from flowarena.reports.paired import PairedDiff, delta_vs, paired_differences
+from flowarena.reports.run_reader import Run, load_run
 from flowarena.tasks.soft_tifa import stderr
 
 
@@ -67,53 +67,6 @@ def judge_table(acc: dict) -> str:
 
 
 # --- bench run: the comparison table, read from result files only -------------------------
-def _pm(mean: float, se: float, digits: int = 1) -> str:
-    return f"{mean:.{digits}f} ± {se:.{digits}f}"
-
-
-def _read(path: Path, kind):
-    """A typed result file, or None when it is half-written or unreadable (the report lists it)."""
-    try:
-        return kind.from_json(read_json(path), str(path))
-    except ResultSchemaError:
-        return None
-
-
-def _object(path: Path) -> dict:
-    """A JSON object file, or {} where it is absent or unreadable."""
-    try:
-        return read_json(path)
-    except ResultSchemaError:
-        return {}
-
-
-def _collect(run_dir: Path, missing: list[str] | None = None) -> tuple[dict, dict]:
-    """{(model, method): [CellResult per seed]}, {(model, seed): the base model's final
-    EvalRecord}; unreadable files and copied cells skipped (and named in `missing`, given one).
-    Cells of one model trained from different base weights are a BaseMismatch: never paired."""
-    results: dict[tuple, list] = {}
-    bases: dict[tuple, EvalRecord] = {}
-    trained_from = []  # (model, cell, the base its config.json records)
-    for path in sorted(run_dir.glob("*/*/seed*/result.json")):
-        model, method, seed = path.parts[-4], path.parts[-3], path.parent.name[4:]
-        if method == "base" or not seed.isdigit() or (r := _read(path, CellResult)) is None:
-            continue
-        if why := misplaced({"model": r.model, "method": r.method, "seed": r.seed}, model, method, int(seed)):
-            if missing is not None:
-                missing.append(f"{path.relative_to(run_dir)}: {why}")
-            continue
-        results.setdefault((r.model, r.method), []).append(r)
-        trained_from.append((model, str(path.parent.relative_to(run_dir)),
-                             _object(path.parent / "config.json").get("base")))
-    check_bases(_object(run_dir / "manifest.json").get("config"), trained_from)
-    for path in sorted(run_dir.glob("*/base/seed*/eval.json")):
-        if (path.parent / "final.json").exists():  # the test sets' scores, as the cells' finals
-            path = path.parent / "final.json"
-        if (b := _read(path, EvalRecord)) is not None:
-            bases[(path.parts[-4], int(path.parent.name[4:]))] = b
-    return results, bases
-
-
 def _metric_values(e: EvalRecord) -> dict[str, tuple[float, float]]:
     """key -> (value, stderr): the primary and secondary metrics, the KL, then the breakdown."""
     def pick(role):
@@ -184,11 +137,10 @@ def table_columns(records: list[dict], metrics: list[Metric] | None = None) -> l
     return [c for c in cols if any(c.key in r for r in records)]
 
 
-def run_metrics(collected: tuple[dict, dict]) -> list[Metric]:
-    """The metrics the run's evaluations describe, in the order of the first one that has each."""
-    results, bases = collected
+def run_metrics(run: Run) -> list[Metric]:
+    """The metrics the run's final evaluations describe, in the order of the first one that has each."""
     seen: dict[str, Metric] = {}
-    for e in [*bases.values(), *(r.final for rs in results.values() for r in rs)]:
+    for e in [*(b.final for b in run.bases), *(r.final for rs in run.results().values() for r in rs)]:
         for m in e.metrics:
             seen.setdefault(m.key, m)
     return list(seen.values())
@@ -246,16 +198,15 @@ def _vs_reference(paired: list[PairedDiff], model: str, method: str, headline: M
     return "" if d is None else f"{d.text(headline.digits)} vs {d.reference}"
 
 
-def run_records(run_dir: Path, collected: tuple[dict, dict] | None = None,
-                paired: list[PairedDiff] | None = None,
+def run_records(run: Run, paired: list[PairedDiff] | None = None,
                 alarms: list[HackingAlarm] | None = None) -> list[dict]:
     """One record per model × method (the base model first): mean and stderr of every metric
-    over the finished seeds, read from result files only (or from `_collect`'s output); with
-    the paired difference of its headline to the reference method and its alarms."""
-    results, bases = collected or _collect(run_dir)
+    over the finished seeds; with the paired difference of its headline to the reference
+    method and its alarms."""
+    results = run.results()
     records = []
     for model in sorted({m for m, _ in results}):
-        base_list = [b for (m, _), b in sorted(bases.items()) if m == model]
+        base_list = [b.final for b in run.bases_of(model)]
         entries = [("base (pretrained)", base_list, base_list, None)]
         entries += [(method, [r.final for r in rs], [r.base for r in rs], rs)
                     for (m, method), rs in sorted(results.items()) if m == model]
@@ -333,9 +284,9 @@ class Comparison:
                 + (f" Warning: {self.mixed_precision}" if self.mixed_precision else ""))
 
 
-def _scored_on(collected) -> str:
+def _scored_on(results: dict) -> str:
     """"geneval2 test (800 prompts), pickscore test (539 prompts)" from a run's final records."""
-    final = next((r.final for rs in collected[0].values() for r in rs), None)
+    final = next((r.final for rs in results.values() for r in rs), None)
     if final is None:
         return ""
     parts = []
@@ -350,19 +301,20 @@ def _precision(r) -> set[str]:
     return {b.get("precision", "unrecorded") for b in r.final.benchmarks.values()}
 
 
-def _precisions(collected) -> dict[str, int]:
+def precision_counts(results: dict[tuple[str, str], list[CellResult]]) -> dict[str, int]:
+    """How many cells' final scores were computed in each precision (eval.precision)."""
     counts: dict[str, int] = {}
-    for rs in collected[0].values():
+    for rs in results.values():
         for r in rs:
             for p in _precision(r):
                 counts[p] = counts.get(p, 0) + 1
     return counts
 
 
-def _mixed_seeds(collected) -> int:
+def mixed_precision_seeds(results: dict[tuple[str, str], list[CellResult]]) -> int:
     """How many (model, seed) have trained cells scored in different precisions."""
     per_seed: dict[tuple, set] = {}
-    for (model, _), rs in collected[0].items():
+    for (model, _), rs in results.items():
         for r in rs:
             per_seed.setdefault((model, r.seed), set()).update(_precision(r))
     return sum(len(p) > 1 for p in per_seed.values())
@@ -373,26 +325,22 @@ def default_reference(methods: list[str]) -> str | None:
     return "grpo" if "grpo" in methods else (methods[0] if methods else None)
 
 
-def comparison(run_dir: Path, reference: str | None = None) -> Comparison:
-    """The comparison of a run directory, its result files read once; `reference`: the
-    method the others are paired against (default: `default_reference`)."""
-    collected = _collect(run_dir)
-    methods = sorted({method for _, method in collected[0]})
+def comparison(run: Run | str | Path, reference: str | None = None) -> Comparison:
+    """The comparison of a run (read here from its directory where given a path: the files the
+    tables need); `reference`: the method the others are paired against (default:
+    `default_reference`)."""
+    run = run if isinstance(run, Run) else load_run(run, figures=False)
+    results = run.results()
+    methods = sorted({method for _, method in results})
     reference = reference or default_reference(methods)
-    paired = paired_differences(collected[0], reference) if reference in methods else []
-    alarms = reward_hacking(collected[0])
-    records = run_records(run_dir, collected, paired, alarms)
-    metrics = run_metrics(collected)
+    paired = paired_differences(results, reference) if reference in methods else []
+    alarms = reward_hacking(results)
+    records = run_records(run, paired, alarms)
+    metrics = run_metrics(run)
     cols = table_columns(records, metrics)
-    reward = next((r.reward for rs in collected[0].values() for r in rs), "")
-    return Comparison(records, cols, best_methods(records, cols), reward, _scored_on(collected),
-                      reference, paired, alarms, metrics, _precisions(collected), _mixed_seeds(collected))
-
-
-def run_table(run_dir: Path) -> tuple[str, list[dict]]:
-    """The comparison table in Markdown (best per column in bold) and its records."""
-    c = comparison(run_dir)
-    return markdown_comparison(c), c.records
+    reward = next((r.reward for rs in results.values() for r in rs), "")
+    return Comparison(records, cols, best_methods(records, cols), reward, _scored_on(results), reference,
+                      paired, alarms, metrics, precision_counts(results), mixed_precision_seeds(results))
 
 
 def markdown_comparison(c: Comparison) -> str:
@@ -409,111 +357,3 @@ def markdown_comparison(c: Comparison) -> str:
             cells.append(f"**{text}**" if c.best.get((r["model"], col.key)) == r["method"] else text)
         rows.append(cells)
     return markdown_table(header, rows) + "\n\n" + c.note
-
-
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
-_LATEX_SYMBOLS = {"±": r"$\pm$", "→": r"$\to$", "Δ": r"$\Delta$", "@": "@"}
-
-
-def _tex(text: str) -> str:
-    out = "".join(_LATEX_ESCAPES.get(c, c) for c in str(text))
-    for sym, tex in _LATEX_SYMBOLS.items():
-        out = out.replace(sym, tex)
-    return out
-
-
-def latex_table(c: Comparison, caption: str = "") -> str:
-    """The comparison as a booktabs `table` (best trained method per column in bold)."""
-    records, cols, best = c.records, c.columns, c.best
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             r"\begin{tabular}{ll" + "r" * (1 + len(cols)) + "}", r"\toprule",
-             " & ".join(_tex(t) for t in ["model", "method", "seeds"] + [col.title for col in cols]) + r" \\",
-             r"\midrule"]
-    for r in records:
-        cells = [_tex(r["model"]), _tex(r["method"]), str(r["seeds"])]
-        for col in cols:
-            text = _tex(format_cell(r, col.key, col.digits))
-            cells.append(rf"\textbf{{{text}}}" if best.get((r["model"], col.key)) == r["method"] else text)
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        lines.append(rf"\caption{{{_tex(caption)}}}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines)
-
-
-PAIRED_NOTE = ("Each method minus the reference on the same seeds, prompts and evaluation noise: the "
-               "mean of D[seed, prompt], with a 95 % percentile interval of a two-way bootstrap (seeds and "
-               "prompts resampled independently, 10,000 resamples, fixed generator); * where it excludes 0. "
-               "With one seed the interval covers the choice of prompts only, not training randomness; a "
-               "metric without per-prompt values (KL of older files) is resampled over seeds only. "
-               "'resolves': the smallest true difference this design detects with 80 % power at 5 % "
-               "(2.8 × the bootstrap's standard error); 'seeds for 1 point': about how many seeds a "
-               "difference of 1 (in the metric's units) would need, the prompts kept.")
-
-
-def paired_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
-    """The paired comparison as a table: header, rows (one per method × metric)."""
-    header = ["model", "method", "vs", "metric", "Δ [95 % CI]", "paired over", "resolves",
-              "seeds for 1 point"]
-    digits = {m.key: m.digits for m in c.metrics}
-    rows = []
-    for d in c.paired:
-        dg = digits.get(d.key, None if d.key == "kl" else 1)
-        over = f"{d.seeds} seed{'s' if d.seeds > 1 else ''}"
-        over += f" × {d.prompts} prompts" if d.prompts else ""
-        res = d.resolvable()
-        need = d.seeds_for(1.0) if dg is not None else None
-        rows.append([d.model, d.method, d.reference, d.title, d.text(dg), over,
-                     "–" if res is None else (f"{res:.{dg}f}" if dg is not None else f"{res:.1e}"),
-                     "–" if need is None else str(need)])
-    return header, rows
-
-
-def write_run_tables(run_dir: str | Path, reference: str | None = None) -> str:
-    """report/tables.md, tables.csv (raw numbers) and tables.tex (booktabs) of a run directory."""
-    import pandas as pd
-
-    from flowarena.core.io import atomic_write
-
-    run_dir = Path(run_dir)
-    c = comparison(run_dir, reference)
-    md = markdown_comparison(c)
-    report = run_dir / "report"
-    atomic_write(report / "tables.md", lambda tmp: Path(tmp).write_text(md + "\n"))
-    header, rows = paired_rows(c)
-    if rows:
-        text = (f"Method against {c.reference}, paired\n\n" + markdown_table(header, rows) + "\n\n"
-                + PAIRED_NOTE + "\n" + (f"\nWarning: {c.mixed_precision}\n" if c.mixed_precision else ""))
-        atomic_write(report / "paired.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    if c.records and not all(r["method"].startswith("base") for r in c.records):
-        atomic_write(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))
-        tex = latex_table(c, caption=c.note)
-        atomic_write(report / "tables.tex", lambda tmp: Path(tmp).write_text(tex + "\n"))
-    return md
-
-
-FLOOR_NOTE = ("The ratio's noise floor, in two parts. Same weights: the first mini-batch's trained steps "
-              "recomputed before the first update with the weights that sampled them (mean and max over "
-              "steps and samples). Rounding in a change: on the first off-policy mini-batch, |log ρ| and "
-              "KL(old ‖ new) as the update computes them minus both recomputed in fp32 (mean; – where no "
-              "mini-batch is off-policy). Rounding, not policy change: a trust region whose ε (on |log ρ|) "
-              "or δ (on the KL) is within 10× of either acts on noise.")
-
-
-def noise_floor_rows(cells) -> tuple[list[str], list[list[str]]]:
-    """One row per cell that measured the floor (epoch 0 of metrics.jsonl): header, rows."""
-    header = ["model", "method", "seed", "abs log ρ mean", "abs log ρ max", "KL mean", "KL max",
-              "rounding abs log ρ", "rounding KL", "KL of the change (fp32)", "ε or δ"]
-    rows = []
-    for c in sorted(cells, key=lambda c: (c.model, c.method, c.seed)):
-        first = next((m for m in c.metrics if m.get("epoch") == 0 and "floor_kl_mean" in m), None)
-        if first is None:
-            continue
-        region = c.config.get("trust_region") or {}
-        limit = ", ".join(f"{'ε' if k == 'ratio_clip' else 'δ'} {v:g}" for k, v in region.items()) or "–"
-        rows.append([c.model, c.method, str(c.seed)] + [f"{first[k]:.2e}" if k in first else "–" for k in (
-            "floor_logratio_abs_mean", "floor_logratio_abs_max", "floor_kl_mean", "floor_kl_max",
-            "rounding_logratio_abs_mean", "rounding_kl_mean", "change_kl_mean_fp32")] + [limit])
-    return header, rows

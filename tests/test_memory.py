@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from flowarena.methods import build_method
+from flowarena.methods.diagnostics import noise_floor
 from flowarena.methods.trainer import TrainConfig, TrainConfigError, Trainer
 from flowarena.models.toy import load_toy
 from flowarena.rewards import build_reward
@@ -126,18 +127,18 @@ def test_the_noise_floor_is_measured_before_the_first_update(tiny_path):
     for micro in (None, 5):
         tr = _trainer(tiny_path, micro_batch=micro)
         ro = tr.rollout(0)
-        floor = tr.noise_floor(ro)
+        floor = noise_floor(tr, ro)
         assert set(floor) == {"floor_logratio_abs_mean", "floor_logratio_abs_max", "floor_kl_mean",
                               "floor_kl_max"}
         assert 0 <= floor["floor_logratio_abs_mean"] <= floor["floor_logratio_abs_max"] < 1e-4
         assert 0 <= floor["floor_kl_mean"] <= floor["floor_kl_max"] < 1e-9
-        assert tr.noise_floor(ro) == floor  # it changes no weight and draws no random number
+        assert noise_floor(tr, ro) == floor  # it changes no weight and draws no random number
     metrics, _ = tr.train_epoch(0)
     assert "floor_kl_mean" in metrics and "floor_kl_mean" not in tr.train_epoch(1)[0]
 
 
 def test_a_noise_floor_near_the_threshold_is_one_warning_line():
-    from flowarena.methods.trainer import floor_warning
+    from flowarena.methods.diagnostics import floor_warning
 
     quiet = {"floor_logratio_abs_mean": 1e-9, "floor_kl_mean": 1e-12}
     assert floor_warning(quiet, {"ratio_clip": 1e-4}) is None
@@ -236,7 +237,7 @@ def test_the_rounding_in_a_change_is_measured_on_the_first_off_policy_mini_batch
     an AVX-512 CPU, 4e-14 on an AVX2 one, whose kernels depend on the batch's shape); in bf16
     the rounding, not the change, sets the KL (measured: 2.7e-7 against 7.8e-9 in fp32), and
     the warning names it; fp32 trained steps remove it while the other steps stay in bf16."""
-    from flowarena.methods.trainer import floor_warning
+    from flowarena.methods.diagnostics import floor_warning
 
     fp32 = _trainer(tiny_path, minibatch_size=6, lr=1e-4).train_epoch(0)[0]
     negligible = 1e-4 * fp32["change_kl_mean_fp32"]
@@ -261,13 +262,13 @@ def test_the_rounding_in_a_change_is_measured_on_the_first_off_policy_mini_batch
 
 def test_a_bf16_rollout_against_an_fp32_update_shows_the_floor(tiny_path):
     """Where the rollout and the update compute differently, the same-weights floor is not 0."""
-    from flowarena.methods.trainer import floor_warning
+    from flowarena.methods.diagnostics import floor_warning
 
     tr = _bf16_trainer(tiny_path)
     ro = tr.rollout(0)
-    assert tr.noise_floor(ro)["floor_kl_mean"] == 0  # bf16 against bf16: alike on this CPU
+    assert noise_floor(tr, ro)["floor_kl_mean"] == 0  # bf16 against bf16: alike on this CPU
     with tr.model.precision(torch.float32):
-        floor = tr.noise_floor(ro)
+        floor = noise_floor(tr, ro)
     assert floor["floor_kl_mean"] > 1e-9 and floor["floor_logratio_abs_mean"] > 1e-7
     assert "with unchanged weights" in floor_warning(floor, {"kl_threshold": floor["floor_kl_mean"]})
 
@@ -304,26 +305,26 @@ def test_each_phase_records_its_peak_memory_per_device_and_cell(monkeypatch, tin
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
     alloc(10)  # resident weights
     alloc(18, device=1)  # the judge and PickScore on a card of their own
-    memory.reset_peaks()
-    with memory.memory_phase("rollout"):
+    meter = memory.MemoryMeter()
+    with meter.phase("rollout"):
         alloc(30)
         alloc(-30)  # the rollout's 40 GB peak, gone before the decode
-        with memory.memory_phase("decode"):
+        with meter.phase("decode"):
             alloc(5)
             alloc(-5)
-        with memory.memory_phase("reward"):
+        with meter.phase("reward"):
             alloc(6, device=1)
             alloc(-6, device=1)
-    with memory.memory_phase("update"):
+    with meter.phase("update"):
         alloc(20)
         alloc(-20)
-    assert memory.PEAK_MEMORY_GB == {"rollout": {"cuda:0": 40.0, "cuda:1": 24.0},
-                                     "decode": {"cuda:0": 15.0, "cuda:1": 18.0},
-                                     "reward": {"cuda:0": 10.0, "cuda:1": 24.0},
-                                     "update": {"cuda:0": 30.0, "cuda:1": 18.0}}
-    assert memory.peak_metrics()["peak_gb/reward/cuda:1"] == 24.0
-    _trainer(tiny_path)  # the next cell: none of this cell's peaks
-    assert memory.PEAK_MEMORY_GB == {} and memory.peak_metrics() == {}
+    assert meter.peaks == {"rollout": {"cuda:0": 40.0, "cuda:1": 24.0},
+                           "decode": {"cuda:0": 15.0, "cuda:1": 18.0},
+                           "reward": {"cuda:0": 10.0, "cuda:1": 24.0},
+                           "update": {"cuda:0": 30.0, "cuda:1": 18.0}}
+    assert meter.metrics()["peak_gb/reward/cuda:1"] == 24.0
+    fresh = _trainer(tiny_path).memory  # the next cell: none of this cell's peaks
+    assert fresh.peaks == {} and fresh.metrics() == {}
 
 
 def test_the_prepared_gpu_check_runs_its_whole_path_small(tmp_path):
@@ -357,7 +358,7 @@ def test_bf16_ode_steps_leave_the_ratio_exact(tiny_path):
     ro, ref = fast.rollout(0), plain.rollout(0)
     assert not torch.equal(ro.images, ref.images)
     torch.testing.assert_close(ro.images, ref.images, atol=0.05, rtol=0)  # bf16 rounding, not a new sample
-    floor = fast.noise_floor(ro)
+    floor = noise_floor(fast, ro)
     assert floor["floor_kl_mean"] == 0 and floor["floor_logratio_abs_mean"] == 0
     assert fast.model.compute_dtype == torch.float32  # only inside those steps
     with pytest.raises(TrainConfigError, match="ode_precision"):

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from flowarena.methods import MethodError, build_method, get_method, method_names
+from flowarena.methods.advantages import group_advantages
 from flowarena.methods.dppo import dppo_loss
 from flowarena.methods.grpo import clipped_loss
-from flowarena.methods.trainer import TrainConfig, TrainConfigError, group_advantages
+from flowarena.methods.trainer import TrainConfig, TrainConfigError
 
 
 def test_registry_lists_grpo_and_dppo_with_descriptions():

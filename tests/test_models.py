@@ -56,7 +56,9 @@ def test_rows_per_forward_changes_only_the_speed(tiny_path):
         v = model.velocity(x, sigma, e, 3.0)
         v.square().mean().backward()
         out[rows] = v.detach(), [p.grad.clone() for p in params]
-    assert torch.allclose(out[None][0], out[4][0], atol=1e-6)
+    # float32 rounding only: oneDNN picks its convolution kernels by batch size and thread count
+    # (one thread: differences of 1e-5 on values of 0.1-0.3)
+    assert torch.allclose(out[None][0], out[4][0], atol=5e-5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(out[None][1], out[4][1]))
     assert any(g.abs().sum() > 0 for g in out[4][1])
 
@@ -121,7 +123,7 @@ def test_default_pretraining_recipe_is_deterministic_across_processes(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from models.toy_pretrain import PretrainConfig, pretrain_toy; "
+    code = ("import sys; from flowarena.models.toy_pretrain import PretrainConfig, pretrain_toy; "
             "pretrain_toy(sys.argv[1], PretrainConfig(), progress=False, stop_at=2)")
     for name in ("a", "b"):
         r = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True)

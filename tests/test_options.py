@@ -1,6 +1,7 @@
 """A setting is declared once: `bench run`'s options come from the configuration dataclasses'
 fields, types and docstrings (harness/options.py)."""
 
+import inspect
 import os
 import shutil
 import subprocess
@@ -51,7 +52,7 @@ def _project_with_a_new_field(tmp_path: Path) -> Path:
     for package in ("core", "tasks", "models", "rewards", "reports", "harness"):
         (dst / package).symlink_to(ROOT / package)
     shutil.copytree(ROOT / "methods", dst / "methods", ignore=shutil.ignore_patterns("__pycache__"))
-    trainer = dst / "methods" / "trainer.py"
+    trainer = dst / "methods" / Path(inspect.getsourcefile(TrainConfig)).name  # where TrainConfig lives
     text = trainer.read_text()
     anchor = '    lr: Positive = 3e-4\n'
     assert anchor in text

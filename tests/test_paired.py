@@ -143,22 +143,24 @@ def test_cells_scored_in_different_precisions_are_flagged():
     """Under "bf16-native" a sharded run on machines with and without bf16 units scores its
     cells in different precisions: the comparison says so, a uniform run does not, and it
     tells whether the paired differences mix precisions (a seed's cells on two machines)."""
-    from flowarena.reports.tables import Comparison, _mixed_seeds, _precisions
+    from flowarena.reports.tables import Comparison, mixed_precision_seeds, precision_counts
 
     results = _results(0.0)
     cells = [c for rs in results.values() for c in rs]
     for c in cells:
         c.final.benchmarks["toy"] = {"precision": "float32"}
-    uniform = Comparison([], [], {}, precisions=_precisions((results,)))
+    uniform = Comparison([], [], {}, precisions=precision_counts(results))
     assert uniform.precisions == {"float32": len(cells)} and uniform.mixed_precision == ""
     cells[0].final.benchmarks["toy"]["precision"] = "bfloat16"
-    mixed = Comparison([], [], {}, precisions=_precisions((results,)), mixed_seeds=_mixed_seeds((results,)))
+    mixed = Comparison([], [], {}, precisions=precision_counts(results),
+                       mixed_seeds=mixed_precision_seeds(results))
     assert "1 in bfloat16" in mixed.mixed_precision
     assert f"{len(cells) - 1} in float32" in mixed.mixed_precision
     assert mixed.mixed_seeds == 1 and "on 1 seed(s) the methods' cells differ" in mixed.mixed_precision
     assert mixed.mixed_precision in mixed.note and uniform.note == uniform.note.split(" Warning:")[0]
     for c in cells:  # a whole seed on a bf16 machine: every pair within one precision
         c.final.benchmarks["toy"]["precision"] = "bfloat16" if c.seed == cells[0].seed else "float32"
-    by_seed = Comparison([], [], {}, precisions=_precisions((results,)), mixed_seeds=_mixed_seeds((results,)))
+    by_seed = Comparison([], [], {}, precisions=precision_counts(results),
+                         mixed_seeds=mixed_precision_seeds(results))
     assert by_seed.mixed_seeds == 0 and "2 in bfloat16" in by_seed.mixed_precision
     assert "every seed's cells share one precision" in by_seed.mixed_precision

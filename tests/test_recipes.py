@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flowarena.harness.cli import app
-from flowarena.harness.run import PRESETS, TOY_CALIBRATION, RunError, load_preset, method_variant, recipe
+from flowarena.harness.run import PRESETS, RunError, load_preset, method_variant, recipe
 from flowarena.methods import build_method, method_names
+from flowarena.models.toy import ToyModel
 from flowarena.tasks.prompts import DATA, load_prompts, subset
 
 if sys.version_info >= (3, 11):
@@ -54,7 +55,7 @@ def test_dump_config_of_sd35_shows_the_papers_setting(tmp_path):
 def test_no_toy_setting_reaches_a_real_model(name):
     p = REAL[name]
     toy = PRESETS.get("default")
-    assert not (set(p.method_overrides) & set(TOY_CALIBRATION) - {"guard"})
+    assert not (set(p.method_overrides) & set(ToyModel.calibration) - {"guard"})
     assert p.train.lr != toy.train.lr and p.train.group_noise == "independent"
     assert p.train.window_fraction == 0.5 and p.train.lora_rank in (32, 64)
     assert "toy" not in p.eval.benchmarks and not p.train_prompts.startswith("toy")
@@ -73,7 +74,7 @@ def test_flux1_dev_trains_and_is_measured_at_its_distilled_guidance():
 
 def test_a_recipe_runs_on_its_own_model_only(tmp_path):
     with pytest.raises(RunError, match="preset smoke is a recipe for the toy model, not sd35; "
-                                       "recipes for sd35: sd35-geneval2"):
+                                       "recipes for sd35: sd35-pickscore, sd35-multi, sd35-geneval2"):
         recipe("sd35", "smoke")
     with pytest.raises(RunError, match="preset sd35-geneval2 is a recipe for the sd35 model, not toy"):
         recipe("toy", "sd35-geneval2")

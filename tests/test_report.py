@@ -239,8 +239,8 @@ def test_identical_seeds_get_no_error_bar_but_small_real_ones_do():
 
 
 def test_training_reward_running_mean_and_its_stderr():
-    from flowarena.reports.figures.curves import _running_mean
+    from flowarena.reports.figures.curves import running_mean
 
-    mean, se = _running_mean(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 2.0, 2.0]), 3)
+    mean, se = running_mean(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 2.0, 2.0]), 3)
     np.testing.assert_allclose(mean, [1.0, 1.5, 2.0, 3.0])
     np.testing.assert_allclose(se, [2.0, 2.0 / np.sqrt(2), 2.0 / np.sqrt(3), 2.0 / np.sqrt(3)])

@@ -84,7 +84,7 @@ def test_weighted_rewards_sum_and_keep_components(eval_scenes):
 
 
 def test_multi_reward_advantages_normalise_each_reward():
-    from flowarena.methods.trainer import group_advantages, multi_reward_advantages
+    from flowarena.methods.advantages import group_advantages, multi_reward_advantages
 
     a = torch.tensor([0.0, 1.0, 0.0, 1.0])  # small scale
     b = torch.tensor([10.0, 30.0, 20.0, 20.0])  # large scale

@@ -132,12 +132,13 @@ def test_mismatched_resume_is_refused(tiny_path, tmp_path):
 
 
 def test_method_variants_change_one_setting():
-    from flowarena.harness.run import TOY_CALIBRATION, method_variant
+    from flowarena.harness.run import method_variant
+    from flowarena.models.toy import ToyModel
 
     method, train = method_variant("dppo@delta=3e-6@beta=0.04", PRESET)
     assert method.config.delta == 3e-6 and train.beta == 0.04 and train.lr == PRESET.train.lr
     method, train = method_variant("grpo", PRESET)
-    assert method.config.clip_range == TOY_CALIBRATION["grpo"]["clip_range"] and train == PRESET.train
+    assert method.config.clip_range == ToyModel.calibration["grpo"]["clip_range"] and train == PRESET.train
     from flowarena.harness.run import PRESETS
 
     method, _ = method_variant("grpo", PRESETS["sd35-geneval2"])  # real models: published value
@@ -248,8 +249,9 @@ def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_pat
 
 
 def test_experiment_presets_name_valid_methods_rewards_and_seeds():
-    from flowarena.harness.run import PRESETS, TOY_CALIBRATION, method_variant
+    from flowarena.harness.run import PRESETS, method_variant
     from flowarena.methods import method_names
+    from flowarena.models.toy import ToyModel
     from flowarena.rewards import build_rewards, check_rewards
 
     experiments = ("main", "main-multi", "stability", "ablation", "sweep")
@@ -270,10 +272,10 @@ def test_experiment_presets_name_valid_methods_rewards_and_seeds():
             check_rewards(preset.reward, preset.reward_options)
         for spec in preset.methods:
             method_variant(spec, preset)
-    assert set(TOY_CALIBRATION) <= set(method_names())
+    assert set(ToyModel.calibration) <= set(method_names())
     # the sweep brackets the calibrated δ by a decade on each side
     sweep = [method_variant(m, PRESETS["sweep"])[0].config.delta for m in PRESETS["sweep"].methods]
-    delta = TOY_CALIBRATION["dppo"]["delta"]
+    delta = ToyModel.calibration["dppo"]["delta"]
     assert min(sweep) == pytest.approx(delta / 10) and max(sweep) == pytest.approx(delta * 10)
 
 

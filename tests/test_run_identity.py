@@ -16,7 +16,7 @@ from flowarena.harness.cli import app
 from flowarena.harness.run import RunError, run_experiment
 from flowarena.models import base_identity
 from flowarena.reports.run_reader import load_run
-from flowarena.reports.tables import _collect
+from flowarena.reports.tables import comparison
 from tests.test_run import PRESET
 
 pytestmark = pytest.mark.usefixtures("offline_single_thread")  # tiny networks: one thread is fastest
@@ -165,8 +165,8 @@ def test_the_report_refuses_cells_of_different_bases(run):
     assert "toy/grpo/seed1 was trained from toy weights /elsewhere/toy.safetensors (sha256 000000000000) " \
            "but manifest.json from toy weights " in line
     assert line.endswith("move the odd cells to a run directory of their own")
-    with pytest.raises(BaseMismatch, match="seed1 was trained from"):  # the table reader alone too
-        _collect(run)
+    with pytest.raises(BaseMismatch, match="seed1 was trained from"):  # the tables alone too
+        comparison(run)
 
 
 def test_a_copied_cell_is_not_another_seed(run):
@@ -176,12 +176,12 @@ def test_a_copied_cell_is_not_another_seed(run):
     assert r.exit_code == 0, r.output
     assert "missing: toy/grpo/seed1/config.json: records seed 0, not its directory's (a copied cell?), " \
            "skipped" in r.output
-    assert [c.seed for c in load_run(run).cells] == [0]
-    missing = []
-    results, _ = _collect(run, missing)
-    assert [r.seed for r in results[("toy", "grpo")]] == [0]
-    assert missing == ["toy/grpo/seed1/result.json: records seed 0, not its directory's (a copied cell?), "
-                       "skipped"]
+    read = load_run(run, figures=False)  # what the tables read: the same cells
+    assert [c.seed for c in read.cells] == [0] and [c.seed for c in load_run(run).cells] == [0]
+    assert [r.seed for r in read.results()[("toy", "grpo")]] == [0]
+    assert read.missing == ["toy/grpo/seed1/config.json: records seed 0, not its directory's "
+                            "(a copied cell?), skipped"]
+    assert comparison(read).records == comparison(run).records
     table = (run / "report/tables.md").read_text().splitlines()
     assert any(line.startswith("| toy ") and "| grpo " in line and "| 1 " in line for line in table)
 

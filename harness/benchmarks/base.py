@@ -23,7 +23,6 @@ from flowarena.core.registry import Registry
 from flowarena.core.results import Metric
 from flowarena.methods import dist
 from flowarena.models.base import FlowModel
-from flowarena.models.text import UnknownWordError
 from flowarena.tasks.prompts import PromptFileError, subset
 
 
@@ -106,12 +105,9 @@ class Benchmark:
         records = subset(self.prompts(prompts, split), limit)
         scorer = self.scorer
         note = None
-        if hasattr(model, "skip_unknown_words"):  # the toy model: does it know every word of the set?
-            try:
-                model.encode_prompts([r["prompt"] for r in records])
-            except UnknownWordError:
-                model.skip_unknown_words()
-                note = "the toy model reads only the words it knows: this checks the plumbing, not a score"
+        if model.unknown_words([r["prompt"] for r in records]):  # a closed vocabulary (the toy's)
+            model.skip_unknown_words()
+            note = "the model reads only the words it knows: this checks the plumbing, not a score"
         per_prompt: list = []
         own = dist.share(len(records), CHUNK)  # all of them in one process
         for lo in tqdm(range(own.start, own.stop, CHUNK), desc=self.name,

@@ -1,6 +1,6 @@
 """The run of an experiment, by responsibility:
 
-- `config.py`: presets as TOML data, the toy calibration, `--methods` variants, resolution
+- `config.py`: presets as TOML data, `--methods` variants, resolution
 - `evaluation.py`: the preset's benchmarks and the KL to the pretrained model
 - `cell.py`: one method × seed: training, checkpoints, resume
 - `experiment.py`: methods × seeds, the base model, the manifest, the report
@@ -10,7 +10,6 @@
 from flowarena.harness.run.cell import CellRun, checkpoint_files, read_checkpoint_state, save_checkpoint
 from flowarena.harness.run.config import (
     PRESETS,
-    TOY_CALIBRATION,
     EvalSettings,
     Preset,
     RunError,
@@ -25,6 +24,6 @@ from flowarena.harness.run.experiment import base_eval, recipe, run_experiment, 
 from flowarena.harness.run.export import export_cell, load_cell_policy, read_cell
 
 __all__ = ["CellRun", "EVAL_SEED", "EvalSettings", "Evaluation", "PRESETS", "Preset", "RunError",
-           "TOY_CALIBRATION", "base_eval", "checkpoint_files", "export_cell", "get_preset",
+           "base_eval", "checkpoint_files", "export_cell", "get_preset",
            "kl_to_pretrained", "load_cell_policy", "load_preset", "method_variant", "read_cell", "recipe",
            "read_checkpoint_state", "resolve", "run_experiment", "save_checkpoint", "to_toml", "versions"]

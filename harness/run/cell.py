@@ -31,11 +31,13 @@ from flowarena.core.io import (
     write_jsonl,
 )
 from flowarena.core.results import CellResult, EvalRecord, read_json
+from flowarena.core.rundir import RunDir
 from flowarena.harness.live import eval_scalars, open_live_log, scalars
 from flowarena.harness.run.config import Preset, RunError, method_variant, upgrade_cell_config
 from flowarena.harness.run.evaluation import Evaluation
 from flowarena.methods import dist
-from flowarena.methods.trainer import TrainConfig, Trainer, TrainingFault, floor_warning
+from flowarena.methods.diagnostics import floor_warning
+from flowarena.methods.trainer import TrainConfig, Trainer, TrainingFault
 from flowarena.models import base_identity, load_model
 from flowarena.rewards import build_rewards
 from flowarena.tasks.prompts import load_prompts
@@ -86,7 +88,8 @@ class CellRun:
         """`base`: the weights' record (models.base_identity; default: made here)."""
         self.run_dir, self.log_to, self.model_options = run, log_to, model_options or {}
         self.base = base
-        self.dir = run / model_name / method_name / f"seed{seed}"
+        self.paths = RunDir(run).cell(model_name, method_name, seed)
+        self.dir = self.paths.root
         self.model_name, self.model_path, self.method_name = model_name, model_path, method_name
         self.seed, self.preset, self.device, self.evaluation = seed, preset, device, evaluation
 
@@ -95,7 +98,7 @@ class CellRun:
 
     @property
     def done(self) -> bool:
-        return (self.dir / "result.json").exists()
+        return self.paths.done
 
     def run(self, base_eval: EvalRecord, base_final: EvalRecord | None = None,
             progress: bool = True) -> dict | None:
@@ -112,7 +115,7 @@ class CellRun:
                   "reward": p.reward, "seed": self.seed, "model": self.model_name,
                   "trust_region": method.trust_region, "train_prompts": p.train_prompts,
                   "base": self._base_record()}
-        ckpt = self.dir / "checkpoints" / "latest"
+        ckpt = self.paths.checkpoint
         start, wall = 0, 0.0
         if (ckpt / "state.json").exists():
             state = read_checkpoint_state(ckpt)
@@ -136,8 +139,8 @@ class CellRun:
             start, wall = state["epoch"], state["wall_seconds"]
         main = dist.is_main()  # only rank 0 writes; every rank trains
         if main:
-            write_json(self.dir / "config.json", config)
-            write_json(self.dir / "eval" / "0.json", replace(base_eval, epoch=0).to_json())
+            write_json(self.paths.config, config)
+            write_json(self.paths.eval(0), replace(base_eval, epoch=0).to_json())
         metrics = self._read_metrics(start)
         live = open_live_log(self.log_to, self.run_dir, self.model_name, self.method_name,
                              self.seed, config) if main else None
@@ -168,7 +171,7 @@ class CellRun:
                metrics: list[dict], live, progress: bool) -> float:
         """Epochs `start`… with an evaluation every `eval.every` and a checkpoint after each;
         returns the training wall time."""
-        p, ckpt = self.preset, self.dir / "checkpoints" / "latest"
+        p, ckpt = self.preset, self.paths.checkpoint
         bar = tqdm(range(start, p.epochs), desc=f"{self.label}{self.method_name} seed{self.seed}",
                    disable=not progress or not dist.is_main(), initial=start, total=p.epochs)
         for epoch in bar:
@@ -181,19 +184,21 @@ class CellRun:
             if main:
                 if epoch == 0 and (warning := floor_warning(m, method.trust_region)):
                     tqdm.write(f"warning: {self.method_name} seed {self.seed}: {warning}", file=sys.stderr)
-                save_tensors(self.dir / "diagnostics" / f"epoch_{done:04d}.safetensors", samples)
-                bar.set_postfix(reward=f"{m['reward_mean']:.3f}")
+                save_tensors(self.paths.diagnostics(done), samples)
+                shown = {"vs_base": f"{m['reward_vs_base']:+.3f}"} if "reward_vs_base" in m else {}
+                bar.set_postfix(reward=f"{m['reward_mean']:.3f}", **shown)
                 if live is not None:
                     live.log(scalars(m), done)
             if done % p.eval.every == 0 or done == p.epochs:  # every rank scores its share of the prompts
-                with trainer.ema_weights():  # evaluated with the EMA, trained on with the raw weights
+                # evaluated with the EMA, trained on with the raw weights; its peak memory in the next row
+                with trainer.ema_weights(), trainer.memory.phase("evaluation"):
                     ev = replace(self.evaluation(model, method, train), epoch=done, wall_seconds=wall)
                 if main:
-                    write_json(self.dir / "eval" / f"{done}.json", ev.to_json())
+                    write_json(self.paths.eval(done), ev.to_json())
                     if live is not None:
                         live.log(eval_scalars(ev), done)
             if main:
-                write_jsonl(self.dir / "metrics.jsonl", metrics)
+                write_jsonl(self.paths.metrics, metrics)
                 save_checkpoint(ckpt, model, trainer.optimizer, {"epoch": done, "wall_seconds": wall,
                                                                  "config": config}, trainer.ema_state_dict())
             dist.barrier()  # the other ranks wait out rank 0's checkpoint
@@ -205,13 +210,13 @@ class CellRun:
         sample grid and result.json (the cell's mark of being done). Every rank scores its share
         of the test sets; rank 0 alone goes on and returns the result."""
         p = self.preset
-        path = self.dir / "eval" / f"{p.epochs}.json"
+        path = self.paths.eval(p.epochs)
         final = self.evaluation.final(model, EvalRecord.from_json(read_json(path), str(path)))
         if not dist.is_main():
             return None
         if self.evaluation.has_test_sets:
-            write_json(self.dir / "eval" / "final.json", final.to_json())
-        self.evaluation.sample_grid(model, self.dir / "samples" / "final.png")
+            write_json(self.paths.final_eval, final.to_json())
+        self.evaluation.sample_grid(model, self.paths.samples)
         last = metrics[-3:]  # the training reward at the start and over the last epochs
         n_traj = train.prompts_per_epoch * train.group_size
         train_reward = {"first": metrics[0]["reward_mean"],
@@ -220,12 +225,12 @@ class CellRun:
                         "last_epochs": len(last)}
         result = CellResult(self.method_name, self.seed, self.model_name, p.epochs, round(wall, 1), final,
                             base_eval, train_reward, p.reward).to_json()
-        write_json(self.dir / "result.json", result)
+        write_json(self.paths.result, result)
         return result
 
     def _read_metrics(self, upto: int) -> list[dict]:
         """metrics.jsonl lines of the epochs the checkpoint covers (a resumed run redoes the rest)."""
-        path = self.dir / "metrics.jsonl"
+        path = self.paths.metrics
         if not path.exists():
             return []
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

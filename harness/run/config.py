@@ -1,11 +1,12 @@
-"""What a run trains and measures: presets as data, the toy calibration, method variants.
+"""What a run trains and measures: presets as data, method variants.
 
 A preset is a small TOML file (`harness/run/presets/<name>.toml`, or a user's own through
 `bench run --config FILE`): top-level fields of `Preset`, a `[train]` table of `TrainConfig`
 fields, an `[eval]` table of `EvalSettings` fields, and `[method_overrides.<method>]` tables
-for the toy model. `base = "default"` starts from another preset; tables merge key by key,
-and a preset (or `--reward`) that names a reward starts its `reward_options` afresh, since
-options belong to the reward. Command-line options override a preset through the same merge.
+over the model's own calibration (`FlowModel.calibration`). `base = "default"` starts from
+another preset; tables merge key by key, and a preset (or `--reward`) that names a reward starts
+its `reward_options` afresh, since options belong to the reward. Command-line options override a
+preset through the same merge.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flowarena.core.fields import Count, Limit, NonNegative, Steps, coerce, hint
 from flowarena.core.registry import Registry
 from flowarena.methods import Method, build_method, get_method, method_names
 from flowarena.methods.trainer import TrainConfig
+from flowarena.models import MODELS
 from flowarena.models.base import Precision
 
 if sys.version_info >= (3, 11):
@@ -69,23 +71,6 @@ class EvalSettings:
     model's precision; each benchmark's result records the precision it was computed in."""
 
 
-# The toy world's trust-region thresholds: on the `default` setting (I = 1, so the second
-# mini-batch of each epoch is the off-policy one), each removes the gradient of about 10 %
-# of the off-policy steps (docs/toy-world.md asks for 5–30 %). Measured on runs whose trust
-# region never binds, with `benchmarks/calibrate.py` (docs/results.md, "Calibration", has the
-# command and the shares). The published values (SD3.5 latents: 1e-4, 2e-6, 1e-5) clip or
-# mask nothing here except cps's, which makes grpo, guard and dppo the same algorithm.
-TOY_CALIBRATION: dict[str, dict] = {
-    "grpo": {"clip_range": 5e-6},  # removes 14.1 % of off-policy steps
-    "cps": {"clip_range": 1e-5},  # 10.0 % (the published value happens to fit)
-    "guard": {"clip_range": 5e-6},  # 9.3 %
-    "dppo": {"delta": 1e-7},  # 7.7 %
-    "dppo-cps": {"delta": 1e-7},  # 8.9 %: the CPS KL scale matches (methods/sde.py)
-    "dppo-sym": {"delta": 1e-7},  # dppo's δ, both sides: 15.0 %
-    "dppo-sampled-kl": {"delta": 3e-11},  # ½(log ρ)² is ~KL/D: δ giving dppo's share, 7.5 %
-}
-
-
 @dataclass
 class Preset:
     name: str
@@ -109,10 +94,11 @@ class Preset:
     """What `bench run --preset NAME` trains when `--methods` is not given."""
     seeds: Count = 1
     """Seeds per method when `--seeds` is not given."""
-    method_overrides: dict[str, dict] = field(default_factory=lambda: dict(TOY_CALIBRATION))
-    """Per-method settings of the method's config or of `[train]`: the toy calibration on
-    the toy model (the published thresholds target SD3.5 latents); on a real model, the
-    recipe's exceptions to the published defaults (e.g. GRPO-Guard's lr)."""
+    method_overrides: dict[str, dict] = field(
+        default_factory=lambda: {**MODELS.get(Preset.model).calibration})
+    """Per-method settings of the method's config or of `[train]`, over the model's calibration:
+    the toy's trust-region thresholds (the published ones target SD3.5 latents); on a real
+    model, the recipe's exceptions to the published defaults (e.g. GRPO-Guard's lr)."""
 
     def to_data(self) -> dict:
         """The preset as plain data (what --dump-config writes and --config reads back)."""
@@ -158,14 +144,12 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _defaults(model: str = "toy") -> dict:
-    """Every field's default, so a preset file need only name what differs. A real model's
-    recipe starts without the toy calibration and leaves LoRA rank and α to the adapter."""
-    if model == "toy":
-        return {"train": asdict(TrainConfig()), "eval": asdict(EvalSettings()),
-                "method_overrides": json.loads(json.dumps(TOY_CALIBRATION))}
-    train = {**asdict(TrainConfig()), "lora_rank": None, "lora_alpha": None}
-    return {"train": train, "eval": asdict(EvalSettings()), "method_overrides": {}, "model": model}
+def _defaults(model: str) -> dict:
+    """Every field's default, so a preset file need only name what differs, and what the model
+    declares a recipe for it starts from (its calibration, its LoRA defaults)."""
+    cls = MODELS.get(model)
+    return {"train": {**asdict(TrainConfig()), **cls.train_defaults}, "eval": asdict(EvalSettings()),
+            "method_overrides": json.loads(json.dumps(cls.calibration)), "model": model}
 
 
 def read_toml(path: Path) -> dict:
@@ -187,7 +171,7 @@ def preset_data(path: Path, seen: tuple[str, ...] = ()) -> dict:
     data = read_toml(path)
     base = data.pop("base", None)
     if base is None:
-        start = _defaults(data["model"] if isinstance(data.get("model"), str) else "toy")
+        start = _defaults(data["model"] if isinstance(data.get("model"), str) else Preset.model)
     elif not isinstance(base, str):
         raise RunError(f"{path}: field 'base' must name a preset (bench presets lists them)")
     elif base in seen:
@@ -196,8 +180,8 @@ def preset_data(path: Path, seen: tuple[str, ...] = ()) -> dict:
         raise RunError(f"{path}: base preset {base!r} does not exist (known: {', '.join(PRESETS.names())})")
     else:
         start = preset_data(PRESET_DIR / f"{base}.toml", seen + (base,))
-        was, now = start.get("model", "toy"), data.get("model", start.get("model", "toy"))
-        if (was == "toy") != (now == "toy"):  # the toy calibration must not reach a real model
+        was, now = start["model"], data.get("model", start["model"])
+        if MODELS.get(was).calibration != MODELS.get(now).calibration:  # calibrations stay with their model
             raise RunError(f"{path}: a recipe for {now} cannot start from {base!r}, a recipe for {was} "
                            f"(bench presets lists each model's)")
     return merge(start, data)
@@ -218,7 +202,7 @@ def get_preset(name: str) -> Preset:
 
 def check_model(preset: Preset, model_name: str) -> None:
     """A recipe runs on the model it is written for (its thresholds, sizes and prompts are)."""
-    if preset.model != model_name:
+    if preset.model not in (model_name, MODELS.get(model_name).recipes_of):
         mine = [n for n, p in PRESETS.items() if p.model == model_name]
         hint = f"; recipes for {model_name}: {', '.join(mine)}" if mine else ""
         raise RunError(f"preset {preset.name} is a recipe for the {preset.model} model, not "
@@ -391,7 +375,9 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
                                  "trained_precision": "auto", "ode_precision": "auto",
                                  # the schedule and EMA: a constant lr and none before them
                                  "lr_schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 0.0,
-                                 "ema_decay": None, "ema_every": 8, **resolved["train"]}
+                                 "ema_decay": None, "ema_every": 8,
+                                 # a measurement only: a resumed run of older code takes it up
+                                 "baseline_groups": TrainConfig.baseline_groups, **resolved["train"]}
         if "method_overrides" in resolved:  # a whole preset, not a cell's config
             resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
             resolved.setdefault("model", "toy")
@@ -400,9 +386,18 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
 
 
 # --- the shipped presets -----------------------------------------------------------------------
+def size(p: Preset) -> int:
+    """A preset's sampling work: denoiser steps of all its rollouts (orders `bench presets`)."""
+    t = p.train
+    return p.epochs * t.prompts_per_epoch * t.group_size * t.steps * p.seeds * len(p.methods)
+
+
+# A preset is one file in presets/: `bench presets` lists each model's recipes together, the
+# model with the smallest recipe first, and within a model from small to large
 PRESETS: Registry[Preset] = Registry("preset", RunError)
-_ORDER = ["quick", "smoke", "sanity", "default", "main", "main-multi", "stability", "ablation", "sweep",
-          "paper", "sd35-geneval2",
-          "sd35-pickscore", "sd35-multi", "flux1-dev-geneval2", "flux2-klein-geneval2"]
-for _file in sorted(PRESET_DIR.glob("*.toml"), key=lambda p: (_ORDER + [p.stem]).index(p.stem)):
-    PRESETS.add(_file.stem, load_preset(_file))  # `bench presets` order: small to large, then the rest
+_shipped = {f.stem: load_preset(f) for f in PRESET_DIR.glob("*.toml")}
+_smallest = {p.model: min(size(q) for q in _shipped.values() if q.model == p.model)
+             for p in _shipped.values()}
+for _name in sorted(_shipped, key=lambda n: (_smallest[_shipped[n].model], _shipped[n].model,
+                                              size(_shipped[n]), n)):
+    PRESETS.add(_name, _shipped[_name])

@@ -32,6 +32,7 @@ from flowarena.core.identity import base_changed, same_base
 from flowarena.core.io import atomic_write, write_json
 from flowarena.core.locks import LockError, describe, holder, release, try_lock, wait_lock
 from flowarena.core.results import EvalRecord, Manifest, read_json
+from flowarena.core.rundir import BasePaths, RunDir
 from flowarena.harness.live import check_log_to
 from flowarena.harness.run.cell import CellRun
 from flowarena.harness.run.config import (
@@ -99,53 +100,42 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
     so tables pair them with that seed's cells. Evaluation noise does not depend on the seed,
     so later seeds copy seed 0. Distributed: rank 0 decides and writes; when the model must be
     evaluated, every rank scores its share of the prompts, else the others read."""
-    where = run / model_name / "base"
-    names = ["eval.json"] + (["final.json"] if evaluation.has_test_sets else [])
+    here, first = RunDir(run).base(model_name, seed), RunDir(run).base(model_name, 0)
+    tests = evaluation.has_test_sets
 
-    def read(d: Path) -> tuple[EvalRecord, EvalRecord]:
-        ev = [EvalRecord.from_json(read_json(d / n), str(d / n)) for n in names]
+    def read(d: BasePaths) -> tuple[EvalRecord, EvalRecord]:
+        ev = [EvalRecord.from_json(read_json(f), str(f)) for f in d.scores(tests)]
         return ev[0], ev[-1]
 
-    path = where / f"seed{seed}"
     main = dist.is_main()
     if main:
         # another shard evaluating this seed: wait for it, then read; no timeout, since a large
         # model takes long and a dead holder's lock turns stale (core/locks.py)
-        wait_lock(path / ".lock", f"another process's evaluation of {model_name} (seed {seed})")
+        wait_lock(here.lock, f"another process's evaluation of {model_name} (seed {seed})")
     try:
-        todo = main and not all((path / n).exists() for n in names)
-        first = where / "seed0"
-        if todo and seed > 0 and all((first / n).exists() for n in names):
-            for name in ("samples.png", "prompts.json", *names):
-                if (first / name).exists():
-                    atomic_write(path / name, lambda tmp, n=name: shutil.copyfile(first / n, tmp))
+        todo = main and not all(f.exists() for f in here.scores(tests))
+        if todo and seed > 0 and all(f.exists() for f in first.scores(tests)):
+            for src, dst in zip([first.samples, first.prompts, *first.scores(tests)],
+                                [here.samples, here.prompts, *here.scores(tests)]):
+                if src.exists():
+                    atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
             todo = False
         if not dist.any_true(todo):  # (after rank 0's copy: the others read it)
-            return read(path)
+            return read(here)
         model = load_model(model_name, model_path, device, **(model_options or {}))
         place_text_encoders(model, train)
         ev = evaluation(model, None, train)
         final = evaluation.final(model, ev)
         if main:
-            evaluation.sample_grid(model, path / "samples.png")
+            evaluation.sample_grid(model, here.samples)
             if final is not ev:
-                write_json(path / "final.json", final.to_json())
-            write_json(path / "eval.json", ev.to_json())
+                write_json(here.final, final.to_json())
+            write_json(here.eval, ev.to_json())
         dist.barrier()
         return ev, final
     finally:
         if main:
-            release(path / ".lock")
-
-
-def _check_toy_words(records: list[dict], name: str) -> None:
-    from flowarena.tasks.toyworld.grammar import tokenize_words, vocabulary
-
-    known = set(vocabulary())
-    for r in records:
-        if unknown := [w for w in tokenize_words(r["prompt"]) if w not in known]:
-            raise RunError(f"the toy model cannot train on {name}: {unknown[0]!r} (in {r['prompt']!r}) is "
-                           "outside its vocabulary; keep the toy training prompts or use a diffusers model")
+            release(here.lock)
 
 
 def recipe(model_name: str | None, preset: str | Path | Preset | None, **overrides) -> tuple[str, Preset]:
@@ -153,7 +143,7 @@ def recipe(model_name: str | None, preset: str | Path | Preset | None, **overrid
     (`default_preset`: `default` for the toy, the published one for sd35 / FLUX); without a
     model, the one the preset is written for. A recipe for another model is a RunError."""
     if preset is None:
-        preset = MODELS.get(model_name or "toy").default_preset
+        preset = MODELS.get(model_name or Preset.model).default_preset
     if (aggregation := overrides.pop("aggregation", None)) is not None:
         overrides["train"] = {**(overrides.get("train") or {}), "reward_aggregation": aggregation}
     p = resolve(preset, **overrides)
@@ -204,8 +194,9 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     seeds = p.seeds if seeds is None else seeds
     check_methods(methods, p)  # none, twice, unknown names and settings: before any work
     records = load_prompts(p.train_prompts)  # an unknown set or a malformed file fails before any work
-    if model_name == "toy":
-        _check_toy_words(records, p.train_prompts)
+    if unknown := MODELS.get(model_name).unknown_words([r["prompt"] for r in records]):
+        raise RunError(f"the {model_name} model cannot train on {p.train_prompts}: {unknown[0]!r} is outside "
+                       "its vocabulary; keep its own training prompts or use a diffusers model")
     if seeds < 1:
         raise RunError("--seeds must be at least 1")
     evaluation = Evaluation(p.eval, scorer_device, p.reward_options)  # unknown benchmarks fail here
@@ -215,7 +206,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
         print(f"warning: {warning}", file=sys.stderr)
     out = Path(out)
     model_options = {"resolution": p.resolution} if p.resolution is not None else {}
-    if p.train.trained_precision == "fp32" and model_name != "toy":  # the toy's weights are fp32
+    if p.train.trained_precision == "fp32" and MODELS.get(model_name).casts_weights:
         model_options["dtype"] = "float32"  # computing in bf16 still, but for the trained steps
     check_options(model_name, model_options)
     config = {"methods": methods, "model": model_name, "model_path": model_path, "seeds": seeds,
@@ -223,9 +214,10 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
     if model_options:  # absent otherwise, so that runs written before the option still resume
         config["model_options"] = model_options
     config["base"] = identity = base_identity(model_name, model_path, model_options)
-    manifest_path = out / "manifest.json"
+    rundir = RunDir(out)
+    manifest_path = rundir.manifest
     old = None
-    if manifest_path.exists() and any(out.glob("*/*/seed*/*")):  # a run without results can start over
+    if manifest_path.exists() and rundir.has_results():  # a run without results can start over
         old = Manifest.from_json(read_json(manifest_path), str(manifest_path))
         same = (upgrade_resolved(old.config.get("resolved"), old.config.get("model_options"))
                 == config["resolved"]
@@ -260,7 +252,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
         if not dist.is_main():
             return
         # shards rewrite one file; its writers hold it for a moment, so a long wait means trouble
-        wait_lock(out / LOCKS / "manifest.lock", f"the manifest of {out}", timeout=wait, poll=0.2)
+        wait_lock(rundir.manifest_lock, f"the manifest of {out}", timeout=wait, poll=0.2)
         try:
             disk = _read_manifest(manifest_path) if keep_sessions else None
             others = [s for s in (disk.sessions if disk else []) if s.get("id") != session["id"]]
@@ -274,7 +266,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
             manifest.status = status
             write_json(manifest_path, manifest.to_json())
         finally:
-            release(out / LOCKS / "manifest.lock")
+            release(rundir.manifest_lock)
 
     cells = [(seed, m) for seed in range(seeds) for m in methods]
     mine = cells[shard[0] - 1::shard[1]]
@@ -294,7 +286,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                 i = cells.index((seed, m)) + 1
                 cell = CellRun(out, model_name, model_path, m, seed, p, evaluation, device, log_to,
                                model_options, identity)
-                lock = cell.dir / ".lock"
+                lock = cell.paths.lock
                 busy = dist.any_true(not cell.done and not try_lock(lock) if dist.is_main() else False)
                 if busy:  # another process of this run (a shard, a second machine) trains it
                     if dist.is_main():
@@ -338,16 +330,13 @@ def time_left(elapsed: float, finished: int, remaining: int, spent: float | None
     return f"{elapsed / 60:.1f} min elapsed, about {per_cell * remaining / 60:.0f} min left"
 
 
-LOCKS = ".locks"  # a run directory's locks: the run's (or each shard's) and the manifest's
-
-
 def _take_run_lock(out: Path, shard: tuple[int, int]) -> Path:
     """The run's lock, or its shard's: a second `bench run` on a directory in use is one line.
     Shards of one run may share it; an unsharded run and a shard may not."""
-    locks = out / LOCKS
-    whole = locks / "run.lock"
-    mine = whole if shard[1] == 1 else locks / f"shard-{shard[0]}-of-{shard[1]}.lock"
-    others = [whole] if shard[1] > 1 else sorted(locks.glob("shard-*.lock"))
+    rundir = RunDir(out)
+    whole = rundir.run_lock
+    mine = whole if shard[1] == 1 else rundir.shard_lock(*shard)
+    others = [whole] if shard[1] > 1 else rundir.shard_locks()
     for other in others:
         if (info := holder(other)) is not None:
             raise LockError(f"{out} is in use by a bench run on {describe(info, other)}")

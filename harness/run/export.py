@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from flowarena.core.io import load_tensors
+from flowarena.core.rundir import CellPaths
 from flowarena.harness.run.cell import checkpoint_files, read_checkpoint_state
 from flowarena.harness.run.config import RunError
 from flowarena.models import MODELS, ModelError, load_model
@@ -17,11 +18,12 @@ def read_cell(cell_dir: str | Path) -> tuple[dict, dict, Path]:
     (model path and options; empty without a manifest) and its last checkpoint's weights: their
     EMA where the cell kept one (`train.ema_decay`), the policy its evaluations measured."""
     cell_dir = Path(cell_dir)
-    cfg_path, ckpt = cell_dir / "config.json", cell_dir / "checkpoints" / "latest"
+    cell = CellPaths(cell_dir)
+    cfg_path, ckpt = cell.config, cell.checkpoint
     if not cfg_path.is_file() or not (ckpt / "state.json").is_file():
         raise RunError(f"{cell_dir} is not a trained cell of a run (no config.json or "
                        "checkpoints/latest); give a directory like runs/default/toy/grpo/seed0")
-    manifest = cell_dir.parents[2] / "manifest.json" if len(cell_dir.parents) > 2 else None
+    manifest = cell.run.manifest if cell.run is not None else None
     run_config = {}
     if manifest is not None and manifest.is_file():
         run_config = _read_object(manifest).get("config", {})

@@ -13,19 +13,19 @@ from flowarena.reports.style import BASE, BASE_COLOUR, DPI, REWARD_WINDOW
 
 
 # --- 1. learning curves -------------------------------------------------------------------------
-def _reward_series(cell: CellData) -> dict[int, tuple[float, float]]:
+def _reward_series(cell: CellData, key: str = "reward_mean") -> dict[int, tuple[float, float]]:
     # The rollouts of epoch e come from the policy after e updates: the same x as eval/<e>.json.
     # wall_seconds is stamped after the epoch's update, so its rollouts began rollout_s + update_s
     # earlier.
     out = {}
     for r in cell.metrics:
-        y, wall = number_at(r, "reward_mean"), number_at(r, "wall_seconds")
+        y, wall = number_at(r, key), number_at(r, "wall_seconds")
         if y is not None and wall is not None:
             out[r["epoch"]] = (wall - (number_at(r, "rollout_s") or 0) - (number_at(r, "update_s") or 0), y)
     return out
 
 
-def _running_mean(mean: np.ndarray, se: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+def running_mean(mean: np.ndarray, se: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Trailing mean over up to `window` epochs (fewer at the start), with the stderr of that mean
     for independent epochs: sqrt(sum se²) / n."""
     n = np.minimum(np.arange(1, len(mean) + 1), window)
@@ -54,7 +54,7 @@ def _ood_score(ev: EvalRecord) -> float | None:
 
 
 def _score_title(run: Run) -> str:
-    evals = [*run.bases.values(), *(e for c in run.cells for e in c.evals.values())]
+    evals = [*(b.eval for b in run.bases), *(e for c in run.cells for e in c.evals.values())]
     return next((e.paired.title for e in evals if e.paired is not None), "score")
 
 
@@ -75,10 +75,15 @@ def learning_curves(run: Run, model: str, x: str = "epoch") -> Figure | None:
     colours = run.colours()
     reward = next((c.config.get("reward") for c in run.cells if c.config.get("reward")), "reward")
     score = _score_title(run)
-    # Every method sees the same prompts in an epoch, so the raw batch means rise and fall together
-    # with the prompts' difficulty; a running mean shows the trend under that shared noise.
-    panels = [(f"Training reward (batch mean, running mean of {REWARD_WINDOW} epochs)",
-               f"train reward: {reward} (reward units)", _reward_series),
+    # The raw batch mean rises and falls with the epoch's prompts as much as with the policy; the
+    # same rollouts sampled by the pretrained model take the prompts out (reward_vs_base; runs of
+    # older code have the raw mean only). A running mean shows the trend either way.
+    relative = any("reward_vs_base" in r for c in run.cells for r in c.metrics)
+    key = "reward_vs_base" if relative else "reward_mean"
+    what = "− the pretrained model’s on the same rollouts" if relative else "(batch mean)"
+    panels = [(f"Training reward {what}\n(running mean of {REWARD_WINDOW} epochs)",
+               f"train reward{' gain' if relative else ''}: {reward} (reward units)",
+               lambda c: _reward_series(c, key)),
               (f"Held-out {score}", score, lambda c: _eval_series(c, _score)),
               ("KL to the pretrained model", "KL (nats per element, summed over steps)",
                lambda c: _eval_series(c, _kl))]
@@ -95,14 +100,16 @@ def learning_curves(run: Run, model: str, x: str = "epoch") -> Figure | None:
                 continue
             e, wall, mean, se, _ = map(np.array, zip(*pts))
             xs = e if x == "epoch" else wall / 60
-            if series_of is _reward_series:
-                mean, se = _running_mean(mean, se, REWARD_WINDOW)
+            if title.startswith("Training reward"):
+                mean, se = running_mean(mean, se, REWARD_WINDOW)
             ax.plot(xs, mean, "o-", ms=3, color=colours[m], label=m)
             if np.isfinite(se).any():
                 ax.fill_between(xs, mean - se, mean + se, color=colours[m], alpha=0.2, lw=0)
+        if title.startswith("Training reward") and relative:
+            ax.axhline(0, color=BASE_COLOUR, ls="--", lw=1.2)  # the pretrained model, by construction
         if title.startswith("Held-out"):
             of = _score if title == f"Held-out {score}" else _ood_score
-            gms = [of(b) for (mm, _), b in run.bases.items() if mm == model]
+            gms = [of(b.eval) for b in run.bases_of(model)]
             if gms := [g for g in gms if g is not None]:
                 ax.axhline(np.mean(gms), color=BASE_COLOUR, ls="--", lw=1.2, label=BASE)
         ax.set_title(title)
@@ -127,8 +134,7 @@ def frontier(run: Run, model: str) -> Figure | None:
     colours = run.colours()
     fig = Figure(figsize=(8.5, 5.8), layout="constrained", dpi=DPI)
     ax = fig.subplots()
-    gms = [g for (mm, _), b in run.bases.items()
-           if mm == model and (g := _score(b)) is not None]
+    gms = [g for b in run.bases_of(model) if (g := _score(b.eval)) is not None]
     if gms:
         mean, se = mean_se(gms)
         ax.errorbar([0], [mean], yerr=np.nan_to_num([se]), fmt="D", ms=9, capsize=3, color=BASE_COLOUR,

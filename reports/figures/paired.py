@@ -13,7 +13,7 @@ def paired_intervals(run: Run, model: str) -> Figure | None:
     the reference with its interval, 0 marked; filled where the interval excludes 0."""
     from flowarena.reports.tables import comparison
 
-    diffs = [d for d in comparison(run.path, run.reference).paired if d.model == model and d.low is not None]
+    diffs = [d for d in comparison(run, run.reference).paired if d.model == model and d.low is not None]
     if not diffs:
         return None
     keys = list(dict.fromkeys(d.key for d in diffs))

@@ -131,11 +131,6 @@ def ratio_histograms(run: Run, model: str) -> Figure | None:
     return fig
 
 
-def _per_step(d, mask, k, fn):
-    sel = mask & (d["step"] == k)
-    return fn(d, sel) if sel.any() else None
-
-
 def ratio_mean(run: Run, model: str) -> Figure | None:
     """Mean ρ − 1 per timestep, next to −KL, the shift a pure-signal ratio would have."""
     diag = _diag_methods(run, model)

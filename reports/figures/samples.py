@@ -30,9 +30,9 @@ def sample_grid(run: Run, model: str) -> Figure | None:
     """The base model's samples above each method's final samples: the same prompts and initial noise."""
     colours = run.colours()
     rows: list[tuple[str, str, Path]] = []
-    base = sorted((s, p) for (mm, s), p in run.base_samples.items() if mm == model)
+    base = [b.samples for b in run.bases_of(model) if b.samples is not None]
     if base:
-        rows.append((BASE, BASE_COLOUR, base[0][1]))
+        rows.append((BASE, BASE_COLOUR, base[0]))
     for m in run.methods(model):
         cells = [c for c in sorted(run.cells_of(model, m), key=lambda c: c.seed) if c.samples]
         if cells:
