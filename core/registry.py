@@ -51,7 +51,7 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
 
     def get(self, name: str) -> T:
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:  # a list from a file, say
             raise self.error(f"unknown {self.kind} {name!r} (known: {', '.join(self.names())})")
         return self._entries[name]
 

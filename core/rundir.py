@@ -39,8 +39,8 @@ def seed_of(path: Path) -> int | None:
 
 
 @dataclass(frozen=True)
-class CellPaths:
-    """The files of one method × seed: <run>/<model>/<method>/seed<k>/."""
+class SeedDir:
+    """<run>/<model>/<method or base>/seed<k>/: one seed's folder of a trained cell or of the base."""
     root: Path
 
     @property
@@ -48,12 +48,17 @@ class CellPaths:
         return self.root.parts[-3]
 
     @property
-    def method(self) -> str:
-        return self.root.parts[-2]
-
-    @property
     def seed(self) -> int | None:
         return seed_of(self.root)
+
+
+@dataclass(frozen=True)
+class CellPaths(SeedDir):
+    """The files of one method × seed: <run>/<model>/<method>/seed<k>/."""
+
+    @property
+    def method(self) -> str:
+        return self.root.parts[-2]
 
     @property
     def run(self) -> RunDir | None:
@@ -131,17 +136,8 @@ class CellPaths:
 
 
 @dataclass(frozen=True)
-class BasePaths:
+class BasePaths(SeedDir):
     """The pretrained model's evaluation of one seed: <run>/<model>/base/seed<k>/."""
-    root: Path
-
-    @property
-    def model(self) -> str:
-        return self.root.parts[-3]
-
-    @property
-    def seed(self) -> int | None:
-        return seed_of(self.root)
 
     @property
     def eval(self) -> Path:

@@ -7,19 +7,33 @@ exit code 1, never a traceback.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from flowarena.core.fields import Count, Limit, NonNegative, Range, Steps, Whole, coerce
+from flowarena.core.fields import Count, Limit, NonNegative, Steps, Whole
 from flowarena.core.io import check_output
 from flowarena.core.rundir import RunDir
-from flowarena.harness.launch import JOB, parse_shard, relaunch, run_jobs
+from flowarena.harness import catalog
+from flowarena.harness.launch import launch, reports_here
 from flowarena.harness.oneline import BadInput, OneLineUsage, friendly
-from flowarena.harness.options import overrides, settings, settings_of
+from flowarena.harness.options import (
+    SCORERS,
+    DeviceOpt,
+    GuidanceOpt,
+    Images,
+    ModelOpt,
+    PathOpt,
+    ReferenceOpt,
+    ResolutionOpt,
+    StepsOpt,
+    check_values,
+    overrides,
+    scorers,
+    settings,
+    settings_of,
+    with_scorers,
+)
 from flowarena.harness.run.config import PRESETS, EvalSettings, Preset
 from flowarena.methods.trainer import TrainConfig
 from flowarena.models import MODELS
@@ -34,30 +48,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # docstrings reflow to the terminal instead of keeping source line breaks
 )
-
-
-ModelOpt = typer.Option("toy", "--model", "-m", help="Model to use (toy: the embedded 32x32 model).")
-PathOpt = typer.Option(None, "--model-path", help="Weights file or directory (default: shipped).")
-StepsOpt = typer.Option(None, "--steps", help="ODE sampling steps (default: the model's, 20 for toy).")
-GuidanceOpt = typer.Option(None, "--guidance", "-g",
-                           help="Classifier-free guidance scale (1.0 = no CFG; toy default 4.5).")
-
-
-ResolutionOpt = typer.Option(None, "--resolution",
-                             help="Image side in pixels for sd35/FLUX (default: the pipeline's, "
-                                  "1024 for the released models; the Flow-GRPO recipes train at 512).")
-DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (the toy model is made for cpu).")
-
-
-def _options(**given) -> None:
-    """Command-line values that are no preset field, checked by the same contract (the name,
-    the value and what is allowed, in one line): `name=(value, type)`."""
-    for name, (value, hint) in given.items():
-        if value is not None:  # None: not given
-            coerce(value, hint, f"--{name.replace('_', '-')}", BadInput)
-
-
-Images = Annotated[int, Range(1, 4096)]  # a grid's, or a prompt's: more is a typo (and out of memory)
 
 
 def _load(model: str, model_path: str | None, device: str = "cpu", resolution: int | None = None):
@@ -86,7 +76,7 @@ def sample(
 
     if not prompt.strip():
         raise BadInput("the prompt is empty")
-    _options(n=(n, Images), seed=(seed, Whole), steps=(steps, Steps),
+    check_values(n=(n, Images), seed=(seed, Whole), steps=(steps, Steps),
              guidance=(guidance, NonNegative), resolution=(resolution, Count))
     check_output(out, [model_path])
     m = _load(model, model_path, device, resolution)
@@ -96,30 +86,9 @@ def sample(
     typer.echo(f"wrote {n} images for {prompt!r} to {out}")
 
 
-JudgeOpt = typer.Option(None, "--judge", help="VQA judge of geneval2 / vqascore: a hub id or a directory "
-                                             "(default Qwen/Qwen3-VL-8B-Instruct).")
-ReferenceOpt = typer.Option(None, "--reference",
-                            help="The method every other is compared with, paired over seeds and prompts "
-                                 "with 95 % intervals (default: grpo where it runs).")
-JudgeUrlOpt = typer.Option(None, "--judge-url",
-                           help="Ask the --judge served at this OpenAI-compatible endpoint (vLLM, sglang; "
-                                "e.g. http://HOST:8000/v1) instead of loading it here.")
-DetectorOpt = typer.Option(None, "--detector",
-                           help="GenEval's detector, a COCO-instance Mask2Former id or directory "
-                                "(default facebook/mask2former-swin-small-coco-instance), or GenEval's "
-                                "own through mmdet: mmdet:CONFIG:CHECKPOINT.")
-ClipOpt = typer.Option(None, "--clip", help="GenEval's colour model, a CLIP id or directory "
-                                            "(default openai/clip-vit-large-patch14), or through "
-                                            "open_clip: open_clip:ViT-L-14:openai.")
-PickOpt = typer.Option(None, "--pickscore", help="PickScore model id or directory (default "
-                                                 "yuvalkirstain/PickScore_v1).")
-PickProcOpt = typer.Option(None, "--pickscore-processor",
-                           help="Its processor (default: the --pickscore directory if given, else "
-                                "laion/CLIP-ViT-H-14-laion2B-s32B-b79K).")
-
-
 @app.command("eval")
 @friendly
+@with_scorers
 def eval_(
     model: str = typer.Option(None, "--model", "-m", help="Model to use (toy: the embedded 32x32 model; "
                                                          "default: toy, or the --run cell's)."),
@@ -145,12 +114,7 @@ def eval_(
     json_out: Path = typer.Option(None, "--json", help="Also write the full result (per prompt) as JSON."),
     device: str = DeviceOpt,
     resolution: int = ResolutionOpt,
-    judge: str = JudgeOpt,
-    judge_url: str = JudgeUrlOpt,
-    detector: str = DetectorOpt,
-    clip: str = ClipOpt,
-    pickscore: str = PickOpt,
-    pickscore_processor: str = PickProcOpt,
+    **given,
 ):
     """Evaluate a model on a benchmark. toy: Soft-TIFA (GM, AM, per skill, per atom count) on
     the held-out eval split and the preference score on the ood split; geneval2: Soft-TIFA,
@@ -163,10 +127,9 @@ def eval_(
     from flowarena.models import check_device
     from flowarena.reports.tables import eval_table
 
-    bench = build_benchmark(benchmark, device, judge=judge, judge_url=judge_url, detector=detector,
-                            clip=clip, pickscore=pickscore, pickscore_processor=pickscore_processor)
+    bench = build_benchmark(benchmark, device, **{k: given.get(k) for k in SCORERS})
     check_device(device)
-    _options(images_per_prompt=(images_per_prompt, Images), seed=(seed, Whole), steps=(steps, Steps),
+    check_values(images_per_prompt=(images_per_prompt, Images), seed=(seed, Whole), steps=(steps, Steps),
              guidance=(guidance, NonNegative), limit=(limit, Limit), resolution=(resolution, Count))
     if run is not None and (lora is not None or model_path is not None):
         raise BadInput("--run scores a run's cell with the model it trained: leave out --lora and "
@@ -195,26 +158,6 @@ def eval_(
 
 
 @app.command()
-def benchmarks():
-    """List the benchmarks `bench eval --benchmark` runs and a preset's `eval.benchmarks` names."""
-    from flowarena.core.registry import describe
-    from flowarena.harness.benchmarks import BENCHMARKS
-
-    for name, cls in BENCHMARKS.items():
-        typer.echo(f"{name:10s} {describe(cls)}")
-
-
-@app.command()
-def rewards():
-    """List the training rewards `bench run --reward` takes (several: name=weight,...)."""
-    from flowarena.core.registry import describe
-    from flowarena.rewards import REWARDS, reward_names
-
-    for name in reward_names():
-        typer.echo(f"{name:10s} {describe(REWARDS.get(name))}")
-
-
-@app.command()
 @friendly
 def pretrain(
     what: str = typer.Argument(..., help="toy (the generator) or toy-pick (the preference model)."),
@@ -226,7 +169,7 @@ def pretrain(
     resumable). The shipped weights came from these commands with default options."""
     from dataclasses import replace
 
-    _options(steps=(steps, Count), seed=(seed, Whole))
+    check_values(steps=(steps, Count), seed=(seed, Whole))
     out = out or Path("pretrain") / what
     if what == "toy":
         from flowarena.models.toy_pretrain import PretrainConfig, pretrain_toy
@@ -262,7 +205,7 @@ def judge_check(
     from flowarena.tasks.toyworld.grammar import parse_prompt
     from flowarena.tasks.toyworld.judge_check import judge_accuracy
 
-    _options(layouts=(layouts, Count), seed=(seed, Whole))
+    check_values(layouts=(layouts, Count), seed=(seed, Whole))
     specs = [parse_prompt(r["prompt"]) for r in load_toy_split(split)]
     typer.echo(judge_table(judge_accuracy(specs, layouts=layouts, seed=seed)))
 
@@ -278,6 +221,7 @@ EVAL = settings_of(EvalSettings, "eval")
 @app.command()
 @friendly
 @settings(RECIPE, TRAIN, EVAL)
+@with_scorers
 def run(
     methods: str = typer.Option(None, "--methods",
                                 help="Comma-separated methods (`bench methods`), each optionally with "
@@ -290,21 +234,13 @@ def run(
     config: Path = typer.Option(None, "--config", help="Your own recipe: a preset TOML file (may name a "
                                                        "shipped preset as `base`; `--dump-config` writes "
                                                        "one to start from)."),
-    dump_config: bool = typer.Option(False, "--dump-config", help="Print the fully resolved recipe as TOML "
-                                                                   "(what would run) and exit."),
-    seeds: int = typer.Option(None, help="Seeds per method (default: the preset's; tables show mean ± "
-                                         "stderr over seeds; a rerun with more adds seeds)."),
+    dump_config: bool = typer.Option(False, "--dump-config", help="Print the resolved recipe as TOML; exit."),
+    seeds: int = typer.Option(None, help="Seeds per method (default: the preset's; a rerun adds seeds)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
     device: str = DeviceOpt,
     reward_device: str = typer.Option(None, "--reward-device",
                                       help="Memory knob: where the rewards and the benchmarks' scorers "
                                            "(judge, PickScore) run, e.g. cuda:1 (default: --device)."),
-    judge: str = JudgeOpt,
-    judge_url: str = JudgeUrlOpt,
-    detector: str = DetectorOpt,
-    clip: str = ClipOpt,
-    pickscore: str = PickOpt,
-    pickscore_processor: str = PickProcOpt,
     reference: str = ReferenceOpt,
     log_to: str = typer.Option(None, "--log-to", help="Also stream the metrics live to 'tensorboard' "
                                                       "(<out>/tensorboard) or 'wandb' (offline without an "
@@ -315,8 +251,7 @@ def run(
     shard: str = typer.Option(None, "--shard", help="Run every N-th cell from the I-th (I/N, e.g. 1/4): N "
                                                     "processes or machines sharing --out run one experiment "
                                                     "(a Slurm array); `bench report` merges their results."),
-    jobs: int = typer.Option(None, "--jobs", help="Cells at once on this machine: N processes (shards) of "
-                                                  "one thread each, so the results do not depend on N."),
+    jobs: int = typer.Option(None, "--jobs", help="Cells at once here: N one-thread shards (same results)."),
     **given,
 ):
     """Train every method on the same model, prompts, noise and budget; evaluate each on the
@@ -327,61 +262,27 @@ def run(
     the same command resumes where it stopped."""
     from dataclasses import replace
 
-    from flowarena.harness.run import recipe, run_experiment, to_toml
-    from flowarena.harness.run.config import check_methods, split_methods
+    from flowarena.harness.run import plan, to_toml
+    from flowarena.harness.run.config import split_methods
 
-    _options(seeds=(seeds, Count), nproc=(nproc, Count), jobs=(jobs, Count))
+    check_values(seeds=(seeds, Count), nproc=(nproc, Count), jobs=(jobs, Count))
     names = None if methods is None else split_methods(methods)
     if names == []:
         raise BadInput("--methods is empty: name at least one method (bench methods lists them)")
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(relaunch(nproc))
     if config is not None and preset is not None:
         raise BadInput("give --preset or --config, not both (a config file can name a preset as its base)")
-    options = _reward_options(judge=judge, judge_url=judge_url, detector=detector, clip=clip,
-                              pickscore=pickscore, pickscore_processor=pickscore_processor)
-    name, p = recipe(model, config or preset, reward_options=options,
-                     **overrides(given, RECIPE, TRAIN, EVAL, error=BadInput))
-    if names is not None:
-        check_methods(names, p)  # unknown names, settings and duplicates: before any work, --dump-config too
+    spec = plan(out or (Path("runs") / config.stem if config is not None else None), names, model,
+                config or preset, seeds, model_path, device=device, reward_device=reward_device,
+                log_to=log_to, reference=reference, reward_options=scorers(given),
+                **overrides(given, RECIPE, TRAIN, EVAL, error=BadInput))
     if dump_config:
-        p = replace(p, methods=tuple(names or p.methods), seeds=p.seeds if seeds is None else seeds)
-        typer.echo(to_toml(p), nl=False)
+        typer.echo(to_toml(replace(spec.preset, methods=tuple(spec.methods), seeds=spec.seeds)), nl=False)
         return
-    out = out or Path("runs") / (config.stem if config is not None else p.name)
-    ran = list(names or p.methods)
-    if reference is not None and reference not in ran:
-        raise BadInput(f"--reference {reference} is not among the methods run ({', '.join(ran)})")
-    if jobs is not None and JOB not in os.environ:
-        if shard is not None or nproc > 1:
-            raise BadInput("--jobs starts shards of its own: give it without --shard and --nproc")
-        run_jobs(jobs, out, len(ran) * (p.seeds if seeds is None else seeds), reference)
-    else:
-        run_experiment(out, names, name, p, seeds, model_path, command="bench " + " ".join(sys.argv[1:]),
-                       device=device, log_to=log_to, reward_device=reward_device,
-                       reference=reference, shard=parse_shard(shard))  # p: overrides applied
-    if JOB not in os.environ and int(os.environ.get("RANK", "0")) == 0:  # a job's parent prints
-        _print_comparison(out, reference)
+    launch(spec, shard=shard, jobs=jobs, nproc=nproc)
+    if reports_here():
+        from flowarena.reports.summary import run_summary
 
-
-def _print_comparison(out: Path, reference: str | None) -> None:
-    from flowarena.reports.summary import terminal_summary
-    from flowarena.reports.tables import comparison
-
-    c = comparison(out, reference)
-    typer.echo(terminal_summary(c))
-    for alarm in c.alarms:
-        typer.echo(f"warning: {alarm.line()}")
-    if c.mixed_precision:
-        typer.echo(f"warning: {c.mixed_precision}")
-    report = RunDir(out).report
-    paired = f"; paired: {report / 'paired.md'}" if c.paired else ""
-    typer.echo(f"\nfull tables: {report / 'tables.md'}{paired}; report: {report / 'index.html'}")
-
-
-def _reward_options(**given) -> dict:
-    """The CLI's model options, named as the rewards' constructors name them."""
-    return {k: v for k, v in given.items() if v is not None}
+        typer.echo(run_summary(spec.out, spec.reference))
 
 
 @app.command()
@@ -426,39 +327,8 @@ def export(
     typer.echo(f"wrote {path} ({config['model']}, {config['method']}, seed {config['seed']})")
 
 
-@app.command("methods")
-def methods_():
-    """List the registered RL fine-tuning methods."""
-    from flowarena.methods import get_method, method_names
-
-    for name in method_names():
-        cls = get_method(name)
-        typer.echo(f"{name:18s} {cls.description}\n{'':18s} [{cls.paper}]")
-
-
-@app.command()
-def presets():
-    """List the `bench run --preset` recipes (TOML files in harness/run/presets/): the model
-    each is for, its size, methods and seeds. `bench run --preset NAME --dump-config` shows
-    one in full; docs/recipes.md sets the real-model ones beside the peers' configurations."""
-    from flowarena.harness.run import PRESETS
-
-    width = max(len(n) for n in PRESETS.names()) + 1
-    for name, p in PRESETS.items():
-        t = p.train
-        typer.echo(f"{name:{width}s} {p.description}\n{'':{width}s} model {p.model}: {p.epochs} epochs of "
-                   f"{t.prompts_per_epoch} prompts x {t.group_size}, I = {t.inner_loops}, reward {p.reward}, "
-                   f"eval {','.join(p.eval.benchmarks)}; methods {','.join(p.methods)}; {p.seeds} seed(s)")
-
-
-@app.command()
-def models():
-    """List the models `--model` accepts."""
-    from flowarena.core.registry import describe
-    from flowarena.models import MODELS
-
-    for name, cls in MODELS.items():
-        typer.echo(f"{name:12s} {describe(cls)}")
+for _command in (catalog.benchmarks, catalog.rewards, catalog.methods_, catalog.presets, catalog.models):
+    app.command(_command.__name__.rstrip("_"))(_command)
 
 
 def main():  # pragma: no cover

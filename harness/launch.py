@@ -1,16 +1,24 @@
-"""Launching `bench run` in several processes: `--shard I/N` (this process runs every N-th
-cell), `--jobs N` (N one-thread shards on this machine, their logs in <out>/logs/) and
-`--nproc N` (this command again under torchrun)."""
+"""Where `bench run` runs: in this process (`--shard I/N`: every N-th cell from the I-th), as N
+one-thread jobs on this machine (`--jobs N`, their logs in <out>/logs/), or as N processes under
+torchrun (`--nproc N`). Every worker starts from the run's resolved specification, which its
+parent wrote to the run directory (`python -m flowarena.harness.launch SPEC I/N`), never from a
+command line edited for it; a worker's errors are one line, as the command's are."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import typer
 
 from flowarena.core.rundir import RunDir
-from flowarena.harness.oneline import BadInput
+from flowarena.harness.oneline import BadInput, friendly
+from flowarena.harness.run.experiment import run_experiment, time_left
+from flowarena.harness.run.spec import RunSpec
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -23,24 +31,42 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return int(i), int(n)
 
 
-JOB = "FLOWARENA_JOB"  # set in the processes `bench run --jobs` starts
+def launch(spec: RunSpec, shard: str | None = None, jobs: int | None = None, nproc: int = 1) -> None:
+    """Run `spec` the way the command asks: here, as `jobs` shards, or on `nproc` processes."""
+    part = parse_shard(shard)
+    if jobs is not None:
+        if shard is not None or nproc > 1:
+            raise BadInput("--jobs starts shards of its own: give it without --shard and --nproc")
+        run_jobs(spec, jobs)
+    elif nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start it
+        code = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc_per_node={nproc}", *_worker(spec, part)]).returncode
+        if code:
+            raise typer.Exit(code)  # the ranks said why
+    else:  # one process, or a rank of a torchrun / accelerate launch the user started
+        run_experiment(spec, shard=part)
 
 
-def run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
-    """This `bench run` as `jobs` shards at once (one thread each), their output in out/logs/;
-    the run's progress from the cells' result files; then the report of all of them."""
-    import signal
-    import subprocess
-    import sys
-    import time
+def reports_here() -> bool:
+    """Whether this process prints the run's summary: all but the ranks > 0 of a torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
 
-    from flowarena.harness.run.experiment import time_left
+
+def _worker(spec: RunSpec, shard: tuple[int, int]) -> list[str]:
+    """The worker's `-m` arguments; the spec goes to a file of this launch in <out>/logs/."""
+    path = RunDir(spec.out).logs / f"spec-{os.getpid()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return ["-m", "flowarena.harness.launch", str(spec.write(path)), f"{shard[0]}/{shard[1]}"]
+
+
+def run_jobs(spec: RunSpec, jobs: int) -> None:
+    """`spec` as `jobs` shards at once (one thread each), their output in out/logs/; the run's
+    progress from the cells' result files; then the report of all of them."""
     from flowarena.reports.report import build_report
 
-    args = argv_without("--jobs", "--out", "-o")
-    rundir = RunDir(out)
+    rundir, cells = RunDir(spec.out), len(spec.methods) * spec.seeds
     rundir.logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, JOB: "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     finished = rundir.finished
     t0, before = time.perf_counter(), finished()
     shown = before
@@ -61,8 +87,7 @@ def run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
             log = open(rundir.job_log(k, jobs), "a")  # noqa: SIM115 - open while the job runs
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: job {k} of {jobs} starts ---\n")
             log.flush()
-            cmd = [sys.executable, "-m", "flowarena.harness", *args, "--out", str(out),
-                   "--shard", f"{k}/{jobs}"]
+            cmd = [sys.executable, *_worker(spec, (k, jobs))]
             procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         while not stops and any(proc.poll() is None for proc, _ in procs):
             time.sleep(0.5)
@@ -94,30 +119,22 @@ def run_jobs(jobs: int, out: Path, cells: int, reference: str | None) -> None:
             last = ([ln for ln in lines if ln] or [""])[-1]
             why = last.removeprefix("error: ")
             raise BadInput(f"job {k} of {jobs} stopped (exit {proc.returncode}): {why} (its log: {path})")
-    build_report(out, reference)
+    build_report(spec.out, spec.reference)
 
 
-def argv_without(*options: str) -> list[str]:
-    """This command line's arguments less `options` and their values (to launch it again)."""
-    import sys
+def main(args: list[str] | None = None) -> None:
+    """A worker: `python -m flowarena.harness.launch SPEC I/N` runs shard I/N of the spec."""
+    spec_path, shard = ([*(sys.argv[1:] if args is None else args)] + [None, None])[:2]
 
-    args, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif a in options:
-            skip = True
-        elif not a.startswith(tuple(f"{o}=" for o in options)):
-            args.append(a)
-    return args
+    @friendly
+    def run() -> None:  # named as the command: a SIGTERM's line says the run resumes
+        run_experiment(RunSpec.read(Path(spec_path)), shard=parse_shard(shard))
+
+    try:
+        run()
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
 
 
-def relaunch(nproc: int) -> int:
-    """This `bench run` again, without --nproc, as `torchrun --standalone --nproc_per_node N`."""
-    import subprocess
-    import sys
-
-    args = argv_without("--nproc")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "flowarena.harness", *args]
-    return subprocess.run(cmd).returncode
+if __name__ == "__main__":
+    main()

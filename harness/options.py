@@ -17,10 +17,12 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from functools import cache
+from typing import Annotated
 
 import typer
 
-from flowarena.core.fields import describe, hints, parse, split
+from flowarena.core.fields import Range, coerce, describe, hints, parse, split
+from flowarena.harness.oneline import BadInput
 
 
 @dataclass(frozen=True)
@@ -127,3 +129,73 @@ def overrides(given: dict, *groups: list[Setting], error: type[Exception]) -> di
             value = raw if isinstance(raw, bool) else parse(raw, s.hint, s.flag, error)
             (out.setdefault(s.section, {}) if s.section else out)[s.name] = value
     return out
+
+
+# --- options several commands share ---------------------------------------------------------
+ModelOpt = typer.Option("toy", "--model", "-m", help="Model to use (toy: the embedded 32x32 model).")
+PathOpt = typer.Option(None, "--model-path", help="Weights file or directory (default: shipped).")
+StepsOpt = typer.Option(None, "--steps", help="ODE sampling steps (default: the model's, 20 for toy).")
+GuidanceOpt = typer.Option(None, "--guidance", "-g",
+                           help="Classifier-free guidance scale (1.0 = no CFG; toy default 4.5).")
+
+
+ResolutionOpt = typer.Option(None, "--resolution",
+                             help="Image side in pixels for sd35/FLUX (default: the pipeline's, "
+                                  "1024 for the released models; the Flow-GRPO recipes train at 512).")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (the toy model is made for cpu).")
+
+
+def check_values(**given) -> None:
+    """Command-line values that are no preset field, checked by the same contract (the name,
+    the value and what is allowed, in one line): `name=(value, type)`."""
+    for name, (value, hint) in given.items():
+        if value is not None:  # None: not given
+            coerce(value, hint, f"--{name.replace('_', '-')}", BadInput)
+
+
+Images = Annotated[int, Range(1, 4096)]  # a grid's, or a prompt's: more is a typo (and out of memory)
+
+
+JudgeOpt = typer.Option(None, "--judge", help="VQA judge of geneval2 / vqascore: a hub id or a directory "
+                                             "(default Qwen/Qwen3-VL-8B-Instruct).")
+ReferenceOpt = typer.Option(None, "--reference",
+                            help="The method every other is compared with, paired over seeds and prompts "
+                                 "with 95 % intervals (default: grpo where it runs).")
+JudgeUrlOpt = typer.Option(None, "--judge-url",
+                           help="Ask the --judge served at this OpenAI-compatible endpoint (vLLM, sglang; "
+                                "e.g. http://HOST:8000/v1) instead of loading it here.")
+DetectorOpt = typer.Option(None, "--detector",
+                           help="GenEval's detector, a COCO-instance Mask2Former id or directory "
+                                "(default facebook/mask2former-swin-small-coco-instance), or GenEval's "
+                                "own through mmdet: mmdet:CONFIG:CHECKPOINT.")
+ClipOpt = typer.Option(None, "--clip", help="GenEval's colour model, a CLIP id or directory "
+                                            "(default openai/clip-vit-large-patch14), or through "
+                                            "open_clip: open_clip:ViT-L-14:openai.")
+PickOpt = typer.Option(None, "--pickscore", help="PickScore model id or directory (default "
+                                                 "yuvalkirstain/PickScore_v1).")
+PickProcOpt = typer.Option(None, "--pickscore-processor",
+                           help="Its processor (default: the --pickscore directory if given, else "
+                                "laion/CLIP-ViT-H-14-laion2B-s32B-b79K).")
+
+
+SCORERS = {"judge": JudgeOpt, "judge_url": JudgeUrlOpt, "detector": DetectorOpt, "clip": ClipOpt,
+           "pickscore": PickOpt, "pickscore_processor": PickProcOpt}
+"""The scorers' model options (`bench eval` and `bench run`), named as the rewards' and the
+benchmarks' constructors name them."""
+
+
+def with_scorers(fn):
+    """Add the SCORERS options to a command after its own; it takes them in `**given` and
+    passes on `scorers(given)`."""
+    own = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    fn.__signature__ = inspect.Signature(own + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                          annotation=typing.Optional[str])  # noqa: UP045 - typer reads it at run time
+        for name, option in SCORERS.items()])
+    return fn
+
+
+def scorers(given: dict) -> dict:
+    """The scorer options the user gave."""
+    return {k: given[k] for k in SCORERS if given.get(k) is not None}
+

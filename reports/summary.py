@@ -4,7 +4,10 @@ reference method, the KL, the out-of-domain score and the reward-hacking alarm."
 
 from __future__ import annotations
 
-from flowarena.reports.tables import Comparison, format_cell, markdown_table
+import textwrap
+
+from flowarena.core.rundir import RunDir
+from flowarena.reports.tables import Comparison, comparison, format_cell, markdown_table
 
 WIDTH = 100
 
@@ -44,4 +47,48 @@ def terminal_summary(c: Comparison, width: int = WIDTH) -> str:
             header.pop(i)
             rows = [r[:i] + r[i + 1:] for r in rows]
     legend = f"\nood: {ood.title}" if ood is not None and "ood" in header else ""
-    return markdown_table(header, rows) + legend
+    verdict = textwrap.fill(base_verdict(c, head), width)
+    return markdown_table(header, rows) + legend + (f"\n{verdict}" if verdict else "")
+
+
+def base_verdict(c: Comparison, head) -> str:
+    """Whether fine-tuning moved the headline away from the pretrained model, in words: each
+    method's Δ against the base model (paired on the same prompts and noise) and whether its
+    95 % interval excludes 0. A small run is one draw: where nothing is resolved the line says
+    so, so that a low draw does not read as "fine-tuning hurt"."""
+    from scipy.stats import t as student
+
+    key = None if head is None else f"delta_{head.key}"
+    rows = [r for r in c.records if not r["method"].startswith("base") and key in r
+            and r.get(f"{key}_stderr") is not None]
+    if not rows:
+        return ""
+    parts, resolved = [], 0
+    form = ".2e" if head.digits is None else f".{head.digits}f"
+    for r in rows:
+        d, se, n = r[key], r[f"{key}_stderr"], r["seeds"]
+        q = student.ppf(0.975, n - 1) if n > 1 else 1.96  # over seeds; one seed: over many prompts
+        sign = "above" if d > 0 else "below"
+        hit = abs(d) > q * se
+        resolved += hit
+        parts.append(f"{r['method']} {d:+{form}} ± {se:{form}}"
+                     + (f" ({sign}, resolved)" if hit else ""))
+    seeds = max(r["seeds"] for r in rows)
+    size = f"{seeds} seed{'s' if seeds > 1 else ''}" + (f" × {head.n} prompts" if head.n else "")
+    line = f"vs the pretrained model (Δ{head.title.split()[-1]}, 95 %): " + ", ".join(parts)
+    if resolved == 0:
+        line += (f". Not resolved at this size ({size}): this run cannot tell whether fine-tuning "
+                 "helped; more prompts (--eval-limit), seeds (--seeds) or epochs (--preset default) can")
+    return line
+
+
+def run_summary(out, reference: str | None = None) -> str:
+    """What `bench run` prints at its end: the table, the verdict, the warnings, where the report is."""
+    c = comparison(out, reference)
+    lines = [terminal_summary(c), *(f"warning: {a.line()}" for a in c.alarms)]
+    if c.mixed_precision:
+        lines.append(f"warning: {c.mixed_precision}")
+    report = RunDir(out).report
+    paired = f"; paired: {report / 'paired.md'}" if c.paired else ""
+    where = f"full tables: {report / 'tables.md'}{paired}; report: {report / 'index.html'}"
+    return "\n".join(lines) + "\n\n" + where

@@ -91,7 +91,9 @@ def test_an_epoch_and_an_evaluation_run_on_the_device(name, clip_dir):
     assert {p.device.type for m in model.text_encoders() for p in m.parameters()} == {"cpu"}  # offloaded
     assert mode.ops > 1000  # the work ran on the device, not beside it
     # the decode's hand-off: the rollout's 4 images (decoded 2 at a time), as the reward contract has them
-    (where, dtype, shape, lo, hi), = reward.seen
+    # (then the baseline's replay of the rollout's first groups with the pretrained model)
+    (where, dtype, shape, lo, hi), *replays = reward.seen
+    assert all(r[:2] == (where, dtype) for r in replays)
     assert (where, dtype, shape) == (torch.device("cpu"), torch.float32, (4, 3, RESOLUTION, RESOLUTION))
     assert 0 <= lo < hi <= 1
     assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0 and metrics["skipped_updates"] == 0

@@ -15,7 +15,7 @@ from flowarena.harness.benchmarks import (
     build_benchmark,
     register_benchmark,
 )
-from flowarena.harness.run import RunError, run_experiment
+from flowarena.harness.run import RunError, plan, run_experiment
 from flowarena.tasks.prompts import load_toy_split
 from flowarena.tasks.soft_tifa import stderr
 from tests.test_run import PRESET
@@ -50,7 +50,7 @@ def brightness():
 
 def test_a_new_benchmark_is_one_file_and_bench_run_measures_it(brightness, tiny_path, tmp_path):
     preset = replace(PRESET, epochs=1, eval=replace(PRESET.eval, benchmarks=("test-brightness", "toy")))
-    run = run_experiment(tmp_path / "r", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+    run = run_experiment(plan(tmp_path / "r", ["grpo"], "toy", preset, 1, tiny_path), progress=False)
     ev = json.loads((run / "toy" / "grpo" / "seed0" / "eval" / "1.json").read_text())
     assert ev["schema"] == SCHEMA and set(ev["benchmarks"]) == {"test-brightness", "toy"}
     record = EvalRecord.from_json(ev)
@@ -80,11 +80,11 @@ def test_benchmarks_say_what_they_take(brightness):
 def test_a_run_with_an_unknown_benchmark_fails_before_any_work(tiny_path, tmp_path):
     preset = replace(PRESET, eval=replace(PRESET.eval, benchmarks=("nope",)))
     with pytest.raises(BenchmarkError, match="unknown benchmark 'nope'"):
-        run_experiment(tmp_path / "r", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+        run_experiment(plan(tmp_path / "r", ["grpo"], "toy", preset, 1, tiny_path), progress=False)
     assert not (tmp_path / "r").exists()
     with pytest.raises(RunError, match="eval.benchmarks must be a non-empty list"):
         empty = replace(PRESET, eval=replace(PRESET.eval, benchmarks=()))
-        run_experiment(tmp_path / "r", ["grpo"], "toy", empty, 1, tiny_path, progress=False)
+        run_experiment(plan(tmp_path / "r", ["grpo"], "toy", empty, 1, tiny_path), progress=False)
 
 
 def test_result_files_of_a_newer_schema_are_one_line():

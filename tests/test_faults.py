@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 import flowarena.harness.run.cell as run_module
-from flowarena.harness.run import EvalSettings, Preset, RunError, load_cell_policy, run_experiment
+from flowarena.harness.run import EvalSettings, Preset, RunError, load_cell_policy, plan, run_experiment
 from flowarena.methods.trainer import TrainConfig, Trainer
 from flowarena.rewards.base import REWARDS, Reward, RewardOutput, register_reward
 from tests.test_run import PRESET as RUN_PRESET
@@ -37,8 +38,8 @@ def _results(run: Path) -> tuple[pd.DataFrame, list[dict], dict]:
     cell = run / "toy" / "grpo" / "seed0"
     metrics = [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines()]
     for r in metrics:
-        for k in ("rollout_s", "update_s", "wall_seconds"):
-            r.pop(k)
+        for k in ("rollout_s", "update_s", "baseline_s", "wall_seconds"):
+            r.pop(k, None)
     evals = {p.name: json.loads(p.read_text()) for p in sorted((cell / "eval").glob("*.json"))}
     for e in evals.values():
         e.pop("wall_seconds", None)
@@ -51,8 +52,8 @@ _CHILD = """
 import sys
 from pathlib import Path
 from tests.test_faults import PRESET
-from flowarena.harness.run import run_experiment
-run_experiment(Path(sys.argv[1]), ["grpo"], "toy", PRESET, 1, sys.argv[2], progress=False)
+from flowarena.harness.run import plan, run_experiment
+run_experiment(plan(Path(sys.argv[1]), ["grpo"], "toy", PRESET, 1, sys.argv[2]), progress=False)
 """
 
 
@@ -103,7 +104,7 @@ def test_sigkill_at_random_instants_resumes_to_identical_results(tiny_path, tmp_
 def test_a_kill_between_checkpoint_files_resumes_from_the_consistent_pair(tiny_path, tmp_path, monkeypatch):
     """The window SIGKILL rarely hits: the new weights are written, state.json is not yet."""
     ref = tmp_path / "ref"
-    run_experiment(ref, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(plan(ref, ["grpo"], "toy", PRESET, 1, tiny_path), progress=False)
     original = run_module.save_tensors
 
     def dies_on_the_optimizer_of_epoch_2(path, tensors, metadata=None):
@@ -113,12 +114,12 @@ def test_a_kill_between_checkpoint_files_resumes_from_the_consistent_pair(tiny_p
     monkeypatch.setattr(run_module, "save_tensors", dies_on_the_optimizer_of_epoch_2)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+        run_experiment(plan(out, ["grpo"], "toy", PRESET, 1, tiny_path), progress=False)
     ckpt = out / "toy" / "grpo" / "seed0" / "checkpoints" / "latest"
     state = json.loads((ckpt / "state.json").read_text())
     assert state["epoch"] == 1 and (ckpt / "weights_00002.safetensors").exists()
     monkeypatch.setattr(run_module, "save_tensors", original)
-    run_experiment(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(plan(out, ["grpo"], "toy", PRESET, 1, tiny_path), progress=False)
     got, want = _results(out), _results(ref)
     pd.testing.assert_frame_equal(got[0], want[0])
     assert got[1:] == want[1:]
@@ -167,11 +168,12 @@ def test_non_finite_updates_are_skipped_and_counted(tiny_path, monkeypatch):
 def test_too_many_non_finite_updates_stop_the_run_with_a_usable_checkpoint(tiny_path, tmp_path, monkeypatch):
     monkeypatch.setattr(NaNAfter, "calls", 2)  # epochs 0 and 1 are fine (one reward call each)
     monkeypatch.setattr(Trainer, "max_skips_in_row", 2)  # epoch 2's two updates stop the run
-    preset = Preset("nan", "", epochs=6, train=PRESET.train, eval=PRESET.eval, reward=NaNAfter.name)
+    train = replace(PRESET.train, baseline_groups=0)  # one reward call an epoch: no baseline replay
+    preset = Preset("nan", "", epochs=6, train=train, eval=PRESET.eval, reward=NaNAfter.name)
     out = tmp_path / "run"
     stop = r"updates in a row had a non-finite loss.*last checkpoint \(epoch 2\)"
     with pytest.raises(RunError, match=stop):
-        run_experiment(out, ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+        run_experiment(plan(out, ["grpo"], "toy", preset, 1, tiny_path), progress=False)
     model, config = load_cell_policy(out / "toy" / "grpo" / "seed0")
     assert config["method"] == "grpo"
     assert all(torch.isfinite(v).all() for v in model.trainable_state_dict().values())
@@ -180,13 +182,13 @@ def test_too_many_non_finite_updates_stop_the_run_with_a_usable_checkpoint(tiny_
 def test_a_damaged_checkpoint_is_one_line(tiny_path, tmp_path, monkeypatch):
     out = tmp_path / "run"
     short = Preset("short", "", epochs=1, train=PRESET.train, eval=PRESET.eval, reward="toy-colour")
-    run_experiment(out, ["grpo"], "toy", short, 1, tiny_path, progress=False)
+    run_experiment(plan(out, ["grpo"], "toy", short, 1, tiny_path), progress=False)
     cell = out / "toy" / "grpo" / "seed0"
     (cell / "result.json").unlink()  # unfinished again: the next run resumes from the checkpoint
     (cell / "checkpoints" / "latest" / "weights_00001.safetensors").write_bytes(b"garbage")
     with pytest.raises(RunError, match="checkpoint .* is damaged") as e:
-        run_experiment(out, ["grpo"], "toy", short, 1, tiny_path, progress=False)
+        run_experiment(plan(out, ["grpo"], "toy", short, 1, tiny_path), progress=False)
     assert "\n" not in str(e.value)
     (cell / "checkpoints" / "latest" / "state.json").write_text("{not json")
     with pytest.raises(RunError, match="state.json is damaged"):
-        run_experiment(out, ["grpo"], "toy", short, 1, tiny_path, progress=False)
+        run_experiment(plan(out, ["grpo"], "toy", short, 1, tiny_path), progress=False)

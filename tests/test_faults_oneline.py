@@ -24,6 +24,7 @@ from flowarena.harness.run import (
     EvalSettings,
     Preset,
     load_cell_policy,
+    plan,
     read_checkpoint_state,
     run_experiment,
 )
@@ -254,7 +255,7 @@ def trained(tiny_path, tmp_path_factory):
                                       sde_window=2, lr=1e-2, lora_rank=4, lora_alpha=8),
                     eval=EvalSettings(every=1, limit=4, ood_limit=4, steps=3, kl_prompts=2, samples=2),
                     reward="toy-colour")
-    run_experiment(out, ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+    run_experiment(plan(out, ["grpo"], "toy", preset, 1, tiny_path), progress=False)
     return out
 
 

@@ -17,7 +17,7 @@ PACKAGES = [  # flowarena.<name> is the folder <name>/
     "tasks",  # prompt sets, scoring rules, the toy world: what is asked and how it is scored
     "core",  # errors, registry, fields, I/O, locks, identity, the result schema
 ]
-HARNESS = [["harness.cli", "harness.__main__", "harness.launch"],  # the commands, launching processes
+HARNESS = [["harness.cli", "harness.__main__", "harness.catalog", "harness.launch"],  # commands, launching
            ["harness.options", "harness.oneline"],  # options from the dataclasses, errors as one line
            ["harness.run", "harness.live"],  # presets, cells, the experiment, export
            ["harness.benchmarks"]]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from flowarena.harness.live import LiveLogError, check_log_to, scalars
-from flowarena.harness.run import run_experiment
+from flowarena.harness.run import plan, run_experiment
 from tests.test_run import PRESET
 
 EVAL_TAGS = {"eval/gm", "eval/am", "eval/kl_to_pretrained", "eval/preference_ood"}
@@ -18,8 +18,8 @@ def _rows(cell):
 def test_tensorboard_gets_the_metrics_jsonl_names_and_values(tiny_path, tmp_path):  # noqa: F811
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = run_experiment(tmp_path / "r", ["dppo"], "toy", PRESET, 1, tiny_path, progress=False,
-                        log_to="tensorboard")
+    run = run_experiment(plan(tmp_path / "r", ["dppo"], "toy", PRESET, 1, tiny_path, log_to="tensorboard"),
+                         progress=False)
     rows = _rows(run / "toy" / "dppo" / "seed0")
     acc = EventAccumulator(str(run / "tensorboard" / "toy" / "dppo" / "seed0"))
     acc.Reload()
@@ -47,8 +47,8 @@ def test_wandb_offline_needs_no_account(tiny_path, tmp_path, monkeypatch):  # no
         return log(self, data, step=step, **kw)
 
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", spy)
-    run = run_experiment(tmp_path / "r", ["grpo"], "toy", PRESET, 1, tiny_path, progress=False,
-                        log_to="wandb")
+    run = run_experiment(plan(tmp_path / "r", ["grpo"], "toy", PRESET, 1, tiny_path, log_to="wandb"),
+                         progress=False)
     rows = _rows(run / "toy" / "grpo" / "seed0")
     epochs = [(data, step) for data, step in calls if "reward_mean" in data]
     assert [step for _, step in epochs] == [r["epoch"] + 1 for r in rows]
@@ -66,5 +66,6 @@ def test_unknown_backend_fails_before_any_work(tmp_path, tiny_path):  # noqa: F8
     with pytest.raises(LiveLogError, match="use one of"):
         check_log_to("mlflow9")
     with pytest.raises(LiveLogError):
-        run_experiment(tmp_path / "r", ["grpo"], "toy", PRESET, 1, tiny_path, progress=False, log_to="x")
+        run_experiment(plan(tmp_path / "r", ["grpo"], "toy", PRESET, 1, tiny_path, log_to="x"),
+                       progress=False)
     assert not (tmp_path / "r").exists()

@@ -172,11 +172,12 @@ def test_the_reward_device_is_checked_and_carries_the_scorers(tiny_path, tmp_pat
         raise Stop
 
     monkeypatch.setattr(cell, "build_rewards", build)
-    from flowarena.harness.run import run_experiment
+    from flowarena.harness.run import plan, run_experiment
 
     with pytest.raises(Stop):
-        run_experiment(tmp_path / "r", ["grpo"], "toy", "smoke", 1, tiny_path, progress=False,
-                       reward_device="cpu", epochs=1)
+        run_experiment(plan(tmp_path / "r", ["grpo"], "toy", "smoke", 1, tiny_path, reward_device="cpu",
+                            epochs=1),
+                       progress=False)
     assert seen == ["cpu"]
 
 

@@ -74,10 +74,10 @@ def test_the_cli_refuses_a_destructive_output_in_one_line_before_any_work(args, 
 def test_bench_export_never_writes_over_the_cells_checkpoint(tiny_path, tmp_path):
     from dataclasses import replace
 
-    from flowarena.harness.run import run_experiment
+    from flowarena.harness.run import plan, run_experiment
     from tests.test_run import PRESET
 
-    run = run_experiment(tmp_path / "r", ["grpo"], "toy", replace(PRESET, epochs=1), 1, tiny_path,
+    run = run_experiment(plan(tmp_path / "r", ["grpo"], "toy", replace(PRESET, epochs=1), 1, tiny_path),
                          progress=False)
     cell = run / "toy" / "grpo" / "seed0"
     before = _digest(cell)

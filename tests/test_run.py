@@ -11,6 +11,7 @@ from flowarena.harness.run import (
     Preset,
     RunError,
     base_eval,
+    plan,
     run_experiment,
 )
 from flowarena.methods import build_method, method_names
@@ -79,15 +80,15 @@ def _numbers(run):
                for m in ("grpo", "dppo")}
     for rows in metrics.values():
         for r in rows:
-            for k in ("rollout_s", "update_s", "wall_seconds"):
-                r.pop(k)
+            for k in ("rollout_s", "update_s", "baseline_s", "wall_seconds"):
+                r.pop(k, None)
     return df, metrics
 
 
 def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch, interrupted):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    run_experiment(a, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
-    run_experiment(b, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(plan(a, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path), progress=False)
+    run_experiment(plan(b, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path), progress=False)
     da, ma = _numbers(a)
     db, mb = _numbers(b)
     pd.testing.assert_frame_equal(da, db)
@@ -97,9 +98,9 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch, inte
 
     # interrupt the first cell after one epoch, then rerun the same command
     with interrupted():
-        run_experiment(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+        run_experiment(plan(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path), progress=False)
     assert json.loads((c / "toy/grpo/seed0/checkpoints/latest/state.json").read_text())["epoch"] == 1
-    run_experiment(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(plan(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path), progress=False)
     dc, mc = _numbers(c)
     pd.testing.assert_frame_equal(da, dc)
     assert ma == mc
@@ -109,7 +110,7 @@ def test_run_is_deterministic_and_resumes(tiny_path, tmp_path, monkeypatch, inte
     first["sessions"][0]["cpu"] = "AVX2"  # as if the first session had run on another host
     (c / "manifest.json").write_text(json.dumps(first))
     monkeypatch.setattr(CellRun, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
-    run_experiment(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(plan(c, ["grpo", "dppo"], "toy", PRESET, 1, tiny_path), progress=False)
     last = json.loads((c / "manifest.json").read_text())
     assert last["started"] == first["started"] and len(last["resumed"]) == len(first["resumed"]) + 1 == 2
     assert last["status"] == "done"
@@ -128,7 +129,7 @@ def test_mismatched_resume_is_refused(tiny_path, tmp_path):
     (run / "manifest.json").write_text(json.dumps({"config": {"resolved": {"x": 1}, "model": "toy",
                                                               "methods": ["grpo"], "seeds": 1}}))
     with pytest.raises(RunError, match="another configuration"):
-        run_experiment(run, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+        run_experiment(plan(run, ["grpo"], "toy", PRESET, 1, tiny_path), progress=False)
 
 
 def test_method_variants_change_one_setting():
@@ -231,8 +232,9 @@ def test_a_method_registered_in_a_test_runs_through_bench_run(tiny_path, tmp_pat
             return StepLoss(-self.config.scale * s.advantages * ratio, ratio.detach(), ratio < 0)
 
     try:
-        run = run_experiment(tmp_path / "run", ["half-pg", "half-pg@scale=2.0"], "toy", PRESET,
-                            model_path=tiny_path, progress=False)
+        run = run_experiment(plan(tmp_path / "run", ["half-pg", "half-pg@scale=2.0"], "toy", PRESET,
+                                  model_path=tiny_path),
+                             progress=False)
         for name in ("half-pg", "half-pg@scale=2.0"):
             result = json.loads((run / "toy" / name / "seed0" / "result.json").read_text())
             assert result["epochs"] == PRESET.epochs
@@ -289,8 +291,8 @@ def test_export_writes_the_fine_tuned_toy_policy(tiny_path, tmp_path):
     from flowarena.harness.cli import app
     from flowarena.harness.run import load_cell_policy
 
-    run = run_experiment(tmp_path / "r", ["grpo"], "toy", replace(PRESET, epochs=1), 1, tiny_path,
-                        progress=False)
+    run = run_experiment(plan(tmp_path / "r", ["grpo"], "toy", replace(PRESET, epochs=1), 1, tiny_path),
+                         progress=False)
     cell = run / "toy" / "grpo" / "seed0"
     r = CliRunner().invoke(app, ["export", str(cell), "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
@@ -334,7 +336,8 @@ def test_replay_reproduces_the_logged_rollouts(tiny_path, tmp_path):
     spec.loader.exec_module(replay)
     preset = replace(PRESET, reward="toy-colour=1,toy-pick=0.1", reward_options={},
                      train=replace(PRESET.train, inner_loops=1, reward_aggregation="normalised"))
-    run = run_experiment(tmp_path / "r", ["dppo@delta=1e-9"], "toy", preset, 1, tiny_path, progress=False)
+    run = run_experiment(plan(tmp_path / "r", ["dppo@delta=1e-9"], "toy", preset, 1, tiny_path),
+                         progress=False)
     r = replay.replay(run / "toy" / "dppo@delta=1e-9" / "seed0", echo=lambda _: None)
     assert r["epoch"] == [0, 1]
     assert r["base"][0] == pytest.approx(r["logged"][0], rel=1e-6)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from flowarena.core.identity import SMALL_FILES, BaseMismatch, fingerprint, same_base
 from flowarena.harness.cli import app
-from flowarena.harness.run import RunError, run_experiment
+from flowarena.harness.run import RunError, plan, run_experiment
 from flowarena.models import base_identity
 from flowarena.reports.run_reader import load_run
 from flowarena.reports.tables import comparison
@@ -118,7 +118,7 @@ def test_a_run_of_older_code_still_resumes(tiny_path, tmp_path, interrupted):
     (the interrupted cell from its checkpoint), another is refused."""
     out = tmp_path / "r"
     with interrupted():
-        run_experiment(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+        run_experiment(plan(out, ["grpo"], "toy", PRESET, 1, tiny_path), progress=False)
     cell = out / "toy/grpo/seed0"
     for path, where in ((out / "manifest.json", ("config",)), (cell / "config.json", ()),
                         (cell / "checkpoints/latest/state.json", ("config",))):
@@ -130,8 +130,8 @@ def test_a_run_of_older_code_still_resumes(tiny_path, tmp_path, interrupted):
         _write(path, data)
     other = _other_weights(tiny_path, tmp_path / "other.safetensors")
     with pytest.raises(RunError, match=f"was trained from toy weights {tiny_path}; this command gives "):
-        run_experiment(out, ["grpo"], "toy", PRESET, 1, other, progress=False)
-    run_experiment(out, ["grpo"], "toy", PRESET, 1, tiny_path, progress=False)
+        run_experiment(plan(out, ["grpo"], "toy", PRESET, 1, other), progress=False)
+    run_experiment(plan(out, ["grpo"], "toy", PRESET, 1, tiny_path), progress=False)
     assert json.loads((cell / "result.json").read_text())["epochs"] == PRESET.epochs
     assert json.loads((cell / "config.json").read_text())["base"]["path"] == tiny_path
 

@@ -16,6 +16,7 @@ from flowarena.harness.run import (
     Evaluation,
     Preset,
     method_variant,
+    plan,
     read_cell,
     resolve,
     run_experiment,
@@ -106,8 +107,8 @@ def _weights(cell, kind):
 def _rows(cell):
     rows = [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
-        for k in ("rollout_s", "update_s", "wall_seconds"):
-            r.pop(k)
+        for k in ("rollout_s", "update_s", "baseline_s", "wall_seconds"):
+            r.pop(k, None)
     return rows
 
 
@@ -117,13 +118,13 @@ def _equal(a, b):
 
 def test_resume_continues_the_schedule_and_the_ema_exactly(tiny_path, tmp_path, interrupted):
     preset = replace(PRESET, epochs=2, train=SCHEDULED, eval=replace(PRESET.eval, every=2))
-    whole = run_experiment(tmp_path / "a", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+    whole = run_experiment(plan(tmp_path / "a", ["grpo"], "toy", preset, 1, tiny_path), progress=False)
     with interrupted():  # killed in the second epoch, after the first checkpoint
-        run_experiment(tmp_path / "b", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+        run_experiment(plan(tmp_path / "b", ["grpo"], "toy", preset, 1, tiny_path), progress=False)
     cut = tmp_path / "b" / "toy" / "grpo" / "seed0"
     assert json.loads((cut / "checkpoints/latest/state.json").read_text())["epoch"] == 1
     assert not _equal(_weights(cut, "ema"), _weights(cut, "weights"))  # an EMA in the checkpoint, apart
-    run_experiment(tmp_path / "b", ["grpo"], "toy", preset, 1, tiny_path, progress=False)
+    run_experiment(plan(tmp_path / "b", ["grpo"], "toy", preset, 1, tiny_path), progress=False)
     done = whole / "toy" / "grpo" / "seed0"
     assert _rows(cut) == _rows(done)  # the lr of every epoch, the losses, the rewards
     lrs = [_expected_lr(s, total=8) for s in (3, 7)]  # each epoch's last step's
@@ -154,8 +155,9 @@ def test_evaluation_measures_the_ema_and_training_keeps_the_raw_weights(tiny_pat
     for name, train in (("ema", replace(TRAIN, ema_decay=0.5, ema_every=1)), ("raw", TRAIN)):
         for seen in measured.values():
             seen.clear()
-        run = run_experiment(tmp_path / name, ["grpo"], "toy", replace(PRESET, epochs=2, train=train), 1,
-                             tiny_path, progress=False)
+        run = run_experiment(plan(tmp_path / name, ["grpo"], "toy", replace(PRESET, epochs=2, train=train),
+                                  1, tiny_path),
+                             progress=False)
         cells[name] = cell = run / "toy" / "grpo" / "seed0"
         final, weights, ema = measured["eval"][-1], _weights(cell, "weights"), _weights(cell, "ema")
         assert len(measured["eval"]) == 2 and _equal(measured["grid"][-1], final)  # the final grid too
@@ -182,8 +184,8 @@ def test_the_defaults_change_nothing(tiny_path, monkeypatch):
         rows = [tr.train_epoch(e)[0] for e in range(2)]
         assert tr.optimizer.param_groups[0]["lr"] == 1e-2
         for r in rows:
-            for k in ("rollout_s", "update_s"):
-                r.pop(k)
+            for k in ("rollout_s", "update_s", "baseline_s"):
+                r.pop(k, None)
         runs[name] = rows, tr.model.trainable_state_dict()
     assert "lr" not in runs["default"][0][0] and runs["flat cosine"][0][0]["lr"] == 1e-2
     for r in runs["flat cosine"][0]:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from flowarena.core.locks import LockError, holder, release, try_lock
 from flowarena.harness.cli import app
-from flowarena.harness.run import run_experiment
+from flowarena.harness.run import plan, run_experiment
 from tests.test_run import PRESET
 
 METHODS = ["grpo", "dppo"]
@@ -32,10 +32,10 @@ def _finals(run) -> dict:
 
 
 def test_two_shards_equal_one_unsharded_run(tiny_path, tmp_path):
-    whole = run_experiment(tmp_path / "whole", METHODS, "toy", PRESET, 2, tiny_path, progress=False)
+    whole = run_experiment(plan(tmp_path / "whole", METHODS, "toy", PRESET, 2, tiny_path), progress=False)
     for i in (1, 2):
-        sharded = run_experiment(tmp_path / "sharded", METHODS, "toy", PRESET, 2, tiny_path, progress=False,
-                                 shard=(i, 2))
+        sharded = run_experiment(plan(tmp_path / "sharded", METHODS, "toy", PRESET, 2, tiny_path),
+                                 progress=False, shard=(i, 2))
         manifest = json.loads((sharded / "manifest.json").read_text())
         assert manifest["shards"] == ({"1/2": "done"} if i == 1 else {"1/2": "done", "2/2": "done"})
         assert manifest["status"] == ("running" if i == 1 else "done")  # shard 2 has yet to run
@@ -54,9 +54,9 @@ def test_a_second_run_on_a_directory_in_use_is_one_line(tiny_path, tmp_path):
     try:
         who = f"{socket.gethostname()} \\(pid {os.getpid()}, since .*\\); if that process is gone, delete"
         with pytest.raises(LockError, match=f"is in use by a bench run on {who}"):
-            run_experiment(out, METHODS, "toy", PRESET, 1, tiny_path, progress=False)
+            run_experiment(plan(out, METHODS, "toy", PRESET, 1, tiny_path), progress=False)
         with pytest.raises(LockError, match="in use"):  # a shard may not join an unsharded run either
-            run_experiment(out, METHODS, "toy", PRESET, 1, tiny_path, progress=False, shard=(1, 2))
+            run_experiment(plan(out, METHODS, "toy", PRESET, 1, tiny_path), progress=False, shard=(1, 2))
         args = ["run", "--preset", "smoke", "--model-path", tiny_path, "--out", str(out)]
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 1 and r.output.count("\n") == 1 and r.output.startswith("error: ")
@@ -77,7 +77,7 @@ def test_a_stale_lock_is_taken_over_and_a_busy_cell_is_skipped(tiny_path, tmp_pa
     busy = out / "toy" / "dppo" / "seed0" / ".lock"  # another machine trains this cell
     busy.parent.mkdir(parents=True)
     busy.write_text(json.dumps({"host": "node-7", "pid": 1, "since": "2026-12-03 10:00:00"}))
-    run_experiment(out, METHODS, "toy", PRESET, 1, tiny_path, progress=False)
+    run_experiment(plan(out, METHODS, "toy", PRESET, 1, tiny_path), progress=False)
     assert (out / "toy" / "grpo" / "seed0" / "result.json").exists()
     assert not (out / "toy" / "dppo" / "seed0" / "result.json").exists()  # left to its owner
     assert busy.exists() and not (out / ".locks" / "run.lock").exists()
@@ -123,14 +123,14 @@ def test_jobs_1_and_jobs_2_give_the_same_tables(tiny_path, tmp_path):
 
 
 def _jobs_of(out) -> list[int]:
-    """Pids of the `--jobs` shards writing into `out` (from /proc: the test runs on Linux)."""
+    """Pids of the `--jobs` workers of the run in `out` (from /proc: the test runs on Linux)."""
     pids = []
     for proc in os.scandir("/proc"):
         try:
             cmd = open(f"/proc/{proc.name}/cmdline", "rb").read().split(b"\0")
         except (OSError, ValueError):
             continue  # not a process, or one that just ended
-        if b"--shard" in cmd and str(out).encode() in cmd:
+        if b"flowarena.harness.launch" in cmd and any(c.startswith(str(out).encode()) for c in cmd):
             pids.append(int(proc.name))
     return pids
 
@@ -178,10 +178,9 @@ def test_a_stop_while_a_job_starts_stops_that_job_too(tmp_path, monkeypatch):
         return started[-1]
 
     monkeypatch.setattr(subprocess, "Popen", popen_then_ctrl_c)
-    monkeypatch.setattr(sys, "argv", ["bench", "run", "--preset", "smoke", "--jobs", "2"])
     try:
         with pytest.raises(typer.Exit) as stop:
-            launch.run_jobs(2, tmp_path, 2, None)
+            launch.run_jobs(plan(tmp_path, preset="smoke"), 2)
         assert stop.value.exit_code == 130
         assert len(started) == 2 and all(p.poll() is not None for p in started)
     finally:

@@ -375,8 +375,7 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
                                  "trained_precision": "auto", "ode_precision": "auto",
                                  # the schedule and EMA: a constant lr and none before them
                                  "lr_schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 0.0,
-                                 "ema_decay": None, "ema_every": 8,
-                                 # a measurement only: a resumed run of older code takes it up
+                                 "ema_decay": None, "ema_every": 8,  # and a measurement, taken up:
                                  "baseline_groups": TrainConfig.baseline_groups, **resolved["train"]}
         if "method_overrides" in resolved:  # a whole preset, not a cell's config
             resolved.setdefault("train_prompts", "toy-train")  # before the option: the toy split
@@ -387,17 +386,15 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
 
 # --- the shipped presets -----------------------------------------------------------------------
 def size(p: Preset) -> int:
-    """A preset's sampling work: denoiser steps of all its rollouts (orders `bench presets`)."""
+    """Denoiser steps of all rollouts: `bench presets` lists each model's, small to large."""
     t = p.train
     return p.epochs * t.prompts_per_epoch * t.group_size * t.steps * p.seeds * len(p.methods)
 
 
-# A preset is one file in presets/: `bench presets` lists each model's recipes together, the
-# model with the smallest recipe first, and within a model from small to large
-PRESETS: Registry[Preset] = Registry("preset", RunError)
+PRESETS: Registry[Preset] = Registry("preset", RunError)  # a preset is one file in presets/
 _shipped = {f.stem: load_preset(f) for f in PRESET_DIR.glob("*.toml")}
-_smallest = {p.model: min(size(q) for q in _shipped.values() if q.model == p.model)
-             for p in _shipped.values()}
-for _name in sorted(_shipped, key=lambda n: (_smallest[_shipped[n].model], _shipped[n].model,
-                                              size(_shipped[n]), n)):
-    PRESETS.add(_name, _shipped[_name])
+_least = {m: min(size(p) for p in _shipped.values() if p.model == m)
+          for m in {p.model for p in _shipped.values()}}
+for _n, _p in sorted(_shipped.items(),
+                     key=lambda n_p: (_least[n_p[1].model], n_p[1].model, size(n_p[1]), n_p[0])):
+    PRESETS.add(_n, _p)

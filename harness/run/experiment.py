@@ -36,14 +36,12 @@ from flowarena.core.rundir import BasePaths, RunDir
 from flowarena.harness.live import check_log_to
 from flowarena.harness.run.cell import CellRun
 from flowarena.harness.run.config import (
-    Preset,
     RunError,
     check_methods,
-    check_model,
-    resolve,
     upgrade_resolved,
 )
 from flowarena.harness.run.evaluation import Evaluation
+from flowarena.harness.run.spec import RunSpec
 from flowarena.methods import dist
 from flowarena.methods.trainer import place_text_encoders
 from flowarena.models import MODELS, base_identity, check_device, check_options, load_model
@@ -138,21 +136,6 @@ def base_eval(run: Path, model_name: str, model_path: str | None, seed: int, eva
             release(here.lock)
 
 
-def recipe(model_name: str | None, preset: str | Path | Preset | None, **overrides) -> tuple[str, Preset]:
-    """The model and the resolved preset a run trains: without a preset, the model's own recipe
-    (`default_preset`: `default` for the toy, the published one for sd35 / FLUX); without a
-    model, the one the preset is written for. A recipe for another model is a RunError."""
-    if preset is None:
-        preset = MODELS.get(model_name or Preset.model).default_preset
-    if (aggregation := overrides.pop("aggregation", None)) is not None:
-        overrides["train"] = {**(overrides.get("train") or {}), "reward_aggregation": aggregation}
-    p = resolve(preset, **overrides)
-    model_name = model_name or p.model
-    MODELS.get(model_name)  # an unknown model is one line
-    check_model(p, model_name)
-    return model_name, p
-
-
 def _check_reward_prompts(spec: str, records: list[dict], name: str) -> None:
     """Rewards that ask questions need prompt records that carry them (GenEval2 or GenEval
     format); a plain prompt list trains PickScore-like rewards only."""
@@ -166,45 +149,34 @@ def _check_reward_prompts(spec: str, records: list[dict], name: str) -> None:
                            "prompts (--train-prompts geneval2-train) for geneval2")
 
 
-def run_experiment(out: Path, methods: list[str] | None = None, model_name: str | None = None,
-                   preset: str | Path | Preset | None = None, seeds: int | None = None,
-                   model_path: str | None = None, progress: bool = True, command: str | None = None,
-                   device: str = "cpu", log_to: str | None = None, reward_device: str | None = None,
-                   reference: str | None = None, shard: tuple[int, int] = (1, 1), **overrides) -> Path:
-    """Train and evaluate methods × seeds (None: the preset's) into the run directory `out`.
-    `model_name` / `preset`: as `recipe` says; `overrides` (epochs, reward, reward_options,
-    aggregation, train_prompts, resolution, train, eval) change the preset as `config.resolve` says.
-    `reward_device`: where rewards and scorers run (default: `device`); `reference`: the method
-    the report pairs the others against (default: grpo where it runs); `shard` (I, N): only every
-    N-th cell from the I-th, so that N processes, on one machine or many sharing the directory,
-    run one experiment (`bench run --shard I/N`); a lock per cell keeps two from training one."""
+def run_experiment(spec: RunSpec, shard: tuple[int, int] = (1, 1), progress: bool = True) -> Path:
+    """Train and evaluate the spec's methods × seeds into its run directory (`spec.plan` builds
+    one). `shard` (I, N): only every N-th cell from the I-th, so that N processes, on one machine
+    or many sharing the directory, run one experiment (`bench run --shard I/N`); a lock per cell
+    keeps two from training one."""
     from flowarena.reports.report import (
         build_report,  # now, not after hours of training: the code of the start
     )
 
+    out, model_name, p, methods, seeds = Path(spec.out), spec.model, spec.preset, spec.methods, spec.seeds
+    model_path, device, reward_device = spec.model_path, spec.device, spec.reward_device
     check_device(device)
     if reward_device is not None:
         check_device(reward_device)
     dist.init(device)  # under torchrun / accelerate launch: join the process group
     device = dist.local_device(device)
     scorer_device = device if reward_device is None else dist.local_device(reward_device)
-    check_log_to(log_to)
-    model_name, p = recipe(model_name, preset, **overrides)
-    methods = list(p.methods) if methods is None else methods
-    seeds = p.seeds if seeds is None else seeds
+    check_log_to(spec.log_to)
     check_methods(methods, p)  # none, twice, unknown names and settings: before any work
     records = load_prompts(p.train_prompts)  # an unknown set or a malformed file fails before any work
     if unknown := MODELS.get(model_name).unknown_words([r["prompt"] for r in records]):
         raise RunError(f"the {model_name} model cannot train on {p.train_prompts}: {unknown[0]!r} is outside "
                        "its vocabulary; keep its own training prompts or use a diffusers model")
-    if seeds < 1:
-        raise RunError("--seeds must be at least 1")
     evaluation = Evaluation(p.eval, scorer_device, p.reward_options)  # unknown benchmarks fail here
     check_rewards(p.reward, p.reward_options, evaluation.options)
     _check_reward_prompts(p.reward, records, p.train_prompts)
     for warning in emulated_bf16(p, device):
         print(f"warning: {warning}", file=sys.stderr)
-    out = Path(out)
     model_options = {"resolution": p.resolution} if p.resolution is not None else {}
     if p.train.trained_precision == "fp32" and MODELS.get(model_name).casts_weights:
         model_options["dtype"] = "float32"  # computing in bf16 still, but for the trained steps
@@ -233,7 +205,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
         config["methods"] = list(dict.fromkeys(old.config["methods"] + methods))
         config["seeds"] = max(seeds, old.config["seeds"])
     now = time.strftime("%Y-%m-%d %H:%M:%S")
-    manifest = Manifest(command or " ".join(sys.argv), config, versions(), started=now,
+    manifest = Manifest(spec.command, config, versions(), started=now,
                         processes=dist.world())
     if old is not None:
         manifest.started, manifest.resumed = old.started or now, [*old.resumed, now]
@@ -284,7 +256,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
             base = base_eval(out, model_name, model_path, seed, evaluation, p.train, device, model_options)
             for m in [m for s, m in mine if s == seed]:
                 i = cells.index((seed, m)) + 1
-                cell = CellRun(out, model_name, model_path, m, seed, p, evaluation, device, log_to,
+                cell = CellRun(out, model_name, model_path, m, seed, p, evaluation, device, spec.log_to,
                                model_options, identity)
                 lock = cell.paths.lock
                 busy = dist.any_true(not cell.done and not try_lock(lock) if dist.is_main() else False)
@@ -311,7 +283,7 @@ def run_experiment(out: Path, methods: list[str] | None = None, model_name: str 
                         release(lock)
         save_manifest("running" if skipped else "done")  # before the report, which shows the status
         if dist.is_main():
-            build_report(out, reference)
+            build_report(out, spec.reference)
     except BaseException:  # an interrupted or failed session still counts towards the wall time
         with contextlib.suppress(OSError, LockError):  # but a failed write must not hide why it stopped
             save_manifest("stopped", wait=5)

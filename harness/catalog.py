@@ -1,0 +1,56 @@
+"""`bench methods`, `rewards`, `benchmarks`, `presets`, `models`: what the registries hold, one
+entry a line, in the registries' order (a new file's entry shows up with no other edit)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def benchmarks():
+    """List the benchmarks `bench eval --benchmark` runs and a preset's `eval.benchmarks` names."""
+    from flowarena.core.registry import describe
+    from flowarena.harness.benchmarks import BENCHMARKS
+
+    for name, cls in BENCHMARKS.items():
+        typer.echo(f"{name:10s} {describe(cls)}")
+
+
+def rewards():
+    """List the training rewards `bench run --reward` takes (several: name=weight,...)."""
+    from flowarena.core.registry import describe
+    from flowarena.rewards import REWARDS, reward_names
+
+    for name in reward_names():
+        typer.echo(f"{name:10s} {describe(REWARDS.get(name))}")
+
+
+def methods_():
+    """List the registered RL fine-tuning methods."""
+    from flowarena.methods import get_method, method_names
+
+    for name in method_names():
+        cls = get_method(name)
+        typer.echo(f"{name:18s} {cls.description}\n{'':18s} [{cls.paper}]")
+
+
+def presets():
+    """List the `bench run --preset` recipes (TOML files in harness/run/presets/): the model
+    each is for, its size, methods and seeds. `bench run --preset NAME --dump-config` shows
+    one in full; docs/recipes.md sets the real-model ones beside the peers' configurations."""
+    from flowarena.harness.run import PRESETS
+
+    width = max(len(n) for n in PRESETS.names()) + 1
+    for name, p in PRESETS.items():
+        t = p.train
+        typer.echo(f"{name:{width}s} {p.description}\n{'':{width}s} model {p.model}: {p.epochs} epochs of "
+                   f"{t.prompts_per_epoch} prompts x {t.group_size}, I = {t.inner_loops}, reward {p.reward}, "
+                   f"eval {','.join(p.eval.benchmarks)}; methods {','.join(p.methods)}; {p.seeds} seed(s)")
+
+
+def models():
+    """List the models `--model` accepts."""
+    from flowarena.core.registry import describe
+    from flowarena.models import MODELS
+
+    for name, cls in MODELS.items():
+        typer.echo(f"{name:12s} {describe(cls)}")
