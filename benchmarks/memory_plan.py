@@ -132,7 +132,7 @@ def trace(preset, blocks: tuple[int, int] | None = None) -> dict[str, float]:
         def rollout():
             with torch.no_grad():
                 x = torch.empty(rb, *latent)
-                v = trainer._velocity(x, k, sig, embeds(arch, rb, cfg))
+                v = trainer.velocity(x, k, sig, embeds(arch, rb, cfg))
                 trainer._step(x, v, k, sig, noise=torch.empty_like(x))
         raw["rollout_pass"] = peak_of(rollout)
         raw["decode_pass"] = peak_of(lambda: model.decode(torch.empty(rb, *latent)))
@@ -175,7 +175,7 @@ def trace(preset, blocks: tuple[int, int] | None = None) -> dict[str, float]:
 
         def evaluation():
             with torch.no_grad():
-                trainer._velocity(torch.empty(nb, *latent), 0, esig, embeds(arch, nb, ecfg))
+                trainer.velocity(torch.empty(nb, *latent), 0, esig, embeds(arch, nb, ecfg))
         raw["eval_pass"] = peak_of(evaluation)
         raw["eval_decode"] = peak_of(lambda: model.decode(torch.empty(nb, *latent)))
         raw.update(latent=latent, lora_rank=model.lora_rank, eval_batch=nb)

@@ -236,7 +236,7 @@ def run(
                                                        "one to start from)."),
     dump_config: bool = typer.Option(False, "--dump-config", help="Print the resolved recipe as TOML; exit."),
     seeds: int = typer.Option(None, help="Seeds per method (default: the preset's; a rerun adds seeds)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<preset>)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/PRESET)."),
     device: str = DeviceOpt,
     reward_device: str = typer.Option(None, "--reward-device",
                                       help="Memory knob: where the rewards and the benchmarks' scorers "

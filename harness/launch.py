@@ -125,6 +125,8 @@ def run_jobs(spec: RunSpec, jobs: int) -> None:
 def main(args: list[str] | None = None) -> None:
     """A worker: `python -m flowarena.harness.launch SPEC I/N` runs shard I/N of the spec."""
     spec_path, shard = ([*(sys.argv[1:] if args is None else args)] + [None, None])[:2]
+    if spec_path is None:
+        sys.exit("error: usage: python -m flowarena.harness.launch SPEC [I/N] (`bench run` starts it)")
 
     @friendly
     def run() -> None:  # named as the command: a SIGTERM's line says the run resumes

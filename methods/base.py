@@ -87,6 +87,8 @@ class Method:
     name: str = ""
     description: str = ""
     paper: str = ""
+    colour: str | None = None
+    """The method's colour in every figure of every report (None: one of the unused ones)."""
     ablation: bool = False  # listed after the published methods
     Config: type[MethodConfig] = MethodConfig
 

@@ -29,5 +29,6 @@ class CPSConfig(GRPOConfig):
 @register_method("cps")
 class FlowCPS(FlowGRPO):
     description = "Flow-CPS: coefficients-preserving sampler, surrogate log-prob, clipped ratio (ε = 1e-5)"
+    colour = "#2ca02c"  # the same in every report
     paper = "Wang & Yu, 2025, Coefficients-Preserving Sampling for Reinforcement Learning with Flow Matching"
     Config = CPSConfig

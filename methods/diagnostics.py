@@ -92,9 +92,9 @@ def noise_floor(trainer, ro) -> dict[str, float]:
     log_ratio, kl = [], []
     for j, k in enumerate(ro.window):
         for idx in first.split(cfg.micro_batch or len(first)):
-            with trainer._precision():
-                r, step_kl = trainer._recompute(ro, j, k, idx, trainer._velocity)
-            log_ratio.append((trainer._log_prob(r) - ro.old_log_prob[j][idx]).double())
+            with trainer.precision():
+                r, step_kl = trainer.recompute(ro, j, k, idx, trainer.velocity)
+            log_ratio.append((trainer.log_prob(r) - ro.old_log_prob[j][idx]).double())
             kl.append(step_kl.double())
     lr, d = dist.gather(torch.cat(log_ratio)).abs(), dist.gather(torch.cat(kl))
     return {"floor_logratio_abs_mean": lr.mean().item(), "floor_logratio_abs_max": lr.max().item(),
@@ -118,14 +118,14 @@ def rounding_in_a_change(trainer, ro, mb: Tensor, before: dict[str, Tensor]) -> 
     for side, state in (("new", now), ("old", before)):
         model.load_trainable_state_dict(state)
         with model.precision(torch.float32):
-            fp32[side] = [(trainer._log_prob(r), r.mean) for r, _ in
-                          (trainer._recompute(ro, j, k, idx, trainer._velocity) for j, k, idx in parts)]
+            fp32[side] = [(trainer.log_prob(r), r.mean) for r, _ in
+                          (trainer.recompute(ro, j, k, idx, trainer.velocity) for j, k, idx in parts)]
     model.load_trainable_state_dict(now)
     lr, lr32, kl, kl32 = [], [], [], []
     for (j, k, idx), (new_lp, new_mean), (old_lp, old_mean) in zip(parts, fp32["new"], fp32["old"]):
-        with trainer._precision():
-            r, step_kl = trainer._recompute(ro, j, k, idx, trainer._velocity)
-        lr.append((trainer._log_prob(r) - ro.old_log_prob[j][idx]).double())
+        with trainer.precision():
+            r, step_kl = trainer.recompute(ro, j, k, idx, trainer.velocity)
+        lr.append((trainer.log_prob(r) - ro.old_log_prob[j][idx]).double())
         kl.append(step_kl.double())
         lr32.append((new_lp - old_lp).double())
         kl32.append(gaussian_kl(old_mean, new_mean, ro.std[j][idx]).double())
@@ -171,7 +171,7 @@ def reward_vs_base(trainer, ro, epoch: int) -> dict:
         return {}
     records = [d["records"][i] for i in mine]
     with trainer.model.reference():
-        _, images = trainer._trajectories(d["x_init"][mine], ro.embeds.select(mine // G),
+        _, images = trainer.trajectories(d["x_init"][mine], ro.embeds.select(mine // G),
                                           [z[:len(mine)] for z in d["noises"]], d["window"], ro.sigmas,
                                           mine // G if cfg.group_noise == "shared" else None)
     base = trainer.reward(images, [r["prompt"] for r in records], records).scores.float().cpu()

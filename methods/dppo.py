@@ -49,6 +49,7 @@ def dppo_loss(log_prob: Tensor, old_log_prob: Tensor, kl: Tensor, advantages: Te
 @register_method("dppo")
 class FlowDPPO(Method):
     description = "Flow-DPPO: mask steps whose exact KL to the old policy exceeds δ = 1e-5 (Flow-SDE)"
+    colour = "#d62728"  # the same in every report
     paper = "Flow-DPPO: Divergence Proximal Policy Optimization for Flow Matching Models (2026)"
     Config = DPPOConfig
 

@@ -29,5 +29,6 @@ class DPPOCPSConfig(DPPOConfig):
 @register_method("dppo-cps")
 class FlowDPPOCPS(FlowDPPO):
     description = "Flow-DPPO on the CPS sampler: exact-KL mask with a CPS-scale δ"
+    colour = "#9467bd"  # the same in every report
     paper = "Flow-DPPO: Divergence Proximal Policy Optimization for Flow Matching Models (2026)"
     Config = DPPOCPSConfig

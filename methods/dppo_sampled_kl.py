@@ -13,6 +13,7 @@ from flowarena.methods.dppo import FlowDPPO
 @register_method("dppo-sampled-kl")
 class DPPOSampledKL(FlowDPPO):
     description = "ablation: Flow-DPPO masking on ½(log ρ)² instead of the exact KL"
+    colour = "#bcbd22"  # the same in every report
     paper = "Flow-DPPO (2026), divergence ablation"
     ablation = True
 

@@ -12,6 +12,7 @@ from flowarena.methods.dppo import FlowDPPO, masked_policy_loss
 @register_method("dppo-sym")
 class DPPOSymmetric(FlowDPPO):
     description = "ablation: Flow-DPPO dropping every step with KL ≥ δ (symmetric mask)"
+    colour = "#8c564b"  # the same in every report
     paper = "Flow-DPPO (2026), mask ablation"
     ablation = True
 

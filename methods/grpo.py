@@ -45,6 +45,7 @@ def clipped_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, *,
 @register_method("grpo")
 class FlowGRPO(Method):
     description = "Flow-GRPO: PPO ratio clipping (ε = 1e-4) on the Flow-SDE sampler"
+    colour = "#1f77b4"  # the same in every report
     paper = "Liu et al., 2025, Flow-GRPO: Training Flow Matching Models via Online RL"
     Config = GRPOConfig
 

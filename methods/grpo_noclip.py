@@ -18,6 +18,7 @@ class NoClipConfig(GRPOConfig):
 @register_method("grpo-noclip")
 class GRPONoClip(FlowGRPO):
     description = "ablation: Flow-GRPO with no ratio clipping (no trust region)"
+    colour = "#e377c2"  # the same in every report
     paper = "Liu et al., 2025 (Flow-GRPO), trust-region ablation"
     ablation = True
     Config = NoClipConfig

@@ -52,6 +52,7 @@ def ratio_norm(log_prob: Tensor, old_log_prob: Tensor, mean: Tensor, old_mean: T
 @register_method("guard")
 class GRPOGuard(FlowGRPO):
     description = "GRPO-Guard: RatioNorm (ratio centred per timestep), clip 2e-6, loss / |dt|"
+    colour = "#ff7f0e"  # the same in every report
     paper = "Wang et al., 2025, GRPO-Guard: Mitigating Implicit Over-Optimization in Flow Matching"
     Config = GuardConfig
 

@@ -126,7 +126,7 @@ class Trainer:
         self._eta = mc.eta
         self._surrogate = mc.log_prob == "cps-surrogate"
 
-    def _precision(self, trained: bool = True):
+    def precision(self, trained: bool = True):
         """The precision of a step: fp32 for the trained steps, bf16 for the rollout's ODE
         steps, where the config says so; else the model's."""
         if trained and self.cfg.trained_precision == "fp32":
@@ -139,10 +139,10 @@ class Trainer:
     def _step(self, x: Tensor, v: Tensor, k: int, sigmas: Tensor, **kw):
         return self._step_fn(x, v, float(sigmas[k]), float(sigmas[k + 1]), eta=self._eta, **kw)
 
-    def _log_prob(self, r) -> Tensor:
+    def log_prob(self, r) -> Tensor:
         return r.surrogate_log_prob if self._surrogate else r.log_prob
 
-    def _velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
+    def velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
         s = torch.full((x.shape[0],), float(sigmas[k]), device=x.device)
         return self.model.velocity(x, s, embeds, self.cfg.guidance)
 
@@ -176,7 +176,7 @@ class Trainer:
         embeds = self.model.embed(picked, cfg.guidance)  # one row a prompt, not G copies (FLUX.2: 12 GB)
         sig = self.model.sigmas(cfg.steps)
         with self.memory.phase("rollout"):
-            chunks = [self._trajectories(x_init[part], embeds.select(part // G),
+            chunks = [self.trajectories(x_init[part], embeds.select(part // G),
                                          [z[part - own[0]] for z in noises], window, sig,
                                          part // G if cfg.group_noise == "shared" else None)
                       for part in own.split(cfg.rollout_batch or len(own))]
@@ -202,7 +202,7 @@ class Trainer:
                        noise=x_init, images=images, rewards=scores, advantages=adv.to(self.model.device),
                        reward_details=details, group_size=G if cfg.group_noise == "shared" else None)
 
-    def _trajectories(self, x: Tensor, embeds: PromptEmbeds, noises: list[Tensor], window: list[int],
+    def trajectories(self, x: Tensor, embeds: PromptEmbeds, noises: list[Tensor], window: list[int],
                       sig: Tensor, groups: Tensor | None = None) -> tuple[dict[str, list[Tensor]], Tensor]:
         """One rollout batch from its initial noise: ODE steps outside the window, the method's
         SDE step (with the given noise) inside; per window step x_k, x_{k+1}, mean, std and
@@ -212,14 +212,14 @@ class Trainer:
         steps: dict[str, list[Tensor]] = {name: [] for name in ("x", "x_next", "old_mean", "std",
                                                                  "old_log_prob")}
         for k in range(self.cfg.steps):
-            with self._precision(k in window):
+            with self.precision(k in window):
                 if groups is not None and k <= window[0]:
-                    v = self._shared_velocity(x, k, sig, embeds, groups, self._velocity)
+                    v = self._shared_velocity(x, k, sig, embeds, groups, self.velocity)
                 else:
-                    v = self._velocity(x, k, sig, embeds)
+                    v = self.velocity(x, k, sig, embeds)
             if k in window:
                 r = self._step(x, v, k, sig, noise=noises[window.index(k)].to(x.device))
-                for name, t in zip(steps, (x, r.next_sample, r.mean, r.std, self._log_prob(r))):
+                for name, t in zip(steps, (x, r.next_sample, r.mean, r.std, self.log_prob(r))):
                     steps[name].append(t)
                 x = r.next_sample
             else:
@@ -253,7 +253,7 @@ class Trainer:
                         # DDP averages the gradients once, at the last backward of the mini-batch
                         last = j == len(ro.window) - 1 and i == len(parts) - 1
                         with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext(), \
-                                self._precision():
+                                self.precision():
                             loss, part_values = self._step_loss(ro, j, k, part)
                             # the part's share of the mini-batch mean (a factor of exactly 1 when whole)
                             loss = loss.mean() * (len(part) / len(mb)) / len(ro.window)
@@ -326,21 +326,21 @@ class Trainer:
         gradient, and the per-sample values the diagnostics summarise."""
         cfg = self.cfg
         x, std, old_mean, x_next = ro.x[j][idx], ro.std[j][idx], ro.old_mean[j][idx], ro.x_next[j][idx]
-        r, kl = self._recompute(ro, j, k, idx, self._train_velocity)
-        st = StepTensors(self._log_prob(r), ro.old_log_prob[j][idx], kl, ro.advantages[idx], r.mean,
+        r, kl = self.recompute(ro, j, k, idx, self._train_velocity)
+        st = StepTensors(self.log_prob(r), ro.old_log_prob[j][idx], kl, ro.advantages[idx], r.mean,
                          old_mean, std, float(ro.sigmas[k + 1] - ro.sigmas[k]),
                          (x_next - old_mean) / std.clamp(min=1e-12), k)
         out = self.method.step_loss(st)
         loss, kl_ref = out.loss, None
         if cfg.beta > 0:
             with torch.no_grad(), self.model.reference():
-                ref_mean = self._step(x, self._velocity(x, k, ro.sigmas, ro.prompt_embeds(idx)), k,
+                ref_mean = self._step(x, self.velocity(x, k, ro.sigmas, ro.prompt_embeds(idx)), k,
                                       ro.sigmas, next_sample=x_next).mean
             kl_ref = gaussian_kl(r.mean, ref_mean, std)
             loss = loss + cfg.beta * kl_ref
         return loss, diagnose.per_sample(st, out, kl_ref)
 
-    def _recompute(self, ro: Rollout, j: int, k: int, idx: Tensor, velocity):
+    def recompute(self, ro: Rollout, j: int, k: int, idx: Tensor, velocity):
         """Window step j (timestep k) of the trajectories `idx` under the current weights: the
         step's distribution at the stored x_k (evaluated at the stored x_{k+1}) and KL(old ‖ new)."""
         x, embeds = ro.x[j][idx], ro.prompt_embeds(idx)
@@ -364,7 +364,7 @@ class Trainer:
     def _train_velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
         """The velocity whose gradient trains the policy: through DDP when distributed."""
         if self.ddp is None:
-            return self._velocity(x, k, sigmas, embeds)
+            return self.velocity(x, k, sigmas, embeds)
         s = torch.full((x.shape[0],), float(sigmas[k]), device=x.device)
         return self.ddp(x, s, embeds, self.cfg.guidance)
 

@@ -193,7 +193,7 @@ def test_a_shared_group_computes_its_first_steps_once(tiny_path, monkeypatch):
         first = ro.window[0]
         counted = list(rows)
         idx = torch.tensor([0, G, 1, 2 * G - 1, 2])  # three rows of group 0, two of group 1
-        r, kl = tr._recompute(ro, 0, first, idx, tr._train_velocity)
+        r, kl = tr.recompute(ro, 0, first, idx, tr._train_velocity)
         (r.log_prob.sum() + r.mean.square().sum()).backward()
         runs[shared] = ro, counted, sum(rows[len(counted):]), r, [p.grad.clone() for p in tr.params]
         monkeypatch.undo()
