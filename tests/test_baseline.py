@@ -65,15 +65,16 @@ def _comparison(records):
 
 def test_the_verdict_says_when_a_difference_to_the_base_model_is_not_resolved():
     base = {"model": "toy", "method": "base (pretrained)", "seeds": 1}
-    low = {"model": "toy", "method": "grpo", "seeds": 1, "delta_gm": -2.9, "delta_gm_stderr": 2.1}
-    high = {"model": "toy", "method": "dppo", "seeds": 1, "delta_gm": 5.4, "delta_gm_stderr": 2.4}
+    low = {"model": "toy", "method": "grpo", "seeds": 1, "delta_gm": -4.5, "delta_gm_stderr": 2.1}
     c, head = _comparison([base, low])
+    line = base_verdict(c, head)  # one seed, however far: no verdict
+    assert "grpo -4.5 ± 2.1" in line and "One seed × 48 prompts is one draw of training" in line
+    assert "--seeds 3" in line
+    assert "resolved" not in line
+    high = {"model": "toy", "method": "dppo", "seeds": 3, "delta_gm": 5.4, "delta_gm_stderr": 1.0}
+    c, head = _comparison([base, {**low, "seeds": 3}, high])
     line = base_verdict(c, head)
-    assert "grpo -2.9 ± 2.1" in line and "Not resolved at this size (1 seed × 48 prompts)" in line
-    assert "resolved)" not in line
-    c, head = _comparison([base, low, high])
-    line = base_verdict(c, head)
-    assert "dppo +5.4 ± 2.4 (above, resolved)" in line and "Not resolved" not in line
+    assert "dppo +5.4 ± 1.0 (resolved)" in line and "grpo -4.5 ± 2.1 (resolved)" not in line
     # over seeds the interval is Student's: 3 seeds, t(2) = 4.30, so 2.5 stderr is not enough
-    c, head = _comparison([base, {**high, "seeds": 3, "delta_gm": 5.0, "delta_gm_stderr": 2.0}])
-    assert "Not resolved at this size (3 seeds" in base_verdict(c, head)
+    c, head = _comparison([base, {**high, "delta_gm": 5.0, "delta_gm_stderr": 2.0}])
+    assert "Not resolved at 95 % (3 seeds × 48 prompts)" in base_verdict(c, head)
