@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DConditionModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
@@ -49,6 +48,8 @@ class ToyConfig:
 
 class ToyNet(nn.Module):
     def __init__(self, cfg: ToyConfig):
+        from diffusers import UNet2DConditionModel  # here: `bench --help` should not wait for diffusers
+
         super().__init__()
         self.cfg = cfg
         self.tokenizer = WordTokenizer(list(cfg.vocab), cfg.max_length)
