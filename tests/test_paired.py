@@ -133,7 +133,7 @@ def test_the_terminal_summary_fits_100_columns(tmp_path, monkeypatch):
     text = terminal_summary(comparison(run))
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= 100  # header, rule, 4 rows, legend, the verdict vs base
-    assert lines[7].startswith("vs the pretrained model (ΔGM, 95 %): ")
+    assert lines[7].startswith("vs the pretrained model (ΔGM): ")
     assert [h.strip() for h in lines[0].split("|")[1:5]] == ["method", "seeds", "GM", "Δ vs grpo [95 % CI]"]
     assert "hacking?" in lines[0] and "reference" in text and "dppo-sampled-kl@d…" in text
     narrow = terminal_summary(comparison(run), width=80)  # the ood score and the KL go first
