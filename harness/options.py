@@ -110,7 +110,8 @@ def settings(*groups: list[Setting]):
     def wrap(fn):
         own = [p for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
         taken = {p.name for p in own} & {p.name for p in generated}
-        assert not taken, f"options declared twice: {taken}"  # a field named like a command option
+        if taken:  # a new field named like one of the command's own options: a bug, not a user's mistake
+            raise TypeError(f"{fn.__name__}: options declared twice: {sorted(taken)}")
         fn.__signature__ = inspect.Signature(own + generated)
         return fn
 
