@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+import flowarena.tasks  # noqa: F401  (registers the reader of result schema 1)
 from flowarena.core.io import load_tensors
 from flowarena.core.results import CellResult, EvalRecord, ResultSchemaError, read_json
 

@@ -69,6 +69,7 @@ Fraction = Annotated[float, Range(0, 1)]
 Decay = Annotated[float, Range(0, 1, hi_open=True)]  # a moving average's weight on the past
 Steps = Annotated[int, Range(1, 1000)]  # sampling steps: beyond 1000 a typo (the schedules have 1000)
 Limit = Annotated[int, Range(2)]  # prompts of an evaluation: a standard error needs two
+Images = Annotated[int, Range(1, 4096)]  # a grid's, or a prompt's: more is a typo (and out of memory)
 
 
 def hints(cls) -> dict[str, typing.Any]:

@@ -6,7 +6,8 @@
     metrics.jsonl keys k<k>/[i<j>/]<name>       diag_key / parse_diag_key
 
 Every file carries `schema`. Files written before the schema existed (no key) are schema 1
-and still read: their evaluations were the toy benchmark's, laid out flat. A file of a newer
+and still read: their evaluations were the toy benchmark's, laid out flat, and the toy world
+registers their upgrade (`upgrade`). A file of a newer
 schema than this code knows is one line naming the version it needs.
 
 A `Metric` describes itself (title, higher-is-better, digits, role, per-prompt values where
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -112,44 +114,36 @@ class EvalRecord:
 
     @classmethod
     def from_json(cls, d: dict, what: str = "evaluation") -> EvalRecord:
-        if _check_schema(d, what) == 1:
-            return _eval_v1(d)
+        schema = _check_schema(d, what)
+        d = _upgraded(d, schema, what)
         with _malformed(f"{what} is not an evaluation record"):
             return cls(metrics=[_from_fields(Metric, m) for m in d["metrics"]], benchmarks=d["benchmarks"],
                        kl_to_pretrained=d.get("kl_to_pretrained"), epoch=d.get("epoch"),
-                       wall_seconds=d.get("wall_seconds"), schema=d["schema"])
+                       wall_seconds=d.get("wall_seconds"), schema=schema)
 
 
-def soft_tifa_metrics(t: dict, benchmark: str, name: str = "Soft-TIFA", prefix: str = "") -> list[Metric]:
-    """A Soft-TIFA result (`SoftTifaResult.to_dict()`) as metrics: GM (paired over prompts) and AM
-    as the headline, each skill and each atom count as detail."""
-    out = [Metric(f"{prefix}gm", f"{name} GM", t["gm"], t["gm_stderr"], t["n_prompts"], role="primary",
-                  benchmark=benchmark, paired=True, per_prompt=t["per_prompt_gm"]),
-           Metric(f"{prefix}am", f"{name} AM", t["am"], t["am_stderr"], t["n_prompts"], role="primary",
-                  benchmark=benchmark, per_prompt=t.get("per_prompt_am"))]
-    out += [Metric(f"{prefix}skill:{k}", k, v, role="detail", benchmark=benchmark)
-            for k, v in t["per_skill"].items()]
-    out += [Metric(f"{prefix}atoms:{k}", f"GM @{k} atoms", v, role="detail", benchmark=benchmark)
-            for k, v in t.get("per_atom_count", {}).items()]
-    return out
+UPGRADES: dict[int, Callable[[dict], dict]] = {}
+"""schema k -> the function that turns an evaluation record of schema k into one of schema k + 1.
+The task whose results an old schema held registers it (schema 1: the toy world's), so the
+foundation reads old runs without knowing any benchmark."""
 
 
-def toy_metrics(result: dict) -> list[Metric]:
-    """The toy benchmark's metrics: Soft-TIFA on the eval split, the preference score on ood."""
-    out = soft_tifa_metrics(result["soft_tifa"], "toy")
-    if (p := result.get("preference_ood")) is not None:
-        out.append(Metric("pref", "ood preference", p["mean"], p["stderr"], p["n"], digits=2,
-                          role="secondary", benchmark="toy", log_name="preference_ood",
-                          per_prompt=p.get("per_prompt")))
-    return out
+def upgrade(schema: int) -> Callable[[Callable[[dict], dict]], Callable[[dict], dict]]:
+    """Decorator: register the upgrade of an evaluation record from `schema` to `schema + 1`."""
+    def deco(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+        UPGRADES[schema] = fn
+        return fn
+    return deco
 
 
-def _eval_v1(d: dict) -> EvalRecord:
-    """Schema 1: the toy benchmark's result at the top level, beside the KL and the epoch."""
-    with _malformed("not an evaluation record of schema 1"):
-        toy = {k: v for k, v in d.items() if k not in ("kl_to_pretrained", "epoch", "wall_seconds")}
-        return EvalRecord(toy_metrics(toy), {"toy": toy}, d.get("kl_to_pretrained"), d.get("epoch"),
-                          d.get("wall_seconds"), schema=1)
+def _upgraded(d: dict, schema: int, what: str) -> dict:
+    while schema < SCHEMA:
+        if schema not in UPGRADES:
+            raise ResultSchemaError(f"{what} has result schema {schema}, and no loaded task reads it "
+                                    "(import flowarena.tasks)")
+        with _malformed(f"{what} is not an evaluation record of schema {schema}"):
+            d, schema = UPGRADES[schema](d), schema + 1
+    return d
 
 
 # --- a cell's result --------------------------------------------------------------------------

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import typer
 
-from flowarena.core.fields import Count, Limit, NonNegative, Steps, Whole
+from flowarena.core.fields import Count, Images, NonNegative, Steps, Whole
 from flowarena.core.io import check_output
 from flowarena.core.rundir import RunDir
 from flowarena.harness import catalog
+from flowarena.harness.benchmarks.base import EvalRequest
 from flowarena.harness.launch import launch, reports_here
 from flowarena.harness.oneline import BadInput, OneLineUsage, friendly
 from flowarena.harness.options import (
     SCORERS,
     DeviceOpt,
     GuidanceOpt,
-    Images,
     ModelOpt,
     PathOpt,
     ReferenceOpt,
@@ -48,6 +48,12 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # docstrings reflow to the terminal instead of keeping source line breaks
 )
+
+REQUEST = settings_of(EvalRequest, None, panel="Evaluation")
+RECIPE = settings_of(Preset, "", skip=("name", "description", "model", "methods", "seeds", "train", "eval",
+                                       "reward_options", "method_overrides"))
+TRAIN = settings_of(TrainConfig, "train")
+EVAL = settings_of(EvalSettings, "eval")
 
 
 def _load(model: str, model_path: str | None, device: str = "cpu", resolution: int | None = None):
@@ -88,6 +94,7 @@ def sample(
 
 @app.command("eval")
 @friendly
+@settings(REQUEST)
 @with_scorers
 def eval_(
     model: str = typer.Option(None, "--model", "-m", help="Model to use (toy: the embedded 32x32 model; "
@@ -101,16 +108,6 @@ def eval_(
     benchmark: str = typer.Option("toy", "--benchmark", "-b",
                                   help="toy (the toy judge, no downloads), geneval2 (VQA judge), geneval "
                                        "(detector + CLIP), pickscore. `bench benchmarks` describes them."),
-    prompts: Path = typer.Option(None, "--prompts", help="Prompt file instead of the benchmark's own "
-                                                         "(geneval2 / geneval format, or one prompt per "
-                                                         "line for pickscore)."),
-    steps: int = StepsOpt,
-    guidance: float = GuidanceOpt,
-    seed: int = typer.Option(0, help="Seed of the initial noise (same seed, same noise for every model)."),
-    images_per_prompt: int = typer.Option(None, help="Images per prompt (default: the benchmark's; "
-                                                     "GenEval uses 4, GenEval2 1)."),
-    ood: bool = typer.Option(True, help="toy: also score the ood split with the toy preference model."),
-    limit: int = typer.Option(None, help="Only N prompts, spread evenly over the set (a quick look)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full result (per prompt) as JSON."),
     device: str = DeviceOpt,
     resolution: int = ResolutionOpt,
@@ -120,36 +117,35 @@ def eval_(
     the held-out eval split and the preference score on the ood split; geneval2: Soft-TIFA,
     TIFA and VQAScore under a VQA judge; geneval: accuracy per tag; pickscore: mean score.
     A fine-tuned policy: --run CELL_DIR (a run's cell) or --lora DIR (an exported LoRA)."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from flowarena.core.io import write_json
     from flowarena.harness.benchmarks import build_benchmark
     from flowarena.models import check_device
     from flowarena.reports.tables import eval_table
 
+    request = EvalRequest(**overrides(given, REQUEST, error=BadInput))
     bench = build_benchmark(benchmark, device, **{k: given.get(k) for k in SCORERS})
     check_device(device)
-    check_values(images_per_prompt=(images_per_prompt, Images), seed=(seed, Whole), steps=(steps, Steps),
-             guidance=(guidance, NonNegative), limit=(limit, Limit), resolution=(resolution, Count))
+    check_values(resolution=(resolution, Count))
     if run is not None and (lora is not None or model_path is not None):
         raise BadInput("--run scores a run's cell with the model it trained: leave out --lora and "
                        "--model-path")
     if json_out is not None:
-        check_output(json_out, [run, lora, model_path, prompts])
+        check_output(json_out, [run, lora, model_path, request.prompts])
     if run is not None:
         from flowarena.harness.run import load_cell_policy
 
         m, config = load_cell_policy(run, device, resolution)
         if model is not None and model != config["model"]:
             raise BadInput(f"{run} is a cell of the {config['model']} model, not {model}")
-        steps = config["eval"].get("steps") if steps is None else steps
-        guidance = config["eval"].get("guidance") if guidance is None else guidance
+        request = replace(request, **{k: config["eval"].get(k) for k in ("steps", "guidance")
+                                      if getattr(request, k) is None})
     else:
         m = _load(model or "toy", model_path, device, resolution)
         if lora is not None:
             m.load_lora(lora)
-    result = bench.evaluate(m, prompts=prompts, limit=limit, images_per_prompt=images_per_prompt,
-                            steps=steps, guidance=guidance, seed=seed, ood=ood, progress=True)
+    result = bench.evaluate(m, **asdict(request), progress=True)
     metrics = bench.metrics(result)
     typer.echo(eval_table(result, metrics))
     if json_out:
@@ -212,10 +208,6 @@ def judge_check(
 
 # `bench run`'s recipe settings: each field of the preset, its [train] and its [eval] table is
 # an option, generated from the dataclasses (harness/options.py); the command declares the rest
-RECIPE = settings_of(Preset, "", skip=("name", "description", "model", "methods", "seeds", "train", "eval",
-                                       "reward_options", "method_overrides"))
-TRAIN = settings_of(TrainConfig, "train")
-EVAL = settings_of(EvalSettings, "eval")
 
 
 @app.command()

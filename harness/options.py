@@ -2,7 +2,8 @@
 declared once: a field's name is its flag, its type hint what the flag takes, its docstring
 the help. `TrainConfig.lr` is `--lr`, `EvalSettings.limit` is `--eval-limit`, the preset's
 `epochs` is `--epochs`; a new trainer field is a new option of `bench run` with no other edit,
-as it is a new preset key and a new `--dump-config` line.
+as it is a new preset key and a new `--dump-config` line. `bench eval`'s options are the fields
+of `EvalRequest`, what a benchmark's `evaluate` reads.
 
 A command takes them with `@settings(...)` and receives what the user gave, read by
 `core.fields.parse` (the same reader as `--methods grpo@lr=...`), as the preset's overrides.
@@ -17,21 +18,22 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from functools import cache
-from typing import Annotated
 
 import typer
 
-from flowarena.core.fields import Range, coerce, describe, hints, parse, split
+from flowarena.core.fields import coerce, describe, hints, parse, split
 from flowarena.harness.oneline import BadInput
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One generated option: the field `name` of the `section` table ("" = the preset's top level)."""
-    section: str
+    """One generated option: the field `name` of the `section` table ("" = the preset's top level;
+    None: no preset's, a command's own dataclass such as `bench eval`'s `EvalRequest`)."""
+    section: str | None
     name: str
     hint: object
     doc: str
+    panel: str
 
     @property
     def key(self) -> str:  # the command function's parameter
@@ -42,8 +44,9 @@ class Setting:
         return "--" + self.key.replace("_", "-")
 
     @property
-    def where(self) -> str:  # where the preset file holds it
-        return f"{self.section}.{self.name}" if self.section else self.name
+    def help(self) -> str:  # the docstring, after where a preset file holds it
+        where = None if self.section is None else f"{self.section}.{self.name}" if self.section else self.name
+        return f"{where}: {self.doc}" if where and self.doc else where or self.doc
 
 
 @cache
@@ -63,10 +66,11 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def settings_of(cls, section: str, skip: tuple[str, ...] = ()) -> list[Setting]:
+def settings_of(cls, section: str | None, skip: tuple[str, ...] = (),
+                panel: str | None = None) -> list[Setting]:
     types, docs = hints(cls), field_docs(cls)
-    return [Setting(section, f.name, types[f.name], docs.get(f.name, "")) for f in fields(cls)
-            if f.name not in skip]
+    return [Setting(section, f.name, types[f.name], docs.get(f.name, ""), panel or PANELS[section])
+            for f in fields(cls) if f.name not in skip]
 
 
 def _is_flag(hint) -> bool:
@@ -80,7 +84,7 @@ PANELS = {"": "Recipe (a preset file's top level)", "train": "Training (the trai
 
 
 def _parameter(s: Setting) -> inspect.Parameter:
-    help_text, panel = f"{s.where}: {s.doc}" if s.doc else s.where, PANELS[s.section]
+    help_text, panel = s.help, s.panel
     if _is_flag(s.hint):
         option = typer.Option(None, f"{s.flag}/--no-{s.flag[2:]}", help=help_text, show_default=False,
                               rich_help_panel=panel)
@@ -128,7 +132,7 @@ def overrides(given: dict, *groups: list[Setting], error: type[Exception]) -> di
             if raw is None:
                 continue
             value = raw if isinstance(raw, bool) else parse(raw, s.hint, s.flag, error)
-            (out.setdefault(s.section, {}) if s.section else out)[s.name] = value
+            (out.setdefault(s.section, {}) if s.section else out)[s.name] = value  # None, "": top level
     return out
 
 
@@ -153,8 +157,6 @@ def check_values(**given) -> None:
         if value is not None:  # None: not given
             coerce(value, hint, f"--{name.replace('_', '-')}", BadInput)
 
-
-Images = Annotated[int, Range(1, 4096)]  # a grid's, or a prompt's: more is a typo (and out of memory)
 
 
 JudgeOpt = typer.Option(None, "--judge", help="VQA judge of geneval2 / vqascore: a hub id or a directory "

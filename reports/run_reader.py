@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+import flowarena.tasks  # noqa: F401  (registers the reader of result schema 1)
 from flowarena.core.identity import check_bases, misplaced
 from flowarena.core.io import load_tensors
 from flowarena.core.results import CellResult, EvalRecord, Manifest, ResultSchemaError

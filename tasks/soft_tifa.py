@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from flowarena.core.results import Metric
+
 SKILLS = ("object", "count", "attribute", "position", "verb")
 
 
@@ -80,3 +82,17 @@ def soft_tifa(records: list[dict], scores: list[list[list[float]]]) -> SoftTifaR
         per_atom_count={k: 100 * float(np.mean(v)) for k, v in sorted(by_atoms.items())},
         per_prompt_am=am, per_prompt_gm=gm, n_prompts=len(records), n_images=n_images,
     )
+
+
+def soft_tifa_metrics(t: dict, benchmark: str, name: str = "Soft-TIFA", prefix: str = "") -> list[Metric]:
+    """A Soft-TIFA result (`SoftTifaResult.to_dict()`) as metrics: GM (paired over prompts) and AM
+    as the headline, each skill and each atom count as detail."""
+    out = [Metric(f"{prefix}gm", f"{name} GM", t["gm"], t["gm_stderr"], t["n_prompts"], role="primary",
+                  benchmark=benchmark, paired=True, per_prompt=t["per_prompt_gm"]),
+           Metric(f"{prefix}am", f"{name} AM", t["am"], t["am_stderr"], t["n_prompts"], role="primary",
+                  benchmark=benchmark, per_prompt=t.get("per_prompt_am"))]
+    out += [Metric(f"{prefix}skill:{k}", k, v, role="detail", benchmark=benchmark)
+            for k, v in t["per_skill"].items()]
+    out += [Metric(f"{prefix}atoms:{k}", f"GM @{k} atoms", v, role="detail", benchmark=benchmark)
+            for k, v in t.get("per_atom_count", {}).items()]
+    return out

@@ -90,3 +90,19 @@ def test_a_run_with_an_unknown_benchmark_fails_before_any_work(tiny_path, tmp_pa
 def test_result_files_of_a_newer_schema_are_one_line():
     with pytest.raises(ResultSchemaError, match="result schema 99; this FlowArena reads schemas 1-"):
         EvalRecord.from_json({"schema": 99, "metrics": [], "benchmarks": {}}, "eval/3.json")
+
+
+def test_the_foundation_reads_old_schemas_only_through_a_task_s_upgrade(monkeypatch):
+    """core/results.py knows no benchmark: schema 1 (the toy world's flat evaluations) reads
+    through the upgrade the toy world registers, and without it fails in one line."""
+    from flowarena.core import results
+    assert "'toy'" not in open(results.__file__).read().replace('"', "'")
+    flat = {"soft_tifa": {"gm": 50.0, "gm_stderr": 1.0, "am": 60.0, "am_stderr": 1.0, "n_prompts": 2,
+                          "per_prompt_gm": [0.4, 0.6], "per_skill": {"object": 70.0}},
+            "kl_to_pretrained": {"mean": 0.1}, "epoch": 3}
+    record = EvalRecord.from_json(flat, "eval/3.json")
+    assert record.schema == 1 and record.epoch == 3 and record.kl == 0.1
+    assert record.paired.value == 50.0 and set(record.benchmarks) == {"toy"}
+    monkeypatch.setattr(results, "UPGRADES", {})
+    with pytest.raises(ResultSchemaError, match="schema 1, and no loaded task reads it"):
+        EvalRecord.from_json(flat, "eval/3.json")

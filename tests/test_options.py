@@ -10,7 +10,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from flowarena.harness.cli import EVAL, RECIPE, TRAIN, app
+from flowarena.harness.benchmarks.base import EvalRequest
+from flowarena.harness.cli import EVAL, RECIPE, REQUEST, TRAIN, app
 from flowarena.harness.options import field_docs
 from flowarena.harness.run.config import EvalSettings
 from flowarena.methods.trainer import TrainConfig
@@ -25,12 +26,25 @@ def test_every_setting_is_an_option_with_its_docstring_as_help():
     params = {p.opts[0]: p for p in typer.main.get_command(app).commands["run"].params}
     help_text = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250"}).output
     for s in RECIPE + TRAIN + EVAL:
-        assert s.doc, f"{s.where} has no docstring: its option would have no help"
+        assert s.doc, f"{s.name} has no docstring: its option would have no help"
         assert s.flag in help_text, s.flag
-        assert params[s.flag].help.startswith(f"{s.where}: {s.doc}"), s.where
+        assert params[s.flag].help.startswith(f"{s.section + '.' if s.section else ''}{s.name}: {s.doc}")
     assert {s.name for s in TRAIN} == set(TrainConfig.__dataclass_fields__)
     assert {s.name for s in EVAL} == set(EvalSettings.__dataclass_fields__)
     assert field_docs(TrainConfig)["group_size"].startswith("G: samples per prompt")
+
+
+def test_bench_eval_takes_the_evaluation_request_s_fields():
+    import typer
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["eval"].params}
+    for s in REQUEST:
+        assert s.doc and params[s.key].help.startswith(s.doc), s.name
+    assert {s.name for s in REQUEST} == set(EvalRequest.__dataclass_fields__)
+    bad = runner.invoke(app, ["eval", "--limit", "1"])
+    assert bad.exit_code == 1 and bad.output.strip() == 'error: --limit must be an integer >= 2 or "none", not 1'
+    bad = runner.invoke(app, ["eval", "--images-per-prompt", "many"])
+    assert bad.exit_code == 1 and "--images-per-prompt must be an integer in [1, 4096]" in bad.output
 
 
 def test_options_reach_the_preset_as_its_fields():

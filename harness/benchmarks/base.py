@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from flowarena.core.errors import FlowArenaError
+from flowarena.core.fields import Images, Limit, NonNegative, Steps, Whole
 from flowarena.core.registry import Registry
 from flowarena.core.results import Metric
 from flowarena.methods import dist
@@ -33,6 +35,28 @@ class BenchmarkError(FlowArenaError, ValueError):
 BENCHMARKS: Registry[type[Benchmark]] = Registry("benchmark", BenchmarkError)
 register_benchmark = BENCHMARKS.register
 CHUNK = 16  # prompts sampled and scored together; the unit the ranks share out
+
+
+@dataclass
+class EvalRequest:
+    """One evaluation of one model: what `Benchmark.evaluate` reads, and `bench eval`'s options
+    (each field is one, its docstring the help)."""
+    prompts: str | None = None
+    """A prompt file instead of the benchmark's own (geneval2 / geneval format, or one prompt
+    per line for pickscore)."""
+    limit: Limit | None = None
+    """Only this many prompts, spread evenly over the set (a quick look; None: all)."""
+    images_per_prompt: Images | None = None
+    """Images per prompt (None: the benchmark's; GenEval uses 4, GenEval2 1)."""
+    steps: Steps | None = None
+    """ODE sampling steps (None: the model's, 20 for toy; with --run, the run's)."""
+    guidance: NonNegative | None = None
+    """Classifier-free guidance scale (1.0 = no CFG; None: the model's, 4.5 for toy; with
+    --run, the run's)."""
+    seed: Whole = 0
+    """Seed of the initial noise (same seed, same noise for every model)."""
+    ood: bool = True
+    """toy: also score the ood split with the toy preference model."""
 
 
 class Benchmark:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flowarena.core.results import Metric, soft_tifa_metrics
+from flowarena.core.results import Metric
 from flowarena.harness.benchmarks.base import Benchmark, per_record, register_benchmark
 from flowarena.tasks.prompts import load_prompts
-from flowarena.tasks.soft_tifa import soft_tifa, stderr
+from flowarena.tasks.soft_tifa import soft_tifa, soft_tifa_metrics, stderr
 
 
 @register_benchmark("geneval2")

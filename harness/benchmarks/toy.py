@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowarena.core.results import Metric, toy_metrics
+from flowarena.core.results import Metric
 from flowarena.harness.benchmarks.base import Benchmark, register_benchmark
 from flowarena.methods import dist
 from flowarena.models.base import FlowModel
 from flowarena.tasks.prompts import PromptFileError, load_toy_split, subset
 from flowarena.tasks.soft_tifa import SoftTifaResult, soft_tifa, stderr
 from flowarena.tasks.toyworld.judge import ToyJudge
+from flowarena.tasks.toyworld.metrics import toy_metrics
 
 BATCH = 64  # images per `generate` batch (its default); ranks share out whole batches
 
