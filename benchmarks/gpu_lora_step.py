@@ -107,7 +107,7 @@ def main() -> None:
         v = model.velocity(x, torch.full((G,), float(sig[k]), device=device), embeds, args.guidance)
         old = flow_sde_step(x, v, float(sig[k]), float(sig[k + 1]), eta=0.7, noise=randn(*x.shape))
     ro = Rollout(["p"] * G, [{}] * G, embeds, [k], sig, [x], [old.next_sample], [old.mean], [old.std],
-                 [old.log_prob], x, torch.zeros(G, 3, 1, 1), torch.zeros(G), randn(G))
+                 [old.log_prob], x, x, torch.zeros(G, 3, 1, 1), torch.zeros(G), randn(G))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -145,7 +145,7 @@ def trace(preset, blocks: tuple[int, int] | None = None) -> dict[str, float]:
                 return torch.empty(mb, *latent)
             ro = Rollout([""] * mb, [{}] * mb, embeds(arch, mb, cfg), [k], sig, [t()], [t()], [t()],
                          [torch.full((mb, 1, 1, 1), 0.1)], [torch.zeros(mb, dtype=torch.float64)],
-                         torch.empty(0), torch.empty(0), torch.zeros(mb), torch.zeros(mb))
+                         torch.empty(0), torch.empty(0), torch.empty(0), torch.zeros(mb), torch.zeros(mb))
             velocity = model.velocity
 
             def watched(*a, **kw):  # the reference forward (β > 0): adapters off, no gradient

@@ -1,10 +1,18 @@
 """What a method is, and the registry that maps short names to methods.
 
 A method is one small file: a config dataclass (the published recipe as defaults,
-every field documented) and a subclass of `Method` whose `step_loss` turns the tensors
-of one trained denoising step into a per-sample loss. The common trainer does
-everything else (rollouts, rewards, advantages, the β·KL_ref term, optimisation,
-diagnostics), so methods compete on equal terms and a new one never edits the trainer:
+every field documented) and a subclass of one of two kinds, by what it trains on:
+
+- `Method`: the sampled SDE steps. Its `step_loss` turns the tensors of one trained
+  denoising step (log-probabilities, means, the KL to the old policy) into a per-sample loss.
+- `ForwardMethod`: the forward process of the rollout's clean samples (DiffusionNFT, AWM).
+  The rollout is pure ODE; the trainer noises each clean sample x0 at drawn times t,
+  `x_t = (1 − t)·x0 + t·ε`, and its `forward_loss` turns the velocities there (the policy's,
+  with gradient, and the old policy's) into a per-sample loss.
+
+The common trainer does everything else (rollouts, rewards, advantages, the β·KL_ref term,
+optimisation, diagnostics), so methods compete on equal terms and a new one never edits the
+trainer:
 
     @register_method("my-method")
     class MyMethod(Method):
@@ -20,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Literal
 
+import torch
 from torch import Tensor
 
 from flowarena.core.errors import FlowArenaError
@@ -78,12 +87,14 @@ class StepTensors:
 @dataclass
 class StepLoss:
     loss: Tensor  # [B] per-sample loss of this step (the trainer adds β·KL_ref and averages)
-    ratio: Tensor  # [B] the ratio the method acted on (detached), for diagnostics
+    ratio: Tensor | None  # [B] the ratio the method acted on (detached), for diagnostics (None: none)
     trust: Tensor  # [B] bool: samples whose gradient the trust region removed (clipped / masked)
     extras: dict[str, Tensor] = field(default_factory=dict)  # method-specific scalars to log
 
 
 class Method:
+    """A method trained on the sampled SDE steps (`step_loss`)."""
+    trains_on: Literal["sde", "forward"] = "sde"
     name: str = ""
     description: str = ""
     paper: str = ""
@@ -99,6 +110,20 @@ class Method:
     def step_loss(self, s: StepTensors) -> StepLoss:
         raise NotImplementedError
 
+    def window(self, rng, steps: int, sde_window: int, window_fraction: float, epoch: int) -> list[int]:
+        """The epoch's trained SDE steps, drawn with `rng`: `sde_window` of the first
+        `window_fraction` of the `steps` (MixGRPO slides it instead)."""
+        return sorted(int(k) for k in rng.choice(max(1, int(steps * window_fraction)), sde_window,
+                                                 replace=False))
+
+    def check_train(self, train) -> None:
+        """Refuse training settings this method cannot train with (a `TrainConfig`)."""
+
+    @property
+    def kl_sampler(self) -> tuple[str, float]:
+        """The sampler and η along which the KL to the pretrained model is measured."""
+        return self.config.sampler, self.config.eta
+
     @property
     def trust_threshold(self) -> float | None:
         """δ for KL-masked methods (reported as the share of steps with KL above it)."""
@@ -109,6 +134,91 @@ class Method:
         """The trust region as the report draws it, recorded in each cell's config.json:
         `ratio_clip` (ε of a clipped ratio, ρ ∈ [1 − ε, 1 + ε]) and / or `kl_threshold` (δ)."""
         return {} if self.trust_threshold is None else {"kl_threshold": self.trust_threshold}
+
+
+@dataclass
+class ForwardConfig:
+    """Settings every forward-process method has (none yet); subclasses add theirs."""
+
+    def validate(self) -> None:
+        check_fields(self, MethodError)
+
+
+@dataclass
+class ForwardTensors:
+    """One training time for a mini-batch of B clean samples (all [B] unless noted).
+
+    `velocity` carries gradients; `old_velocity` is the rollout policy's at the same point,
+    frozen before the update. Velocities are [B, ...]; x_t = (1 − t)·x0 + t·ε.
+    """
+
+    velocity: Tensor  # v_θ(x_t, t), with grad
+    old_velocity: Tensor  # v_old(x_t, t), frozen
+    x0: Tensor  # the rollout's clean sample
+    noise: Tensor  # ε
+    t: Tensor  # [B] training time (σ of the schedule)
+    advantages: Tensor  # A_i, clipped group-relative advantages
+    rewards: Tensor  # r_i, the raw rewards
+    ref_velocity: Tensor | None = None  # v_ref(x_t, t), the pretrained model's, when asked for
+
+    @property
+    def x_t(self) -> Tensor:
+        t = self.t.view(-1, *[1] * (self.x0.dim() - 1))
+        return (1 - t) * self.x0 + t * self.noise
+
+    @property
+    def target(self) -> Tensor:
+        """The flow-matching target u = ε − x0."""
+        return self.noise - self.x0
+
+
+class ForwardMethod(Method):
+    """A method trained on the forward process of the rollout's clean samples (`forward_loss`)."""
+    trains_on = "forward"
+    Config = ForwardConfig
+    needs_reference: bool = False
+    """Whether `forward_loss` reads `ref_velocity` (else it is computed only for β·KL_ref)."""
+
+    def forward_loss(self, f: ForwardTensors) -> StepLoss:
+        raise NotImplementedError
+
+    def train_times(self, gen: torch.Generator, sigmas: Tensor, batch: int) -> Tensor:
+        """The epoch's training times [T, batch], drawn with `gen` from the sampling schedule
+        `sigmas` (σ_0 = 1 … σ_K = 0): `permuted_times` or `stratified_times`, as the paper does."""
+        raise NotImplementedError
+
+    def window(self, rng, steps: int, sde_window: int, window_fraction: float, epoch: int) -> list[int]:
+        return []  # pure ODE rollouts
+
+    def check_train(self, train) -> None:
+        if train.group_noise == "shared":
+            raise MethodError(f"{self.name} rolls out with the ODE alone: a group that shares its "
+                              "initial noise would draw one image G times (set group_noise = "
+                              '"independent")')
+
+    @property
+    def kl_sampler(self) -> tuple[str, float]:
+        return "sde", 0.7  # Flow-GRPO's sampler: the one measure every method is compared on
+
+
+def permuted_times(gen: torch.Generator, sigmas: Tensor, batch: int, n: int) -> Tensor:
+    """Per sample, `n` distinct steps of the K-step schedule in random order: their σ_k [n, batch]
+    (DiffusionNFT: each sample its own permutation of the steps)."""
+    K = len(sigmas) - 1
+    if not 1 <= n <= K:
+        raise MethodError(f"{n} training times do not fit in the {K} sampling steps")
+    picks = torch.stack([torch.randperm(K, generator=gen)[:n] for _ in range(batch)], dim=1)
+    return sigmas[picks].float()
+
+
+def stratified_times(gen: torch.Generator, sigmas: Tensor, batch: int, n: int, lo: int, hi: int) -> Tensor:
+    """Per sample, one step from each of `n` equal strata of the step indices [lo, hi): their σ_k
+    [n, batch] (AWM: every part of the trajectory trained at every update)."""
+    if not 0 <= lo < hi <= len(sigmas) - 1 or hi - lo < n:
+        raise MethodError(f"{n} strata of the steps [{lo}, {hi}) do not fit in {len(sigmas) - 1} steps")
+    edges = torch.linspace(lo, hi, n + 1).long()  # AWM's strata: [edge_i, edge_i+1) of whole steps
+    low, width = edges[:-1, None], (edges[1:] - edges[:-1])[:, None]
+    return sigmas[low + (torch.rand((n, batch), generator=gen) * width).long()].float()
 
 
 METHODS: Registry[type[Method]] = Registry("method", MethodError)

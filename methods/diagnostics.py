@@ -49,28 +49,39 @@ class EpochDiagnostics:
 
     @torch.no_grad()
     def record(self, parts: list[dict[str, Tensor]], k: int, inner: int) -> None:
-        """Step k of one mini-batch: `per_sample` of each micro-batch, gathered across processes."""
+        """Term k of one mini-batch: the per-sample values of each micro-batch, gathered across
+        processes. An SDE step has ρ, the KL to the old policy and the noise of log ρ
+        (`per_sample`); a forward-process term has the change of velocity, mean((v_θ − v_old)²),
+        and ρ only where its method forms one."""
         v = {name: dist.gather(torch.cat([p[name] for p in parts])) for name in parts[0]}
-        A, ratio, kl, noise = v["adv"], v["ratio"], v["kl"], v["noise"]
-        pos, neg, trust = A > 0, A < 0, v["trust"] > 0.5
-        values = {
-            "ratio_mean": ratio.mean(), "ratio_std": ratio.std(correction=0),
-            "ratio_min": ratio.min(), "ratio_max": ratio.max(),
-            "trust_frac": trust.float().mean(),
-            "trust_frac_pos_adv": (trust & pos).float().sum() / pos.sum().clamp(min=1),
-            "trust_frac_neg_adv": (trust & neg).float().sum() / neg.sum().clamp(min=1),
-            "kl_mean": kl.mean(), "kl_max": kl.max(),
-            "logratio_signal": -kl.mean(), "logratio_noise_std": noise.std(correction=0),
-        }
-        if self.delta is not None:
-            values["kl_above_delta"] = (kl >= self.delta).float().mean()
+        A, trust = v["adv"], v["trust"] > 0.5
+        pos, neg = A > 0, A < 0
+        values = {}
+        if "ratio" in v:
+            ratio = v["ratio"]
+            values.update(ratio_mean=ratio.mean(), ratio_std=ratio.std(correction=0),
+                          ratio_min=ratio.min(), ratio_max=ratio.max())
+        values.update(trust_frac=trust.float().mean(),
+                      trust_frac_pos_adv=(trust & pos).float().sum() / pos.sum().clamp(min=1),
+                      trust_frac_neg_adv=(trust & neg).float().sum() / neg.sum().clamp(min=1))
+        if "kl" in v:
+            kl = v["kl"]
+            values.update(kl_mean=kl.mean(), kl_max=kl.max(), logratio_signal=-kl.mean(),
+                          logratio_noise_std=v["noise"].std(correction=0))
+            if self.delta is not None:
+                values["kl_above_delta"] = (kl >= self.delta).float().mean()
+        if "v_change" in v:
+            values.update(v_change_mean=v["v_change"].mean(), v_change_max=v["v_change"].max())
         if "kl_ref" in v:
             values["kl_ref"] = v["kl_ref"].mean()
         for name, val in values.items():
             self.stats[diag_key(k, inner, name)].append(val.item())
-        for name, val in (("ratio", ratio), ("kl", kl), ("adv", A), ("noise", noise),
-                          ("step", torch.full_like(ratio, k)), ("inner", torch.full_like(ratio, inner))):
-            self.draws[name].append(val.cpu())
+        for name in ("ratio", "kl", "adv", "noise", "v_change"):
+            if name in v:
+                self.draws[name].append(v[name].cpu())
+        like = v.get("ratio", A)  # float64 where ρ is
+        self.draws["step"].append(torch.full_like(like, k).cpu())
+        self.draws["inner"].append(torch.full_like(like, inner).cpu())
 
     def metrics(self) -> dict[str, float]:
         return {key: float(np.mean(vals)) for key, vals in self.stats.items()}
@@ -88,6 +99,8 @@ def noise_floor(trainer, ro) -> dict[str, float]:
     on GPUs whose kernels depend on the batch shape, the |log ρ| and KL(old ‖ new) that a trust
     region sees from rounding alone. `trainer`, `ro`: the trainer's `Trainer` and `Rollout`."""
     cfg, n, rank = trainer.cfg, dist.world(), dist.rank()
+    if not ro.window:  # a forward-process method's rollout: no stored step to recompute
+        return {}
     first = torch.arange(min(cfg.minibatch_size, len(ro.prompts)))[rank::n]
     log_ratio, kl = [], []
     for j, k in enumerate(ro.window):
@@ -111,6 +124,8 @@ def rounding_in_a_change(trainer, ro, mb: Tensor, before: dict[str, Tensor]) -> 
     trust region is meant to see. In the update's micro-batches, so it needs no more memory
     than the update."""
     model = trainer.model
+    if not ro.window:
+        return {}
     micro = mb.split(trainer.cfg.micro_batch or len(mb))
     parts = [(j, k, idx) for j, k in enumerate(ro.window) for idx in micro]
     now = model.trainable_state_dict()
@@ -171,7 +186,7 @@ def reward_vs_base(trainer, ro, epoch: int) -> dict:
         return {}
     records = [d["records"][i] for i in mine]
     with trainer.model.reference():
-        _, images = trainer.trajectories(d["x_init"][mine], ro.embeds.select(mine // G),
+        _, _, images = trainer.trajectories(d["x_init"][mine], ro.embeds.select(mine // G),
                                           [z[:len(mine)] for z in d["noises"]], d["window"], ro.sigmas,
                                           mine // G if cfg.group_noise == "shared" else None)
     base = trainer.reward(images, [r["prompt"] for r in records], records).scores.float().cpu()

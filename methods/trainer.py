@@ -23,19 +23,19 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from flowarena.methods import diagnostics as diagnose
-from flowarena.methods import dist
+from flowarena.methods import dist, forward
 from flowarena.methods.advantages import group_advantages, multi_reward_advantages
 from flowarena.methods.base import Method, StepTensors
 from flowarena.methods.config import TrainConfig, TrainConfigError  # noqa: F401 - re-exported
 from flowarena.methods.memory import MemoryMeter
 from flowarena.methods.optim import EMA, lr_at
+from flowarena.methods.rollout import Rollout, generator
 from flowarena.methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
 from flowarena.models.base import FlowModel, PromptEmbeds
 from flowarena.rewards.base import Reward
@@ -49,36 +49,6 @@ def place_text_encoders(model: FlowModel, cfg: TrainConfig) -> None:
     """The text encoders off the device when the config says so (training and evaluation alike)."""
     if cfg.offload_text_encoders and model.prompt_cache is None:
         model.offload_text_encoders(int(cfg.prompt_cache_gb * 2**30))
-
-
-@dataclass
-class Rollout:
-    prompts: list[str]  # B = P·G, grouped
-    records: list[dict]
-    embeds: PromptEmbeds  # one row per prompt (P), not per trajectory: `prompt_embeds`
-    window: list[int]  # trained step indices k
-    sigmas: Tensor
-    x: list[Tensor]  # per window step: x_k [B, ...]
-    x_next: list[Tensor]  # x_{k+1}
-    old_mean: list[Tensor]
-    std: list[Tensor]
-    old_log_prob: list[Tensor]
-    noise: Tensor  # the initial noise x_0 [B, ...]
-    images: Tensor  # decoded images of this process's samples (all of them in one process)
-    rewards: Tensor  # [B]
-    advantages: Tensor  # [B]
-    reward_details: dict = field(default_factory=dict)
-    group_size: int | None = None
-    """Set when a group shares its initial noise: then its G samples share x_k up to the first
-    window step, and their velocity there is computed once per group (same maths, G× fewer rows)."""
-
-    def prompt_embeds(self, idx: Tensor) -> PromptEmbeds:
-        """The prompt embeddings of trajectories `idx` (rows of the grouped batch)."""
-        return self.embeds.select(idx // (len(self.prompts) // len(self.embeds)))
-
-
-def _generator(*key: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
 class Trainer:
@@ -121,10 +91,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
         self.ema = None if cfg.ema_decay is None else EMA(self.params, cfg.ema_decay)
-        mc = method.config
-        self._step_fn = flow_sde_step if mc.sampler == "sde" else cps_step
-        self._eta = mc.eta
-        self._surrogate = mc.log_prob == "cps-surrogate"
+        method.check_train(cfg)
+        sampler, self._eta = method.kl_sampler  # a forward method rolls out no SDE step
+        self._step_fn = flow_sde_step if sampler == "sde" else cps_step
+        self._surrogate = getattr(method.config, "log_prob", "exact") == "cps-surrogate"
+        # the seam: what an update trains on, the SDE steps or the forward process
+        self._term_loss, self._prepare = ((Trainer._step_loss, None) if method.trains_on == "sde" else
+                                          (forward.term_loss, forward.prepare))
 
     def precision(self, trained: bool = True):
         """The precision of a step: fp32 for the trained steps, bf16 for the rollout's ODE
@@ -143,7 +116,13 @@ class Trainer:
         return r.surrogate_log_prob if self._surrogate else r.log_prob
 
     def velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
-        s = torch.full((x.shape[0],), float(sigmas[k]), device=x.device)
+        return self.velocity_at(x, torch.full((x.shape[0],), float(sigmas[k]), device=x.device), embeds)
+
+    def velocity_at(self, x: Tensor, s: Tensor, embeds: PromptEmbeds, train: bool = False) -> Tensor:
+        """The velocity at noise levels `s` [B]; `train`: the one whose gradient trains the
+        policy (through DDP when distributed)."""
+        if train and self.ddp is not None:
+            return self.ddp(x, s, embeds, self.cfg.guidance)
         return self.model.velocity(x, s, embeds, self.cfg.guidance)
 
     def draws(self, epoch: int) -> dict:
@@ -153,9 +132,8 @@ class Trainer:
         cfg, G = self.cfg, self.cfg.group_size
         rng = np.random.default_rng([self.seed, epoch, 0])
         picks = rng.choice(len(self.prompts), cfg.prompts_per_epoch, replace=False)
-        window = sorted(int(k) for k in rng.choice(max(1, int(cfg.steps * cfg.window_fraction)),
-                                                    cfg.sde_window, replace=False))
-        gen = _generator(self.seed, epoch, 1)
+        window = self.method.window(rng, cfg.steps, cfg.sde_window, cfg.window_fraction, epoch)
+        gen = generator(self.seed, epoch, 1)
         if cfg.group_noise == "shared":
             x_init = self.model.initial_noise(cfg.prompts_per_epoch, gen).repeat_interleave(G, 0)
         else:
@@ -182,7 +160,7 @@ class Trainer:
                       for part in own.split(cfg.rollout_batch or len(own))]
         # per window step, the batches joined: the Rollout's x, x_next, old_mean, std, old_log_prob
         steps = {name: [torch.cat(ts) for ts in zip(*(c[0][name] for c in chunks))] for name in chunks[0][0]}
-        images = torch.cat([c[1] for c in chunks])
+        x0, images = torch.cat([c[1] for c in chunks]), torch.cat([c[2] for c in chunks])
         del chunks  # the batches' own copies: the reward phase would hold them beside the concatenation
         with self.memory.phase("reward"):
             out = self.reward(images, [prompts[i] for i in own], [records[i] for i in own])
@@ -198,22 +176,28 @@ class Trainer:
         if components:
             details["components"] = components
         steps = {name: [dist.gather(t) for t in ts] for name, ts in steps.items()}
-        return Rollout(prompts=prompts, records=records, embeds=embeds, window=window, sigmas=sig, **steps,
-                       noise=x_init, images=images, rewards=scores, advantages=adv.to(self.model.device),
-                       reward_details=details, group_size=G if cfg.group_noise == "shared" else None)
+        ro = Rollout(prompts=prompts, records=records, embeds=embeds, window=window, sigmas=sig, **steps,
+                     noise=x_init, x0=dist.gather(x0), images=images, rewards=scores,
+                     advantages=adv.to(self.model.device), reward_details=details,
+                     group_size=G if cfg.group_noise == "shared" else None)
+        if self._prepare is not None:  # with the weights that rolled out: the old policy
+            with self.memory.phase("rollout"):
+                ro.forward = self._prepare(self, ro, epoch)
+        return ro
 
     def trajectories(self, x: Tensor, embeds: PromptEmbeds, noises: list[Tensor], window: list[int],
-                      sig: Tensor, groups: Tensor | None = None) -> tuple[dict[str, list[Tensor]], Tensor]:
+                     sig: Tensor, groups: Tensor | None = None) -> tuple[dict, Tensor, Tensor]:
         """One rollout batch from its initial noise: ODE steps outside the window, the method's
         SDE step (with the given noise) inside; per window step x_k, x_{k+1}, mean, std and
-        log-prob (under the Rollout's names), and the decoded images. `groups`: each row's group
-        when a group shares its initial noise; until the first SDE step its rows are one computation."""
+        log-prob (under the Rollout's names), the final latents and the decoded images.
+        `groups`: each row's group when a group shares its initial noise; until the first SDE
+        step its rows are one computation."""
         x = x.to(self.model.device)
         steps: dict[str, list[Tensor]] = {name: [] for name in ("x", "x_next", "old_mean", "std",
                                                                  "old_log_prob")}
         for k in range(self.cfg.steps):
             with self.precision(k in window):
-                if groups is not None and k <= window[0]:
+                if groups is not None and window and k <= window[0]:
                     v = self._shared_velocity(x, k, sig, embeds, groups, self.velocity)
                 else:
                     v = self.velocity(x, k, sig, embeds)
@@ -225,12 +209,12 @@ class Trainer:
             else:
                 x = ode_step(x, v, float(sig[k]), float(sig[k + 1]))
         with self.memory.phase("decode"):
-            return steps, self.model.decode(x).float().cpu()
+            return steps, x, self.model.decode(x).float().cpu()
 
     def update(self, ro: Rollout, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         """I inner loops of mini-batch steps; returns (metrics, per-step samples)."""
         cfg, B = self.cfg, len(ro.prompts)
-        gen = _generator(self.seed, epoch, 2)
+        gen = generator(self.seed, epoch, 2)
         diag = diagnose.EpochDiagnostics(self.method.trust_threshold)
         losses, grad_norms, skipped, rounding = [], [], 0, {}
         n, rank = dist.world(), dist.rank()
@@ -247,16 +231,16 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 parts = mb.split(cfg.micro_batch or len(mb))  # gradients accumulate over them
                 total = 0.0
-                for j, k in enumerate(ro.window):
+                for j, k in enumerate(ro.terms):
                     values = []  # per micro-batch: what the diagnostics summarise
                     for i, part in enumerate(parts):
                         # DDP averages the gradients once, at the last backward of the mini-batch
-                        last = j == len(ro.window) - 1 and i == len(parts) - 1
+                        last = j == len(ro.terms) - 1 and i == len(parts) - 1
                         with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext(), \
                                 self.precision():
-                            loss, part_values = self._step_loss(ro, j, k, part)
+                            loss, part_values = self._term_loss(self, ro, j, k, part)
                             # the part's share of the mini-batch mean (a factor of exactly 1 when whole)
-                            loss = loss.mean() * (len(part) / len(mb)) / len(ro.window)
+                            loss = loss.mean() * (len(part) / len(mb)) / len(ro.terms)
                             loss.backward()
                         total += loss.item()
                         values.append(part_values)
@@ -363,10 +347,8 @@ class Trainer:
 
     def _train_velocity(self, x: Tensor, k: int, sigmas: Tensor, embeds: PromptEmbeds) -> Tensor:
         """The velocity whose gradient trains the policy: through DDP when distributed."""
-        if self.ddp is None:
-            return self.velocity(x, k, sigmas, embeds)
-        s = torch.full((x.shape[0],), float(sigmas[k]), device=x.device)
-        return self.ddp(x, s, embeds, self.cfg.guidance)
+        return self.velocity_at(x, torch.full((x.shape[0],), float(sigmas[k]), device=x.device), embeds,
+                                train=True)
 
     def train_epoch(self, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         t0 = time.perf_counter()

@@ -26,6 +26,9 @@ from flowarena.core.rundir import CellPaths, RunDir
 from flowarena.reports.style import method_colours
 
 DIAG_KEYS = ("ratio", "kl", "adv", "noise", "step", "inner")
+"""Per sample of an SDE step: what the ratio figures read."""
+FORWARD_KEYS = ("adv", "v_change", "step", "inner")
+"""Per sample of a forward-process method's training time (nft, awm): no SDE step, no ratio figure."""
 
 
 @dataclass
@@ -154,10 +157,11 @@ class _Reader:
             except Exception as e:  # safetensors raises its own error types for a truncated file
                 self.skip(path, f"unreadable, skipped ({type(e).__name__})")
                 continue
-            if lacking := [k for k in DIAG_KEYS if k not in t]:
+            keys = FORWARD_KEYS if "v_change" in t else DIAG_KEYS
+            if lacking := [k for k in keys if k not in t]:
                 self.skip(path, f"lacks {', '.join(lacking)}, skipped")
                 continue
-            arrays = {k: t[k].double().numpy().ravel() for k in DIAG_KEYS}
+            arrays = {k: t[k].double().numpy().ravel() for k in keys}
             if len({len(a) for a in arrays.values()}) != 1:
                 self.skip(path, "tensors of unequal length, skipped")
                 continue

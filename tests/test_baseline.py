@@ -48,7 +48,7 @@ def test_the_baseline_is_the_pretrained_models_reward_on_the_same_rollout(tiny_p
     out = reward_vs_base(trainer, ro, 1)
     d = trainer.draws(1)
     with trainer.model.reference():
-        _, images = trainer.trajectories(d["x_init"][:2], ro.embeds.select(torch.tensor([0, 0])),
+        _, _, images = trainer.trajectories(d["x_init"][:2], ro.embeds.select(torch.tensor([0, 0])),
                                           [z[:2] for z in d["noises"]], d["window"], ro.sigmas)
     records = d["records"][:2]
     base = trainer.reward(images, [r["prompt"] for r in records], records).scores

@@ -42,7 +42,8 @@ def test_bench_eval_takes_the_evaluation_request_s_fields():
         assert s.doc and params[s.key].help.startswith(s.doc), s.name
     assert {s.name for s in REQUEST} == set(EvalRequest.__dataclass_fields__)
     bad = runner.invoke(app, ["eval", "--limit", "1"])
-    assert bad.exit_code == 1 and bad.output.strip() == 'error: --limit must be an integer >= 2 or "none", not 1'
+    assert bad.exit_code == 1
+    assert bad.output.strip() == 'error: --limit must be an integer >= 2 or "none", not 1'
     bad = runner.invoke(app, ["eval", "--images-per-prompt", "many"])
     assert bad.exit_code == 1 and "--images-per-prompt must be an integer in [1, 4096]" in bad.output
 

@@ -92,10 +92,10 @@ class Evaluation:
         ev = self.settings
         results = self._score(model, self.benchmarks, final=False)
         if method is not None:
+            sampler, eta = method.kl_sampler
             with memory_phase("evaluation"):
-                kl_ref = kl_to_pretrained(model, subset(self.records, ev.kl_prompts),
-                                          sampler=method.config.sampler, eta=method.config.eta,
-                                          steps=train.steps, guidance=train.guidance, seed=EVAL_SEED)
+                kl_ref = kl_to_pretrained(model, subset(self.records, ev.kl_prompts), sampler=sampler,
+                                          eta=eta, steps=train.steps, guidance=train.guidance, seed=EVAL_SEED)
         else:
             kl_ref = {"mean": 0.0, "stderr": 0.0, "per_step": [0.0] * train.steps, "n": 0,
                       "unit": "per-element KL summed over steps"}

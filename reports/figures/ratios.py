@@ -17,11 +17,17 @@ from flowarena.reports.style import DPI
 
 
 def _pooled(cells: list[CellData]) -> dict[str, np.ndarray] | None:
-    """Every epoch's and seed's trained steps of one method, concatenated."""
-    parts = [d for c in cells for _, d in sorted(c.diagnostics.items())]
+    """Every epoch's and seed's trained SDE steps of one method, concatenated (None for a
+    forward-process method, which has none)."""
+    parts = [d for c in cells for _, d in sorted(c.diagnostics.items()) if all(k in d for k in DIAG_KEYS)]
     if not parts:
         return None
     return {k: np.concatenate([p[k] for p in parts]) for k in DIAG_KEYS}
+
+
+def any_sde_steps(run: Run, model: str) -> bool:
+    """Whether any method of `model` in the run trains on SDE steps (has ratio diagnostics)."""
+    return any(_pooled(run.cells_of(model, m)) is not None for m in run.methods(model))
 
 
 def _passes(d: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
