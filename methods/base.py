@@ -42,7 +42,7 @@ class MethodError(FlowArenaError, ValueError):
 
 # A subclass that changes a default restates the field with these types (its hint replaces the
 # parent's), so that the same values are allowed.
-Sampler = Literal["sde", "cps"]
+Sampler = Literal["sde", "cps", "dance"]
 Eta = Annotated[float, Range(0, 1, lo_open=True)]
 LogProb = Literal["exact", "cps-surrogate"]
 
@@ -52,7 +52,8 @@ class MethodConfig:
     """Settings every method has; subclasses add theirs and override defaults."""
 
     sampler: Sampler = "sde"
-    """Stochastic sampler of the trained steps: "sde" (Flow-SDE, Flow-GRPO) or "cps" (Flow-CPS)."""
+    """Stochastic sampler of the trained steps: "sde" (Flow-SDE, Flow-GRPO), "cps" (Flow-CPS) or
+    "dance" (DanceGRPO's)."""
     eta: Eta = 0.7
     """Noise level η of the sampler (Flow-SDE 0.7, CPS 0.8 in the published recipes)."""
     log_prob: LogProb = "exact"

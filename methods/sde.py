@@ -24,6 +24,8 @@ __all__ = [
     "StepResult",
     "flow_sde_step",
     "cps_step",
+    "dance_step",
+    "SAMPLERS",
     "ode_step",
     "gaussian_log_prob",
     "gaussian_kl",
@@ -129,6 +131,36 @@ def cps_step(
     next_sample, log_prob = _finish(mean, std, noise, next_sample, generator)
     surrogate = -_mean_over_sample_dims((next_sample.double() - mean.double()) ** 2)  # float64, as above
     return StepResult(next_sample, mean, std, log_prob, surrogate)
+
+
+def dance_step(
+    sample: Tensor,
+    velocity: Tensor,
+    sigma: float | Tensor,
+    sigma_next: float | Tensor,
+    *,
+    eta: float,
+    noise: Tensor | None = None,
+    next_sample: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> StepResult:
+    """One DanceGRPO step (its `flux_step` with `sde_solver`): Euler plus a score correction.
+
+    `x̂0 = x − σ·v`, `μ = x + dt·(v + ½η²·(x − (1 − σ)·x̂0)/σ²)`, `s = η·sqrt(−dt)`
+    (dt = σ_next − σ < 0): the noise does not scale with σ as Flow-SDE's does.
+    """
+    sigma = per_sample(sigma, sample)
+    sigma_next = per_sample(sigma_next, sample)
+    dt = sigma_next - sigma
+    x0_hat = sample - sigma * velocity
+    mean = sample + dt * (velocity + 0.5 * eta**2 * (sample - (1 - sigma) * x0_hat) / sigma**2)
+    std = eta * torch.sqrt(-dt)
+    next_sample, log_prob = _finish(mean, std, noise, next_sample, generator)
+    return StepResult(next_sample, mean, std, log_prob)
+
+
+SAMPLERS = {"sde": flow_sde_step, "cps": cps_step, "dance": dance_step}
+"""The stochastic samplers by the name a method's config gives (`MethodConfig.sampler`)."""
 
 
 def kl_per_unit_velocity(step, sigma: float, sigma_next: float, *, eta: float) -> float:

@@ -36,7 +36,7 @@ from flowarena.methods.config import TrainConfig, TrainConfigError  # noqa: F401
 from flowarena.methods.memory import MemoryMeter
 from flowarena.methods.optim import EMA, lr_at
 from flowarena.methods.rollout import Rollout, generator
-from flowarena.methods.sde import cps_step, flow_sde_step, gaussian_kl, ode_step
+from flowarena.methods.sde import SAMPLERS, gaussian_kl, ode_step
 from flowarena.models.base import FlowModel, PromptEmbeds
 from flowarena.rewards.base import Reward
 
@@ -93,7 +93,7 @@ class Trainer:
         self.ema = None if cfg.ema_decay is None else EMA(self.params, cfg.ema_decay)
         method.check_train(cfg)
         sampler, self._eta = method.kl_sampler  # a forward method rolls out no SDE step
-        self._step_fn = flow_sde_step if sampler == "sde" else cps_step
+        self._step_fn = SAMPLERS[sampler]
         self._surrogate = getattr(method.config, "log_prob", "exact") == "cps-surrogate"
         # the seam: what an update trains on, the SDE steps or the forward process
         self._term_loss, self._prepare = ((Trainer._step_loss, None) if method.trains_on == "sde" else

@@ -85,6 +85,7 @@ class ToyModel(FlowModel):
     # mask nothing here except cps's, which makes grpo, guard and dppo the same algorithm.
     calibration = {
         "grpo": {"clip_range": 5e-6},  # removes 14.1 % of off-policy steps
+        "mixgrpo": {"clip_range": 5e-6},  # grpo's loss on grpo's SDE: its ε (share not measured yet)
         "cps": {"clip_range": 1e-5},  # 10.0 % (the published value happens to fit)
         "guard": {"clip_range": 5e-6},  # 9.3 %
         "dppo": {"delta": 1e-7},  # 7.7 %

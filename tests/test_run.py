@@ -14,7 +14,7 @@ from flowarena.harness.run import (
     plan,
     run_experiment,
 )
-from flowarena.methods import build_method, method_names
+from flowarena.methods import build_method, get_method, method_names
 from flowarena.methods.trainer import TrainConfig, Trainer
 from flowarena.models.toy import load_toy
 from flowarena.rewards import build_reward
@@ -43,7 +43,7 @@ def test_same_seed_same_prompts_and_noise_across_methods(tiny_path):
     assert not torch.equal(other.noise, a.rollout(0).noise)
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", [m for m in method_names() if get_method(m).trains_on == "sde"])
 def test_first_minibatch_is_on_policy(tiny_path, method):
     """Before any update, ρ = 1 and KL(old ‖ new) = 0 exactly (docs/methods.md §6)."""
     tr = _trainer(tiny_path, method)

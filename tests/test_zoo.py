@@ -190,3 +190,85 @@ def test_cps_delta_carries_the_sde_threshold_on_the_toy_schedule():
     mean = sum(ratios) / len(ratios)
     delta_cps = build_method("dppo-cps").config.delta
     assert abs(math.log10(delta_cps / (build_method("dppo").config.delta * mean))) < 0.3
+
+
+def _dance_reference(model_output, latents, sigmas, index, eta, prev_sample):
+    """XueZeyue/DanceGRPO fastvideo/train_grpo_flux.py `flux_step` (15cc71d), sde_solver and grpo."""
+    sigma = sigmas[index]
+    dsigma = sigmas[index + 1] - sigma
+    prev_sample_mean = latents + dsigma * model_output
+    pred_original_sample = latents - sigma * model_output
+    delta_t = sigma - sigmas[index + 1]
+    std_dev_t = eta * math.sqrt(delta_t)
+    score_estimate = -(latents - pred_original_sample * (1 - sigma)) / sigma**2
+    log_term = -0.5 * eta**2 * score_estimate
+    prev_sample_mean = prev_sample_mean + log_term * dsigma
+    log_prob = ((-((prev_sample.detach().to(torch.float32) - prev_sample_mean.to(torch.float32)) ** 2)
+                 / (2 * (std_dev_t**2)))
+                - math.log(std_dev_t) - torch.log(torch.sqrt(2 * torch.as_tensor(math.pi))))
+    return prev_sample_mean, std_dev_t, log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+
+
+@pytest.mark.parametrize("index", [0, 4, 14])
+def test_dance_step_equals_the_reference(index):
+    from flowarena.methods.sde import dance_step
+
+    sig = [float(s) for s in sd3_sigmas(16)]
+    g = torch.Generator().manual_seed(index)
+    x, v, nxt = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
+    ours = dance_step(x, v, sig[index], sig[index + 1], eta=0.3, next_sample=nxt)
+    mean, std, log_prob = _dance_reference(v, x, sig, index, 0.3, nxt)
+    assert torch.allclose(ours.mean, mean, atol=1e-6)
+    assert math.isclose(float(ours.std.flatten()[0]), std, rel_tol=1e-6)
+    assert torch.allclose(ours.log_prob.float(), log_prob, rtol=1e-5)
+
+
+class _ReferenceWindow:
+    """Tencent-Hunyuan/MixGRPO fastvideo/utils/grpo_states.py (e5cdd6a), the progressive
+    strategy with prog_overlap and roll_back, as its training loop calls it."""
+
+    def __init__(self, iters_per_group, group_size, max_timesteps, step):
+        self.iters, self.size, self.max, self.step = iters_per_group, group_size, max_timesteps, step
+        self.cur, self.cur_iter = 0, 0
+
+    def get_current_timesteps(self):
+        return list(range(self.cur, min(self.cur + self.size, self.max)))
+
+    def update_iteration(self):
+        self.cur_iter += 1
+        if self.cur_iter >= self.iters:
+            self.cur_iter = 0
+            self.cur += self.step
+            if self.cur > self.max:
+                self.cur = 0
+
+
+@pytest.mark.parametrize("steps,size,every,stride", [(25, 4, 25, 1), (10, 3, 2, 1), (10, 2, 1, 3)])
+def test_mixgrpo_slides_its_window_as_the_reference(steps, size, every, stride):
+    from flowarena.methods.mixgrpo import sliding_window
+
+    ref = _ReferenceWindow(every, size, steps - 2, stride)
+    for epoch in range(every * 30):
+        window = ref.get_current_timesteps()
+        ref.update_iteration()
+        if window:  # the reference trains an empty window once per cycle; FlowArena skips it
+            assert sliding_window(epoch - _empty_before(epoch, steps, size, every, stride), steps, size,
+                                  every, stride) == window
+
+
+def _empty_before(epoch, steps, size, every, stride):
+    """Epochs the reference spent on empty windows before `epoch` (one move per cycle at most)."""
+    ref, n = _ReferenceWindow(every, size, steps - 2, stride), 0
+    for _ in range(epoch):
+        n += not ref.get_current_timesteps()
+        ref.update_iteration()
+    return n
+
+
+def test_dance_trains_a_random_sixty_percent_of_the_steps_with_its_sde():
+    import numpy as np
+
+    dance = build_method("dance")
+    assert (dance.config.sampler, dance.config.eta, dance.config.clip_range) == ("dance", 0.3, 1e-4)
+    windows = [dance.window(np.random.default_rng(e), 16, 3, 0.5, e) for e in range(20)]
+    assert all(len(w) == 9 and max(w) < 15 for w in windows) and len({tuple(w) for w in windows}) > 1

@@ -133,9 +133,9 @@ def kl_to_pretrained(model: FlowModel, records: list[dict], *, sampler: str = "s
 
     In blocks of `CHUNK` prompts, which the ranks share out under torchrun; every noise is
     drawn for the whole list and sliced, so a prompt's KL does not depend on the ranks."""
-    from flowarena.methods.sde import cps_step, flow_sde_step, gaussian_kl
+    from flowarena.methods.sde import SAMPLERS, gaussian_kl
 
-    step_fn = flow_sde_step if sampler == "sde" else cps_step
+    step_fn = SAMPLERS[sampler]
     gen = torch.Generator().manual_seed(seed)
     prompts = [r["prompt"] for r in records]
     x0 = model.initial_noise(len(prompts), gen)

@@ -1,0 +1,49 @@
+"""MixGRPO: Flow-GRPO on a sliding window of SDE steps, ODE elsewhere (Li et al., 2025, arXiv
+2507.21802; Tencent-Hunyuan/MixGRPO).
+
+The loss is Flow-GRPO's clipped ratio (`grpo.py`); what changes is which steps are stochastic
+and trained. Instead of a random window per epoch, W = `sde_window` consecutive steps start
+at position p and slide: p grows by `stride` every `shift_every` epochs, and rolls back to 0
+once the window would leave the last steps (the reference's `max_timesteps = steps − 2`; it
+rolls back one move later, after a window with no step in it).
+Early epochs train the high-noise steps, where the image's layout is decided; the window
+then walks towards detail. Every other step is an ODE step, which is where the speed comes
+from (the Flash variant's DPM-Solver++ after the window is not implemented).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowarena.core.fields import Count
+from flowarena.methods.base import register_method
+from flowarena.methods.grpo import FlowGRPO, GRPOConfig
+
+
+@dataclass
+class MixGRPOConfig(GRPOConfig):
+    shift_every: Count = 25
+    """Epochs between two moves of the window (the reference: 25 iterations)."""
+    stride: Count = 1
+    """Steps the window moves by each time."""
+
+
+def sliding_window(epoch: int, steps: int, size: int, shift_every: int, stride: int) -> list[int]:
+    """The window's steps at `epoch`: from p = (moves · stride), cycling over the starts
+    0, stride, … that leave a step before `steps − 2`, cut at `steps − 2`."""
+    last = max(1, steps - 2)  # the reference's max_timesteps: the window ends before it
+    starts = (last - 1) // stride + 1  # how many starts keep a non-empty window
+    p = (epoch // shift_every) % starts * stride
+    return list(range(p, min(p + size, last)))
+
+
+@register_method("mixgrpo")
+class MixGRPO(FlowGRPO):
+    description = "MixGRPO: Flow-GRPO on a sliding SDE window (moving 1 step every 25 epochs), ODE elsewhere"
+    colour = "#8c564b"
+    paper = "Li et al., 2025, MixGRPO: Unlocking Flow-based GRPO Efficiency with Mixed ODE-SDE"
+    Config = MixGRPOConfig
+
+    def window(self, rng, steps: int, sde_window: int, window_fraction: float, epoch: int) -> list[int]:
+        c = self.config
+        return sliding_window(epoch, steps, sde_window, c.shift_every, c.stride)
