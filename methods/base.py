@@ -160,7 +160,9 @@ class ForwardTensors:
     t: Tensor  # [B] training time (σ of the schedule)
     advantages: Tensor  # A_i, clipped group-relative advantages
     rewards: Tensor  # r_i, the raw rewards
-    ref_velocity: Tensor | None = None  # v_ref(x_t, t), the pretrained model's, when asked for
+    groups: Tensor  # each sample's group (its prompt's index in the epoch)
+    ref_velocity: Tensor | None = None  # v_ref(x_t, t), the pretrained model's (`needs_reference`)
+    context: Tensor | None = None  # [B] what `batch_context` computed for these samples
 
     @property
     def x_t(self) -> Tensor:
@@ -178,10 +180,18 @@ class ForwardMethod(Method):
     trains_on = "forward"
     Config = ForwardConfig
     needs_reference: bool = False
-    """Whether `forward_loss` reads `ref_velocity` (else it is computed only for β·KL_ref)."""
+    """Whether `batch_context` reads `ref_velocity` (the trainer computes it there only then)."""
+    shared_noise: bool = False
+    """Whether a group's samples are noised with the same ε at each training time (DGPO)."""
 
     def forward_loss(self, f: ForwardTensors) -> StepLoss:
         raise NotImplementedError
+
+    def batch_context(self, f: ForwardTensors) -> Tensor | None:
+        """Once per training time, before the update, over the whole batch (every group whole;
+        `velocity` is the old policy's, no gradient): a per-sample value that `forward_loss`
+        receives as `context`, such as a statistic of each sample's group (DGPO's weight)."""
+        return None
 
     def train_times(self, gen: torch.Generator, sigmas: Tensor, batch: int) -> Tensor:
         """The epoch's training times [T, batch], drawn with `gen` from the sampling schedule

@@ -1,12 +1,14 @@
 """The trainer's second seam: a method that trains on the forward process of the rollout's
-clean samples (`ForwardMethod`: DiffusionNFT, AWM) instead of its SDE steps.
+clean samples (`ForwardMethod`: DiffusionNFT, AWM, DGPO) instead of its SDE steps.
 
 After a pure ODE rollout, `prepare` draws the epoch's training times (the method's rule) and
 noise, and computes the old policy's velocity at every `x_t = (1 − t)·x0 + t·ε` with the weights
-that rolled out, before any update. `term_loss` is the update's loss of one training time for a
-micro-batch: the method's `forward_loss` plus β·KL_ref, where the KL to the pretrained model is
-the velocity-space one, mean((v_θ − v_ref)²) (DiffusionNFT's and AWM's regulariser). Everything
-else (mini-batches, micro-batches, precision, DDP, the optimizer) is the SDE seam's.
+that rolled out, before any update, and the method's `batch_context` over whole groups (DGPO's
+group weights, from the pretrained model's velocities where it asks). `term_loss` is the
+update's loss of one training time for a micro-batch: the method's `forward_loss` plus
+β·KL_ref, where the KL to the pretrained model is the velocity-space one, mean((v_θ − v_ref)²)
+(DiffusionNFT's, AWM's and DGPO's regulariser). Everything else (mini-batches, micro-batches,
+precision, DDP, the optimizer) is the SDE seam's.
 """
 
 from __future__ import annotations
@@ -25,20 +27,48 @@ def mean_sq(a: Tensor, b: Tensor) -> Tensor:
 
 @torch.no_grad()
 def prepare(trainer, ro: Rollout, epoch: int) -> ForwardData:
-    """The epoch's training times, noise and old velocities, a function of (seed, epoch) and the
-    rollout: two methods with one seed see the same noise at the same times."""
+    """The epoch's training times, noise and old velocities (and the method's batch context),
+    a function of (seed, epoch) and the rollout: two methods with one seed see the same noise."""
+    method, B, G = trainer.method, len(ro.x0), trainer.cfg.group_size
     gen = generator(trainer.seed, epoch, 3)
-    t = trainer.method.train_times(gen, ro.sigmas, len(ro.x0)).float()  # [T, B]
-    noise = torch.randn((len(t), *ro.x0.shape), generator=gen)
+    t = method.train_times(gen, ro.sigmas, B).float()  # [T, B]
+    if method.shared_noise:  # one ε per group and time
+        noise = torch.randn((len(t), B // G, *ro.x0.shape[1:]), generator=gen).repeat_interleave(G, 1)
+    else:
+        noise = torch.randn((len(t), *ro.x0.shape), generator=gen)
     old = torch.empty(noise.shape, dtype=ro.x0.dtype)
-    rows = torch.arange(len(ro.x0))
+    context = None
+    rows = torch.arange(B)
     for j in range(len(t)):
-        for idx in rows.split(trainer.cfg.rollout_batch or len(rows)):
-            x_t = noised(ro.x0[idx], t[j][idx], noise[j][idx])
+        refs = []
+        for idx in rows.split(trainer.cfg.rollout_batch or B):
+            x_t, embeds = noised(ro.x0[idx], t[j][idx], noise[j][idx]), ro.prompt_embeds(idx)
+            s = t[j][idx].to(x_t.device)
             with trainer.precision():  # as the update computes v_θ: equal before the first step
-                old[j][idx] = trainer.velocity_at(x_t, t[j][idx].to(x_t.device),
-                                                  ro.prompt_embeds(idx)).to(old.dtype).cpu()
-    return ForwardData(t=t, noise=noise, old_velocity=old)
+                old[j][idx] = trainer.velocity_at(x_t, s, embeds).to(old.dtype).cpu()
+                if method.needs_reference:
+                    with trainer.model.reference():
+                        refs.append(trainer.velocity_at(x_t, s, embeds).cpu())
+        whole = _tensors(ro, rows, t[j], noise[j], old[j], torch.cat(refs) if refs else None, G)
+        c = method.batch_context(whole)
+        if c is not None:
+            context = torch.zeros(t.shape) if context is None else context
+            context[j] = c.detach().float().cpu()
+    return ForwardData(t=t, noise=noise, old_velocity=old, context=context)
+
+
+def _tensors(ro: Rollout, idx: Tensor, t: Tensor, noise: Tensor, old: Tensor, ref: Tensor | None, G: int,
+             velocity: Tensor | None = None, context: Tensor | None = None) -> ForwardTensors:
+    """The method's view of samples `idx` at one training time (their rows of t, ε, v_old)."""
+    device = ro.x0.device
+    x0 = ro.x0[idx]
+    old = old[idx].to(device, x0.dtype)
+    return ForwardTensors(velocity=old if velocity is None else velocity, old_velocity=old, x0=x0,
+                          noise=noise[idx].to(device, x0.dtype), t=t[idx].to(device),
+                          advantages=ro.advantages[idx], rewards=ro.rewards[idx].to(device),
+                          groups=(idx // G).to(device),
+                          ref_velocity=None if ref is None else ref[idx].to(device),
+                          context=None if context is None else context[idx].to(device))
 
 
 def noised(x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -50,21 +80,18 @@ def noised(x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
 def term_loss(trainer, ro: Rollout, j: int, k: int, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """The per-sample loss of training time j for the samples `idx`, with gradient, and the
     per-sample values the diagnostics summarise."""
-    cfg, method, f, device = trainer.cfg, trainer.method, ro.forward, ro.x0.device
-    x0, t, noise = ro.x0[idx], f.t[j][idx].to(device), f.noise[j][idx].to(device)
-    x_t, embeds = noised(x0, t, noise), ro.prompt_embeds(idx)
-    v = trainer.velocity_at(x_t, t, embeds, train=True)
-    ref = None
-    if method.needs_reference or cfg.beta > 0:
-        with torch.no_grad(), trainer.model.reference():
-            ref = trainer.velocity_at(x_t, t, embeds)
-    ft = ForwardTensors(velocity=v, old_velocity=f.old_velocity[j][idx].to(device, v.dtype), x0=x0,
-                        noise=noise.to(x0.dtype), t=t, advantages=ro.advantages[idx],
-                        rewards=ro.rewards[idx].to(device), ref_velocity=ref)
+    cfg, method, f = trainer.cfg, trainer.method, ro.forward
+    x_t = noised(ro.x0[idx], f.t[j][idx], f.noise[j][idx])
+    s, embeds = f.t[j][idx].to(x_t.device), ro.prompt_embeds(idx)
+    v = trainer.velocity_at(x_t, s, embeds, train=True)
+    ft = _tensors(ro, idx, f.t[j], f.noise[j], f.old_velocity[j], None, cfg.group_size, v,
+                  None if f.context is None else f.context[j])
     out = method.forward_loss(ft)
     loss, values = out.loss, {"adv": ft.advantages.float(), "trust": out.trust.float(),
                               "v_change": mean_sq(v.detach(), ft.old_velocity)}
     if cfg.beta > 0:
+        with torch.no_grad(), trainer.model.reference():
+            ref = trainer.velocity_at(x_t, s, embeds)
         kl_ref = mean_sq(v, ref)
         loss = loss + cfg.beta * kl_ref
         values["kl_ref"] = kl_ref.detach()

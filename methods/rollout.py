@@ -24,6 +24,7 @@ class ForwardData:
     t: Tensor  # [T, B]
     noise: Tensor  # [T, B, ...]
     old_velocity: Tensor  # [T, B, ...]
+    context: Tensor | None = None  # [T, B] the method's `batch_context`, where it has one
 
 
 @dataclass

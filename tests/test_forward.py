@@ -56,7 +56,8 @@ def _nft_reference(forward_prediction, old_prediction, x0, xt, t_expanded, advan
 def test_nft_loss_and_gradient_equal_the_reference(beta):
     x0, noise, v, v_old, t, adv = _inputs()
     method = build_method("nft", beta=beta)
-    f = ForwardTensors(velocity=v, old_velocity=v_old, x0=x0, noise=noise, t=t, advantages=adv, rewards=adv)
+    f = ForwardTensors(velocity=v, old_velocity=v_old, x0=x0, noise=noise, t=t, advantages=adv, rewards=adv,
+                       groups=torch.arange(B) // 3)
     ours = method.forward_loss(f).loss.mean()
     (g_ours,) = torch.autograd.grad(ours, v)
     t_expanded = t.view(-1, 1, 1, 1)
@@ -93,7 +94,8 @@ def test_awm_loss_and_gradient_equal_the_reference_on_policy_and_off():
     x0, noise, v, v_old, t, adv = _inputs()
     method = build_method("awm")
     for old in (v.detach(), v_old):  # on policy (the reference's ρ ≡ 1), then with a lagging policy
-        f = ForwardTensors(velocity=v, old_velocity=old, x0=x0, noise=noise, t=t, advantages=adv, rewards=adv)
+        f = ForwardTensors(velocity=v, old_velocity=old, x0=x0, noise=noise, t=t, advantages=adv, rewards=adv,
+                       groups=torch.arange(B) // 3)
         ours = method.forward_loss(f).loss.mean()
         (g_ours,) = torch.autograd.grad(ours, v)
         ref = _awm_reference(v, old, noise, x0, t, adv)
@@ -206,7 +208,68 @@ def test_a_new_forward_method_is_one_file(tmp_path, tiny_path):
 
 
 def test_the_zoo_lists_the_forward_methods():
-    assert {"nft", "awm"} <= set(method_names())
+    assert {"nft", "awm", "dgpo", "mixgrpo", "dance"} <= set(method_names())
     nft, awm = build_method("nft").config, build_method("awm").config
     assert (nft.beta, nft.adv_clip_max, nft.timestep_fraction) == (1.0, 5.0, 0.99)
     assert (awm.ghuber_power, awm.train_timesteps, awm.timestep_fraction, awm.ema_beta) == (0.25, 6, 0.9, 1.0)
+
+
+def _dgpo_reference(model_v, old_v, ref_old_v, target_v, advantages, group_indices, *, beta_dpo, clip_range,
+                    group_size, adv_clip_max=5.0):
+    """Luo-Yihong/DGPO scripts/train_sd3_dgpo.py (01ceb4b): one timestep's clip_dsm and
+    `compute_group_dgpo_loss_allreduce` on one process (the all-reduce of the group sums is
+    the identity there)."""
+    batch_size = model_v.shape[0]
+    advantages = torch.clamp(advantages, -adv_clip_max, adv_clip_max)
+    dsm_loss = 1 * (target_v - model_v).square().reshape(batch_size, -1).mean(dim=1)
+    old_dsm_loss = 1 * (target_v - old_v).square().reshape(batch_size, -1).mean(dim=1)
+    ratio = torch.exp(-dsm_loss + old_dsm_loss)
+    should_clip = torch.where(advantages > 0, ratio > 1.0 + clip_range, ratio < 1.0 - clip_range)
+    dsm_loss = torch.where(should_clip, dsm_loss.detach(), dsm_loss)
+    with torch.no_grad():
+        ref_dsm_loss = (target_v - ref_old_v).square().reshape(batch_size, -1).mean(dim=1)
+    delta_diff = dsm_loss.detach() - ref_dsm_loss.detach()
+    per_sample_term = advantages * beta_dpo * delta_diff / group_size
+    num_groups = int(group_indices.max()) + 1
+    local_group_sums = torch.zeros(num_groups, dtype=per_sample_term.dtype)
+    local_group_sums.scatter_add_(0, group_indices, per_sample_term)
+    group_weights = torch.sigmoid(local_group_sums.clone().detach())
+    local_weights = group_weights[group_indices]
+    return (local_weights.detach() * advantages * dsm_loss).mean()
+
+
+def test_dgpo_loss_and_gradient_equal_the_reference_on_policy():
+    x0, noise, v, v_old, t, adv = _inputs(scale=0.3)
+    ref_v = v_old + 0.2 * torch.randn_like(v_old)
+    groups = torch.arange(B) // 3
+    method = build_method("dgpo", beta_dpo=10.0)
+    f = ForwardTensors(velocity=v.detach(), old_velocity=v.detach(), x0=x0, noise=noise, t=t, advantages=adv,
+                       rewards=adv, groups=groups, ref_velocity=ref_v)
+    context = method.batch_context(f)  # before the update, from the old policy (here: the same)
+    assert ((context > 0) & (context < 1)).all() and len(set(context.tolist())) == 2
+    f = ForwardTensors(velocity=v, old_velocity=v.detach(), x0=x0, noise=noise, t=t, advantages=adv,
+                       rewards=adv, groups=groups, context=context.double())
+    ours = method.forward_loss(f).loss.mean()
+    (g_ours,) = torch.autograd.grad(ours, v)
+    ref = _dgpo_reference(v, v.detach(), ref_v, noise - x0, adv, groups, beta_dpo=10.0, clip_range=1e-2,
+                          group_size=3)
+    (g_ref,) = torch.autograd.grad(ref, v)
+    assert torch.allclose(ours, ref, rtol=1e-6) and torch.allclose(g_ours, g_ref, rtol=1e-6)
+    # off policy, the clip removes the gradient of samples that moved past 1 ± ε in A's direction
+    f.old_velocity = v_old
+    out = method.forward_loss(f)
+    ref = _dgpo_reference(v, v_old, ref_v, noise - x0, adv, groups, beta_dpo=10.0, clip_range=1e-2,
+                          group_size=3)
+    assert out.trust.any() and not out.trust.all()
+    (g_ref,) = torch.autograd.grad(ref, v)
+    (g_ours,) = torch.autograd.grad(out.loss.mean(), v)
+    assert torch.allclose(g_ours, g_ref, rtol=1e-6)  # the group weights are the epoch's (the same here)
+
+
+def test_dgpo_shares_its_times_and_a_group_its_noise(tiny_path):
+    trainer = _trainer(tiny_path, "dgpo")
+    ro = trainer.rollout(0)
+    f = ro.forward
+    assert (f.t == f.t[:, :1]).all() and len(f.t) == min(4, 5)
+    assert torch.equal(f.noise[:, 0], f.noise[:, 2]) and not torch.equal(f.noise[:, 0], f.noise[:, 3])
+    assert f.context is not None and ((f.context > 0) & (f.context < 1)).all()
