@@ -16,9 +16,8 @@ from flowarena.methods.base import (
 )
 
 # every method file registers itself; the trainer's own modules register nothing
-discover(__name__, skip={"advantages", "base", "config", "diagnostics", "dist", "forward", "memory", "optim",
-                         "rollout", "sde",
-                         "trainer"})
+discover(__name__, skip={"advantages", "base", "compute", "config", "diagnostics", "dist", "forward",
+                         "memory", "optim", "rollout", "sde", "trainer"})
 
 __all__ = ["METHODS", "Method", "MethodConfig", "MethodError", "StepLoss", "StepTensors", "build_method",
            "get_method", "method_names", "register_method"]

@@ -32,6 +32,7 @@ from flowarena.methods import diagnostics as diagnose
 from flowarena.methods import dist, forward
 from flowarena.methods.advantages import group_advantages, multi_reward_advantages
 from flowarena.methods.base import Method, StepTensors
+from flowarena.methods.compute import ComputeMeter
 from flowarena.methods.config import TrainConfig, TrainConfigError  # noqa: F401 - re-exported
 from flowarena.methods.memory import MemoryMeter
 from flowarena.methods.optim import EMA, lr_at
@@ -65,6 +66,7 @@ class Trainer:
         """`epochs`: the run's length, which sets where the cosine schedule ends."""
         cfg.validate()
         self.memory = MemoryMeter()  # a cell's rows report its own memory peaks
+        self.compute = ComputeMeter(cfg.gradient_checkpointing)
         self.model, self.method, self.reward, self.prompts, self.cfg, self.seed = (
             model, method, reward, prompts, cfg, seed)
         if cfg.prompts_per_epoch > len(prompts):
@@ -121,6 +123,7 @@ class Trainer:
     def velocity_at(self, x: Tensor, s: Tensor, embeds: PromptEmbeds, train: bool = False) -> Tensor:
         """The velocity at noise levels `s` [B]; `train`: the one whose gradient trains the
         policy (through DDP when distributed)."""
+        self.compute.add(len(x) * (2 if embeds.uncond is not None and self.cfg.guidance != 1 else 1))
         if train and self.ddp is not None:
             return self.ddp(x, s, embeds, self.cfg.guidance)
         return self.model.velocity(x, s, embeds, self.cfg.guidance)
@@ -227,7 +230,8 @@ class Trainer:
                 step += 1
                 mb = batch[rank::n]  # this process's equal share of the global mini-batch
                 if before is not None and losses:  # the first off-policy mini-batch
-                    rounding, before = diagnose.rounding_in_a_change(self, ro, mb, before), None
+                    with self.compute.aside():
+                        rounding, before = diagnose.rounding_in_a_change(self, ro, mb, before), None
                 self.optimizer.zero_grad(set_to_none=True)
                 parts = mb.split(cfg.micro_batch or len(mb))  # gradients accumulate over them
                 total = 0.0
@@ -353,10 +357,11 @@ class Trainer:
     def train_epoch(self, epoch: int) -> tuple[dict, dict[str, Tensor]]:
         t0 = time.perf_counter()
         ro = self.rollout(epoch)
-        floor = diagnose.noise_floor(self, ro) if epoch == 0 else {}  # once per cell, before the first update
+        with self.compute.aside():  # measurement, not training; once per cell, before the first update
+            floor = diagnose.noise_floor(self, ro) if epoch == 0 else {}
         t_base = time.perf_counter()
         if self.cfg.baseline_groups:  # the curve's baseline: these rollouts, the pretrained model
-            with self.memory.phase("rollout"):
+            with self.memory.phase("rollout"), self.compute.aside():
                 floor.update(diagnose.reward_vs_base(self, ro, epoch))
             floor["baseline_s"] = round(time.perf_counter() - t_base, 2)
         off_policy = self.cfg.inner_loops > 1 or self.cfg.minibatch_size < len(ro.prompts)
@@ -375,5 +380,6 @@ class Trainer:
         for name, scores in ro.reward_details.get("components", {}).items():
             metrics[f"reward/{name}"] = scores.mean().item()
         metrics.update(floor)
+        metrics.update(self.compute.epoch_metrics())
         metrics.update(self.memory.metrics())
         return metrics, samples
