@@ -8,6 +8,8 @@ from pathlib import Path
 
 from flowarena.core.io import atomic_write
 from flowarena.core.rundir import RunDir
+from flowarena.reports.compute import budget_text, matched_compute
+from flowarena.reports.paired import PairedDiff
 from flowarena.reports.run_reader import Run, load_run
 from flowarena.reports.tables import Comparison, comparison, format_cell, markdown_comparison, markdown_table
 
@@ -53,13 +55,14 @@ PAIRED_NOTE = ("Each method minus the reference on the same seeds, prompts and e
                "difference of 1 (in the metric's units) would need, the prompts kept.")
 
 
-def paired_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
-    """The paired comparison as a table: header, rows (one per method × metric)."""
+def paired_rows(c: Comparison, paired: list[PairedDiff] | None = None) -> tuple[list[str], list[list[str]]]:
+    """The paired comparison as a table: header, rows (one per method × metric); `paired`:
+    other differences than the comparison's own (at matched compute) in its format."""
     header = ["model", "method", "vs", "metric", "Δ [95 % CI]", "paired over", "resolves",
               "seeds for 1 point"]
     digits = {m.key: m.digits for m in c.metrics}
     rows = []
-    for d in c.paired:
+    for d in c.paired if paired is None else paired:
         dg = digits.get(d.key, None if d.key == "kl" else 1)
         over = f"{d.seeds} seed{'s' if d.seeds > 1 else ''}"
         over += f" × {d.prompts} prompts" if d.prompts else ""
@@ -85,6 +88,9 @@ def write_run_tables(run: Run | str | Path, reference: str | None = None) -> str
     if rows:
         text = (f"Method against {c.reference}, paired\n\n" + markdown_table(header, rows) + "\n\n"
                 + PAIRED_NOTE + "\n" + (f"\nWarning: {c.mixed_precision}\n" if c.mixed_precision else ""))
+        for m in matched_compute(run, c.reference):
+            text += ("\n" + budget_text(m) + "\n\n" + markdown_table(header, paired_rows(c, m.paired)[1])
+                     + "\n")
         atomic_write(report / "paired.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     if c.records and not all(r["method"].startswith("base") for r in c.records):
         atomic_write(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))

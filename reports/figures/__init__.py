@@ -33,6 +33,9 @@ FIGURES = [
     ("curves_wall", lambda r, m: learning_curves(r, m, "wall"),
      "The same curves against training wall time (evaluation excluded). Wall time depends on the machine's "
      "other load."),
+    ("curves_compute", lambda r, m: learning_curves(r, m, "compute"),
+     "The same curves against training compute: the denoiser's evaluations spent training, in "
+     "forward-equivalents of one image (a backward counts two), so methods are compared at equal cost."),
     ("frontier", frontier,
      "Reward-KL frontier: each evaluation's held-out GM against its KL to the pretrained model; every "
      "method starts at the base model (KL 0)."),

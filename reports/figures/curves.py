@@ -7,6 +7,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from flowarena.core.results import EvalRecord
+from flowarena.reports.compute import compute_at
 from flowarena.reports.figures.common import finite, mean_se, n_seeds, number_at, over_seeds, seed_note
 from flowarena.reports.run_reader import CellData, Run
 from flowarena.reports.style import BASE, BASE_COLOUR, DPI, REWARD_WINDOW
@@ -99,7 +100,11 @@ def learning_curves(run: Run, model: str, x: str = "epoch") -> Figure | None:
             if not pts:
                 continue
             e, wall, mean, se, _ = map(np.array, zip(*pts))
-            xs = e if x == "epoch" else wall / 60
+            if x == "compute":  # the same for every seed of a method: its counts follow the config
+                spent = next((s for c in run.cells_of(model, m) if (s := compute_at(c))), {})
+                xs = np.array([spent.get(int(k), np.nan) for k in e]) / 1e3
+            else:
+                xs = e if x == "epoch" else wall / 60
             if title.startswith("Training reward"):
                 mean, se = running_mean(mean, se, REWARD_WINDOW)
             ax.plot(xs, mean, "o-", ms=3, color=colours[m], label=m)
@@ -114,14 +119,15 @@ def learning_curves(run: Run, model: str, x: str = "epoch") -> Figure | None:
                 ax.axhline(np.mean(gms), color=BASE_COLOUR, ls="--", lw=1.2, label=BASE)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
-        ax.set_xlabel("training epochs completed" if x == "epoch"
-                      else "training wall time (min, evaluation excluded)")
+        ax.set_xlabel({"epoch": "training epochs completed",
+                       "wall": "training wall time (min, evaluation excluded)",
+                       "compute": "training compute (thousand forward-equivalents per cell)"}[x])
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=colours[m], marker="o", ms=3, label=m) for m in methods]
     handles.append(Line2D([], [], color=BASE_COLOUR, ls="--", label=BASE))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     fig.suptitle(f"Learning curves, model {model} ({seed_note(n)}); "
-                 f"against {'epoch' if x == 'epoch' else 'wall time, averaged over seeds'}")
+                 f"against {dict(epoch='epoch', compute='compute').get(x, 'wall time, averaged over seeds')}")
     return fig
 
 

@@ -1,0 +1,103 @@
+"""Compute as an axis: the trainer counts the denoiser's evaluations each epoch (training only,
+in forward-equivalents), and the reports pair methods at a matched budget, each read at its
+last evaluation within it (hand-made results)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowarena.core.results import CellResult, EvalRecord, Metric
+from flowarena.core.rundir import CellPaths
+from flowarena.methods import build_method
+from flowarena.methods.trainer import TrainConfig, Trainer
+from flowarena.models.toy import load_toy
+from flowarena.reports.compute import (
+    budget_text,
+    compute_at,
+    evaluation_within,
+    matched_budget,
+    matched_compute,
+)
+from flowarena.reports.run_reader import CellData, Run
+from flowarena.rewards import build_reward
+from flowarena.tasks.prompts import load_toy_split
+
+K, W, P, G = 5, 2, 2, 3  # steps, SDE window, prompts, group size: B = 6 images
+
+
+@pytest.mark.parametrize("method,forward,grad", [
+    ("grpo", K, W),  # a rollout of K steps; W trained steps with gradient
+    ("dance", K, int((K - 1) * 0.6)),  # its own share of the steps
+    ("nft", K + int(K * 0.99), int(K * 0.99)),  # + the old velocity at each training time
+    ("awm", K + 3, 3),  # 3 strata of the steps [1, int(0.9·K))
+    ("dgpo", K + 2 * 4, 4),  # + the pretrained model's velocity for the group weight
+])
+def test_an_epoch_counts_what_it_evaluates(tiny_path, method, forward, grad):
+    """Per image: the counts above; the noise floor, the rounding in a change and the reward
+    against the pretrained model (all on here) are measurement and not counted."""
+    cfg = TrainConfig(prompts_per_epoch=P, group_size=G, minibatch_size=3, steps=K, sde_window=W,
+                      baseline_groups=1)
+    trainer = Trainer(load_toy(tiny_path), build_method(method), build_reward("toy-colour"),
+                      load_toy_split("train"), cfg, seed=0)
+    for epoch in range(2):
+        m, _ = trainer.train_epoch(epoch)
+        assert (m["nfe_forward"], m["nfe_grad"]) == (P * G * forward, P * G * grad)
+        assert m["compute_fe"] == P * G * (forward + 3 * grad)
+    assert "reward_vs_base" in m and "floor_kl_mean" not in m  # the floor: epoch 0 only
+
+
+def test_guidance_doubles_and_checkpointing_adds_a_forward(tiny_path):
+    cfg = TrainConfig(prompts_per_epoch=P, group_size=G, minibatch_size=6, steps=K, sde_window=W,
+                      guidance=2.0, gradient_checkpointing=True, baseline_groups=0)
+    trainer = Trainer(load_toy(tiny_path), build_method("grpo"), build_reward("toy-colour"),
+                      load_toy_split("train"), cfg, seed=0)
+    m, _ = trainer.train_epoch(0)
+    assert (m["nfe_forward"], m["nfe_grad"]) == (2 * P * G * K, 2 * P * G * W)
+    assert m["compute_fe"] == 2 * P * G * (K + 4 * W)
+
+
+def _record(gm: list[float], epoch: int) -> EvalRecord:
+    return EvalRecord([Metric("gm", "Soft-TIFA GM", 100 * float(np.mean(gm)), 1.0, len(gm), role="primary",
+                              benchmark="toy", paired=True, per_prompt=gm)], {"toy": {}}, {"mean": 0.0},
+                      epoch)
+
+
+def _cell(method: str, seed: int, per_epoch: float, epochs: int, every: int, level: float) -> CellData:
+    """A finished cell spending `per_epoch` each epoch, its GM rising by `level` per evaluation."""
+    rng = np.random.default_rng(seed)
+    evals = {e: _record(list(np.clip(0.5 + level * e / epochs + rng.normal(0, 0.01, 8), 0, 1)), e)
+             for e in range(0, epochs + 1, every)}
+    metrics = [{"epoch": e, "compute_fe": per_epoch, "reward_mean": 0.5} for e in range(epochs)]
+    result = CellResult(method, seed, "toy", epochs, 1.0, evals[epochs], evals[0], {})
+    return CellData("toy", method, seed, CellPaths(Path(f"/r/toy/{method}/seed{seed}")), {}, result, metrics,
+                    evals)
+
+
+def test_the_budget_picks_each_method_s_last_evaluation_within_it():
+    cheap = [_cell("grpo", s, 100.0, 12, 3, 0.1) for s in range(3)]  # 1200 in all
+    dear = [_cell("nft", s, 250.0, 12, 3, 0.3) for s in range(3)]  # 3000 in all
+    run = Run(Path("/r"), None, cheap + dear, [], [])
+    assert compute_at(dear[0])[3] == 750 and compute_at(dear[0])[12] == 3000
+    assert matched_budget(run, "toy") == 1200  # the largest budget both reached
+    assert evaluation_within(cheap[0], 1200) == 12
+    assert evaluation_within(dear[0], 1200) == 3  # 750 ≤ 1200 < 1500 (epoch 6)
+    assert evaluation_within(dear[0], 700) == 0  # nothing but the pretrained model's
+    (m,) = matched_compute(run, "grpo")
+    assert m.picks["nft"] == [(s, 3, 750.0) for s in range(3)] and m.picks["grpo"][0] == (0, 12, 1200.0)
+    gm = next(d for d in m.paired if d.key == "gm")
+    # nft's GM at epoch 3 (0.5 + 0.3·3/12) against grpo's at 12 (0.5 + 0.1): −2.5 points, where at
+    # equal epochs nft is ahead by 20
+    assert gm.method == "nft" and abs(gm.mean + 2.5) < 1
+    assert "nft epoch 3 (62%)" in budget_text(m) and "grpo epoch 12 (100%)" in budget_text(m)
+    (at_end,) = matched_compute(run, "grpo", budget=3000)  # a budget of the user's: nft reads epoch 12
+    assert at_end.picks["nft"][0][1] == 12 and at_end.picks["grpo"][0][1] == 12
+
+
+def test_a_cell_without_counts_has_no_compute_axis():
+    old = _cell("grpo", 0, 100.0, 6, 3, 0.1)
+    for row in old.metrics:
+        row.pop("compute_fe")
+    assert compute_at(old) == {}
+    run = Run(Path("/r"), None, [old, _cell("nft", 0, 10.0, 6, 3, 0.1)], [], [])
+    assert matched_budget(run, "toy") is None and matched_compute(run, "grpo") == []
