@@ -59,16 +59,19 @@ def prepare(trainer, ro: Rollout, epoch: int) -> ForwardData:
 
 def _tensors(ro: Rollout, idx: Tensor, t: Tensor, noise: Tensor, old: Tensor, ref: Tensor | None, G: int,
              velocity: Tensor | None = None, context: Tensor | None = None) -> ForwardTensors:
-    """The method's view of samples `idx` at one training time (their rows of t, ε, v_old)."""
+    """The method's view of samples `idx` at one training time (their rows of t, ε, v_old), in
+    fp32 whatever the network computes in: the losses subtract nearby velocities."""
     device = ro.x0.device
-    x0 = ro.x0[idx]
-    old = old[idx].to(device, x0.dtype)
-    return ForwardTensors(velocity=old if velocity is None else velocity, old_velocity=old, x0=x0,
-                          noise=noise[idx].to(device, x0.dtype), t=t[idx].to(device),
-                          advantages=ro.advantages[idx], rewards=ro.rewards[idx].to(device),
-                          groups=(idx // G).to(device),
-                          ref_velocity=None if ref is None else ref[idx].to(device),
-                          context=None if context is None else context[idx].to(device))
+
+    def rows(x: Tensor) -> Tensor:
+        return x[idx].to(device, torch.float32)
+
+    old = rows(old)
+    return ForwardTensors(velocity=old if velocity is None else velocity.float(), old_velocity=old,
+                          x0=rows(ro.x0), noise=rows(noise), t=rows(t), advantages=ro.advantages[idx],
+                          rewards=ro.rewards[idx].to(device), groups=(idx // G).to(device),
+                          ref_velocity=None if ref is None else rows(ref),
+                          context=None if context is None else rows(context))
 
 
 def noised(x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
