@@ -25,7 +25,7 @@ REAL = {n: p for n, p in PRESETS.items() if p.model != "toy"}
 
 def test_every_real_model_has_its_recipes():
     assert set(REAL) == {"sd35-geneval2", "sd35-pickscore", "sd35-multi", "flux1-dev-geneval2",
-                         "flux2-klein-geneval2"}
+                         "flux2-klein-geneval2", "sd35-nft", "sd35-awm", "sd35-dgpo"}
     for model, default in (("toy", "default"), ("sd35", "sd35-geneval2"), ("flux1-dev", "flux1-dev-geneval2"),
                            ("flux2-klein", "flux2-klein-geneval2")):
         name, p = recipe(model, None)  # --model X without --preset: the model's own recipe
@@ -66,6 +66,18 @@ def test_no_toy_setting_reaches_a_real_model(name):
         assert train.lr == (1e-4 if m == "guard" else 3e-4)
 
 
+@pytest.mark.parametrize("name,method,batch,steps,beta", [
+    ("sd35-nft", "nft", (48, 24), 10, 1e-4), ("sd35-awm", "awm", (72, 24), 14, 1e-3),
+    ("sd35-dgpo", "dgpo", (8, 16), 10, 0.02)])
+def test_the_forward_process_recipes_are_their_authors(name, method, batch, steps, beta):
+    """One optimizer step an epoch on the whole batch, CFG-free, the authors' sizes and KL weight."""
+    p = REAL[name]
+    t = p.train
+    assert p.methods == (method,) and (t.prompts_per_epoch, t.group_size) == batch and t.steps == steps
+    assert t.minibatch_size == t.prompts_per_epoch * t.group_size and t.beta == beta
+    assert t.guidance == p.eval.guidance == 1.0 and t.weight_decay == 1e-4
+
+
 def test_flux1_dev_trains_and_is_measured_at_its_distilled_guidance():
     p = PRESETS.get("flux1-dev-geneval2")
     assert p.train.guidance == p.eval.guidance == 3.5
@@ -74,7 +86,8 @@ def test_flux1_dev_trains_and_is_measured_at_its_distilled_guidance():
 
 def test_a_recipe_runs_on_its_own_model_only(tmp_path):
     with pytest.raises(RunError, match="preset smoke is a recipe for the toy model, not sd35; "
-                                       "recipes for sd35: sd35-pickscore, sd35-multi, sd35-geneval2"):
+                                       "recipes for sd35: sd35-dgpo, sd35-nft, sd35-pickscore, sd35-multi, sd35-awm, "
+                                       "sd35-geneval2"):
         recipe("sd35", "smoke")
     with pytest.raises(RunError, match="preset sd35-geneval2 is a recipe for the sd35 model, not toy"):
         recipe("toy", "sd35-geneval2")
