@@ -85,8 +85,8 @@ def test_flux1_dev_trains_and_is_measured_at_its_distilled_guidance():
 
 
 def test_a_recipe_runs_on_its_own_model_only(tmp_path):
-    with pytest.raises(RunError, match="preset smoke is a recipe for the toy model, not sd35; "
-                                       "recipes for sd35: sd35-dgpo, sd35-nft, sd35-pickscore, sd35-multi, sd35-awm, "
+    with pytest.raises(RunError, match="preset smoke is a recipe for the toy model, not sd35; recipes for "
+                                       "sd35: sd35-dgpo, sd35-nft, sd35-pickscore, sd35-multi, sd35-awm, "
                                        "sd35-geneval2"):
         recipe("sd35", "smoke")
     with pytest.raises(RunError, match="preset sd35-geneval2 is a recipe for the sd35 model, not toy"):
