@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from flowarena.core.fields import INT_LIMIT, FieldError, check_fields, coerce, describe, hints, parse, split
 from flowarena.harness.cli import app
-from flowarena.harness.run.config import EvalSettings, Preset, _toml_key, _toml_value, get_preset
+from flowarena.harness.run.config import EvalSettings, Preset, get_preset
+from flowarena.harness.run.preset_toml import toml_key, toml_value
 from flowarena.methods import get_method, method_names
 from flowarena.methods.trainer import TrainConfig
 from flowarena.models.toy_pretrain import PretrainConfig
@@ -140,7 +141,7 @@ def test_a_wrong_value_is_one_line_naming_the_field(cls, name, data):
 
 
 def _toml(cls, name, value) -> str:
-    line = f"{_toml_key(name)} = {_toml_value(value)}\n"
+    line = f"{toml_key(name)} = {toml_value(value)}\n"
     if cls is TrainConfig:
         return f'base = "smoke"\n[train]\n{line}'
     if cls is EvalSettings:
@@ -148,7 +149,7 @@ def _toml(cls, name, value) -> str:
     if cls is Preset:
         return f'base = "smoke"\n{line}'
     method = next(m for m, c in METHOD_CONFIGS.items() if c is cls)
-    return f'base = "smoke"\n[method_overrides.{_toml_key(method)}]\n{line}'
+    return f'base = "smoke"\n[method_overrides.{toml_key(method)}]\n{line}'
 
 
 RUN_FIELDS = [(c, n) for c, n in FIELDS if c not in (PretrainConfig, ToyPickTrainConfig)]
@@ -182,7 +183,7 @@ def test_a_wrong_method_setting_on_the_command_line_is_one_line(cls, name, data)
     value = data.draw(bad_values(_hint(cls, name)))
     if base is str or (type(None) in typing.get_args(base) and isinstance(value, str)):
         return  # any text is a string: there the file test above holds
-    text = _toml_value(value).strip('"') if not isinstance(value, (list, dict)) else _toml_value(value)
+    text = toml_value(value).strip('"') if not isinstance(value, (list, dict)) else toml_value(value)
     try:
         parse(text, _hint(cls, name), name)
         return  # text that reads as a good value ('0' for a number, a,b for a list of strings) is one

@@ -1,6 +1,6 @@
 """The run of an experiment, by responsibility:
 
-- `config.py`: presets as TOML data, `--methods` variants, resolution
+- `config.py`: presets as TOML data, `--methods` variants, resolution; `preset_toml.py` writes one
 - `evaluation.py`: the preset's benchmarks and the KL to the pretrained model
 - `cell.py`: one method × seed: training, checkpoints, resume
 - `spec.py`: a run resolved before any work (`plan` → `RunSpec`)
@@ -18,11 +18,11 @@ from flowarena.harness.run.config import (
     load_preset,
     method_variant,
     resolve,
-    to_toml,
 )
 from flowarena.harness.run.evaluation import EVAL_SEED, Evaluation, kl_to_pretrained
 from flowarena.harness.run.experiment import base_eval, run_experiment, versions
 from flowarena.harness.run.export import export_cell, load_cell_policy, read_cell
+from flowarena.harness.run.preset_toml import to_toml
 from flowarena.harness.run.spec import RunSpec, plan, recipe
 
 __all__ = ["CellRun", "EVAL_SEED", "EvalSettings", "Evaluation", "PRESETS", "Preset", "RunError", "RunSpec",

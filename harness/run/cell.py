@@ -114,7 +114,8 @@ class CellRun:
                   "train": asdict(train), "eval": asdict(p.eval), "epochs": p.epochs,
                   "reward": p.reward, "seed": self.seed, "model": self.model_name,
                   "trust_region": method.trust_region, "train_prompts": p.train_prompts,
-                  "base": self._base_record()}
+                  "base": self._base_record(),
+                  **({"compute_budget": p.compute_budget} if p.compute_budget else {})}
         ckpt = self.paths.checkpoint
         start, wall = 0, 0.0
         if (ckpt / "state.json").exists():
@@ -147,7 +148,8 @@ class CellRun:
         try:
             if live is not None and start == 0:
                 live.log(eval_scalars(base_eval), 0)
-            wall = self._train(model, method, train, trainer, config, start, wall, metrics, live, progress)
+            wall, done = self._train(model, method, train, trainer, config, start, wall, metrics, live,
+                                     progress)
         except TrainingFault as e:
             kept = (f"The last checkpoint (epoch {read_checkpoint_state(ckpt)['epoch']}) is intact in {ckpt}"
                     if (ckpt / "state.json").exists() else "No checkpoint was written")
@@ -156,7 +158,8 @@ class CellRun:
             if live is not None:
                 live.close()
         with trainer.ema_weights():  # what is measured and drawn: the EMA where one is kept
-            result = self._finish(model, metrics, base_final or base_eval, train, wall)  # None but on rank 0
+            # None but on rank 0
+            result = self._finish(model, metrics, base_final or base_eval, train, wall, done)
         dist.barrier()
         return result
 
@@ -168,13 +171,16 @@ class CellRun:
         return {**base, "preset": self.preset.name, **({"resolution": resolution} if resolution else {})}
 
     def _train(self, model, method, train, trainer, config, start: int, wall: float,
-               metrics: list[dict], live, progress: bool) -> float:
-        """Epochs `start`… with an evaluation every `eval.every` and a checkpoint after each;
-        returns the training wall time."""
+               metrics: list[dict], live, progress: bool) -> tuple[float, int]:
+        """Epochs `start`… with an evaluation every `eval.every` and a checkpoint after each,
+        until `epochs` or the compute budget; returns the training wall time and epochs done."""
         p, ckpt = self.preset, self.paths.checkpoint
         bar = tqdm(range(start, p.epochs), desc=f"{self.label}{self.method_name} seed{self.seed}",
                    disable=not progress or not dist.is_main(), initial=start, total=p.epochs)
+        done = start
         for epoch in bar:
+            if over_budget(metrics, p.compute_budget):
+                break
             t0 = time.perf_counter()
             m, samples = trainer.train_epoch(epoch)
             wall += time.perf_counter() - t0
@@ -189,7 +195,8 @@ class CellRun:
                 bar.set_postfix(reward=f"{m['reward_mean']:.3f}", **shown)
                 if live is not None:
                     live.log(scalars(m), done)
-            if done % p.eval.every == 0 or done == p.epochs:  # every rank scores its share of the prompts
+            last = done == p.epochs or over_budget(metrics, p.compute_budget)
+            if done % p.eval.every == 0 or last:  # every rank scores its share of the prompts
                 # evaluated with the EMA, trained on with the raw weights; its peak memory in the next row
                 with trainer.ema_weights(), trainer.memory.phase("evaluation"):
                     ev = replace(self.evaluation(model, method, train), epoch=done, wall_seconds=wall)
@@ -202,15 +209,15 @@ class CellRun:
                 save_checkpoint(ckpt, model, trainer.optimizer, {"epoch": done, "wall_seconds": wall,
                                                                  "config": config}, trainer.ema_state_dict())
             dist.barrier()  # the other ranks wait out rank 0's checkpoint
-        return wall
+        return wall, done
 
     def _finish(self, model, metrics: list[dict], base_eval: EvalRecord, train: TrainConfig,
-                wall: float) -> dict | None:
+                wall: float, epochs: int) -> dict | None:
         """The final scores (the test sets, eval/final.json, when a benchmark has one), the final
         sample grid and result.json (the cell's mark of being done). Every rank scores its share
         of the test sets; rank 0 alone goes on and returns the result."""
         p = self.preset
-        path = self.paths.eval(p.epochs)
+        path = self.paths.eval(epochs)
         final = self.evaluation.final(model, EvalRecord.from_json(read_json(path), str(path)))
         if not dist.is_main():
             return None
@@ -223,7 +230,7 @@ class CellRun:
                         "first_stderr": metrics[0]["reward_std"] / n_traj**0.5,
                         "last": sum(m["reward_mean"] for m in last) / len(last),
                         "last_epochs": len(last)}
-        result = CellResult(self.method_name, self.seed, self.model_name, p.epochs, round(wall, 1), final,
+        result = CellResult(self.method_name, self.seed, self.model_name, epochs, round(wall, 1), final,
                             base_eval, train_reward, p.reward).to_json()
         write_json(self.paths.result, result)
         return result
@@ -235,3 +242,12 @@ class CellRun:
             return []
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [r for r in rows if r["epoch"] < upto]
+
+
+def over_budget(metrics: list[dict], budget: float | None) -> bool:
+    """Whether the next epoch would take the cell's training compute past `budget`: what the
+    epochs so far spent plus the last one's cost (an epoch of one method costs the same each
+    time; the first always runs)."""
+    if budget is None or not metrics:
+        return False
+    return sum(m["compute_fe"] for m in metrics) + metrics[-1]["compute_fe"] > budget

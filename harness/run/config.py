@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from flowarena.core.errors import FlowArenaError
-from flowarena.core.fields import Count, Limit, NonNegative, Steps, coerce, hints, parse
+from flowarena.core.fields import Count, Limit, NonNegative, Positive, Steps, coerce, hints, parse
 from flowarena.core.registry import Registry
 from flowarena.methods import Method, build_method, get_method, method_names
 from flowarena.methods.trainer import TrainConfig
@@ -94,6 +94,10 @@ class Preset:
     """What `bench run --preset NAME` trains when `--methods` is not given."""
     seeds: Count = 1
     """Seeds per method when `--seeds` is not given."""
+    compute_budget: Positive | None = None
+    """Training compute per cell in forward-equivalents (a metrics row's `compute_fe`): each
+    method trains while its next epoch fits, `epochs` at most, so methods get equal compute
+    instead of equal epochs (None: every method trains `epochs`)."""
     method_overrides: dict[str, dict] = field(
         default_factory=lambda: {**MODELS.get(Preset.model).calibration})
     """Per-method settings of the method's config or of `[train]`, over the model's calibration:
@@ -226,42 +230,6 @@ def resolve(preset: str | Path | Preset, **overrides) -> Preset:
         over["reward_options"] = {**p.reward_options, **over["reward_options"]}
     data = merge(p.to_data(), over)
     return check_preset(build(Preset, data, f"preset {p.name}"))
-
-
-# --- writing a preset -------------------------------------------------------------------------
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"no TOML for {v!r}")
-
-
-def _toml_key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
-
-
-def to_toml(preset: Preset) -> str:
-    """The fully resolved preset as TOML that `bench run --config` reads back to the same preset.
-    An unset optional field is written "none" (TOML has no null)."""
-    data = preset.to_data()
-    tables = {k: data.pop(k) for k in ("train", "eval", "method_overrides")}
-    lines = ["# the resolved preset: bench run --config FILE runs exactly this"]
-    lines += [f"{k} = {_toml_value('none' if v is None else v)}" for k, v in data.items()]
-    for key in ("train", "eval"):
-        lines += ["", f"[{key}]"]
-        lines += [f"{k} = {_toml_value('none' if v is None else v)}" for k, v in tables[key].items()]
-    lines += ["", "# per-method settings: the toy calibration, or a real recipe's exceptions"]
-    for method, settings in tables["method_overrides"].items():
-        lines += [f"[method_overrides.{_toml_key(method)}]"] + [f"{k} = {_toml_value(v)}"
-                                                             for k, v in settings.items()]
-    return "\n".join(lines) + "\n"
 
 
 # --- methods as --methods names them ------------------------------------------------------------
