@@ -42,9 +42,11 @@ def presets():
     width = max(len(n) for n in PRESETS.names()) + 1
     for name, p in PRESETS.items():
         t = p.train
+        budget = f" (up to {p.compute_budget:,.0f} forward-equivalents)" if p.compute_budget else ""
         typer.echo(f"{name:{width}s} {p.description}\n{'':{width}s} model {p.model}: {p.epochs} epochs of "
-                   f"{t.prompts_per_epoch} prompts x {t.group_size}, I = {t.inner_loops}, reward {p.reward}, "
-                   f"eval {','.join(p.eval.benchmarks)}; methods {','.join(p.methods)}; {p.seeds} seed(s)")
+                   f"{t.prompts_per_epoch} prompts x {t.group_size}{budget}, I = {t.inner_loops}, "
+                   f"reward {p.reward}, eval {','.join(p.eval.benchmarks)}; methods {','.join(p.methods)}; "
+                   f"{p.seeds} seed(s)")
 
 
 def models():
