@@ -35,8 +35,6 @@ from flowarena.methods.grpo import clipped_loss
 
 @dataclass
 class AWMConfig(ForwardConfig):
-    adv_clip_max: Positive = 5.0
-    """a_max: advantages clipped to ±a_max and divided by it."""
     ghuber_power: Positive = 0.25
     """p of the generalised Huber weighting of the flow-matching loss (1: plain MSE)."""
     clip_range: Positive = 1.0

@@ -139,7 +139,11 @@ class Method:
 
 @dataclass
 class ForwardConfig:
-    """Settings every forward-process method has (none yet); subclasses add theirs."""
+    """Settings every forward-process method has; subclasses add theirs."""
+
+    adv_clip_max: Annotated[float, Range(0, lo_open=True)] = 5.0
+    """a_max: advantages clipped to ±a_max (nft maps them to r ∈ [0, 1] and scales its loss by
+    it, awm divides by it; every reference uses 5)."""
 
     def validate(self) -> None:
         check_fields(self, MethodError)

@@ -38,8 +38,6 @@ class DGPOConfig(ForwardConfig):
     """β_dpo inside the group's sigmoid (GenEval 100; PickScore 10)."""
     clip_range: NonNegative = 1e-2
     """ε of the denoising-loss ratio exp(ℓ_old − ℓ_θ): past 1 ± ε in A's direction, no gradient."""
-    adv_clip_max: Positive = 5.0
-    """Advantages clipped to ±this."""
     train_timesteps: Count = 4
     """M: training times per epoch, shared by every sample."""
     trunc_steps: Count = 4

@@ -36,8 +36,6 @@ from flowarena.methods.base import (
 class NFTConfig(ForwardConfig):
     beta: Positive = 1.0
     """β: how far the implicit policies lean from v_old towards v_θ (1.0; 0.1 for OCR)."""
-    adv_clip_max: Positive = 5.0
-    """a_max: advantages clipped to ±a_max, mapped to r ∈ [0, 1], and the loss scaled by it."""
     timestep_fraction: Fraction = 0.99
     """Training times per sample: int(steps · fraction) distinct steps of the sampling schedule."""
 

@@ -1,6 +1,8 @@
 """Fixtures several test files share."""
 
+import shutil
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +76,19 @@ def scorer_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("scorers")
     return {"judge": save_qwen3_vl(root / "judge"), "pickscore": save_clip(root / "pickscore")}
+
+
+@pytest.fixture
+def methods_with(tmp_path):
+    """`methods_with(name, code)`: a copy of the package's methods/ with one more file in it, the
+    other packages linked; returns the directory to put first on sys.path (where `flowarena`
+    is that copy), so a subprocess imports the new method as a user's one file would be."""
+    def copy(name: str, code: str) -> Path:
+        root, dst = Path(__file__).resolve().parents[1], tmp_path / "copy" / "flowarena"
+        dst.mkdir(parents=True)
+        for package in ("core", "tasks", "models", "rewards"):
+            (dst / package).symlink_to(root / package)
+        shutil.copytree(root / "methods", dst / "methods", ignore=shutil.ignore_patterns("__pycache__"))
+        (dst / "methods" / name).write_text(code)
+        return dst.parent
+    return copy

@@ -5,7 +5,6 @@ reference's code on fixed inputs (transcribed from the authors' repositories, re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -150,10 +149,8 @@ def test_a_forward_method_refuses_a_group_sharing_its_noise(tiny_path):
         _trainer(tiny_path, "nft", group_noise="shared")
 
 
-def test_a_new_forward_method_is_one_file(tmp_path, tiny_path):
+def test_a_new_forward_method_is_one_file(tmp_path, tiny_path, methods_with):
     """Dropping one file into methods/ registers a forward-process method that trains: no other edit."""
-    import shutil
-
     code = textwrap.dedent('''
         from dataclasses import dataclass
         import torch
@@ -178,13 +175,7 @@ def test_a_new_forward_method_is_one_file(tmp_path, tiny_path):
                 fm = (f.velocity - f.target).pow(2).flatten(1).mean(1)
                 return StepLoss(f.advantages * fm, None, torch.zeros_like(fm, dtype=torch.bool))
     ''')
-    root = Path(__file__).resolve().parents[1]
-    dst = tmp_path / "copy" / "flowarena"
-    dst.mkdir(parents=True)
-    for package in ("core", "tasks", "models", "rewards"):
-        (dst / package).symlink_to(root / package)
-    shutil.copytree(root / "methods", dst / "methods", ignore=shutil.ignore_patterns("__pycache__"))
-    (dst / "methods" / "weighted_fm.py").write_text(code)
+    root = methods_with("weighted_fm.py", code)
     script = textwrap.dedent('''
         import sys
         sys.path.insert(0, sys.argv[1])
@@ -200,7 +191,7 @@ def test_a_new_forward_method_is_one_file(tmp_path, tiny_path):
         metrics, _ = t.train_epoch(0)
         print(",".join(m.method_names()), metrics["k1/v_change_mean"], metrics["loss"])
     ''')
-    out = subprocess.run([sys.executable, "-c", script, str(dst.parent), tiny_path], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", script, str(root), tiny_path], capture_output=True,
                          text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     names, change, loss = out.stdout.split()

@@ -1,7 +1,6 @@
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -89,10 +88,8 @@ def test_impossible_settings(kw, msg):
         TrainConfig(**kw).validate()
 
 
-def test_a_new_method_is_one_file(tmp_path):
+def test_a_new_method_is_one_file(tmp_path, methods_with):
     """Dropping one file into methods/ registers a method: no other edit."""
-    import shutil
-
     code = textwrap.dedent('''
         from dataclasses import dataclass
         from flowarena.methods.base import Method, MethodConfig, StepLoss, register_method
@@ -114,18 +111,12 @@ def test_a_new_method_is_one_file(tmp_path):
                                 ratio < 0)
     ''')
     # the project with a copy of methods/ plus the one new file, imported in a fresh interpreter
-    root = Path(__file__).resolve().parents[1]
-    dst = tmp_path / "copy" / "flowarena"
-    dst.mkdir(parents=True)
-    for package in ("core", "tasks", "models", "rewards"):
-        (dst / package).symlink_to(root / package)
-    shutil.copytree(root / "methods", dst / "methods", ignore=shutil.ignore_patterns("__pycache__"))
-    (dst / "methods" / "probe.py").write_text(code)
+    root = methods_with("probe.py", code)
     out = subprocess.run(
         [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import flowarena.methods as m; "
          "assert m.__file__.startswith(sys.argv[1]), m.__file__; "
          "print(','.join(m.method_names())); print(m.build_method('probe').config.scale)",
-         str(dst.parent)], capture_output=True, text=True, cwd=tmp_path)
+         str(root)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     names, scale = out.stdout.split()
     assert "probe" in names.split(",") and float(scale) == 2.0
