@@ -79,6 +79,25 @@ def matched_compute(run: Run, reference: str, budget: float | None = None) -> li
     return out
 
 
+def compute_to_reach(run: Run, model: str, method: str, reference: str) -> dict[int, float | None]:
+    """Per seed both finished: the training compute at `method`'s first evaluation whose
+    paired headline (GM) reaches `reference`'s final one on that seed, as a share of the
+    reference's total compute (None: not within the run). An efficiency claim ("reaches
+    Flow-GRPO's score with k× less compute") read off the curves, one number per seed."""
+    refs = {c.seed: c for c in run.cells_of(model, reference) if c.result is not None}
+    out = {}
+    for cell in sorted(run.cells_of(model, method), key=lambda c: c.seed):
+        ref = refs.get(cell.seed)
+        spent, ref_spent = compute_at(cell), compute_at(ref) if ref else {}
+        if not (ref and cell.result and spent and ref_spent) or ref.result.final.paired is None:
+            continue
+        target = ref.result.final.paired.value
+        reached = [e for e in sorted(cell.evals) if e in spent and e > 0 and cell.evals[e].paired is not None
+                   and cell.evals[e].paired.value >= target]
+        out[cell.seed] = spent[reached[0]] / max(ref_spent.values()) if reached else None
+    return out
+
+
 def budget_text(m: MatchedCompute) -> str:
     """Which evaluation each method is read at, in one paragraph."""
     parts = []
@@ -89,3 +108,19 @@ def budget_text(m: MatchedCompute) -> str:
     return (f"At matched compute ({m.model}): a budget of {m.budget:,.0f} forward-equivalents per cell, "
             f"the largest every cell reached; each method at its last evaluation within it: "
             + ", ".join(parts) + ".")
+
+
+def reach_text(run: Run, model: str, reference: str) -> str:
+    """One line per method: the compute at which it first reached the reference's final score."""
+    lines = []
+    for method in run.methods(model):
+        if method == reference or not (per := compute_to_reach(run, model, method, reference)):
+            continue
+        shares = ", ".join("not reached" if v is None else f"{v:.2f}×" for v in per.values())
+        lines.append(f"- {method}: {shares} (seeds {', '.join(map(str, per))})")
+    if not lines:
+        return ""
+    return (f"\nTraining compute at which each method's held-out score first reached {reference}'s "
+            f"final score on the same seed, as a share of {reference}'s total (first evaluation at or "
+            "above it):\n\n"
+            + "\n".join(lines) + "\n")

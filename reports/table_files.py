@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flowarena.core.io import atomic_write
 from flowarena.core.rundir import RunDir
-from flowarena.reports.compute import budget_text, matched_compute
+from flowarena.reports.compute import budget_text, matched_compute, reach_text
 from flowarena.reports.paired import PairedDiff
 from flowarena.reports.run_reader import Run, load_run
 from flowarena.reports.tables import Comparison, comparison, format_cell, markdown_comparison, markdown_table
@@ -90,7 +90,7 @@ def write_run_tables(run: Run | str | Path, reference: str | None = None) -> str
                 + PAIRED_NOTE + "\n" + (f"\nWarning: {c.mixed_precision}\n" if c.mixed_precision else ""))
         for m in matched_compute(run, c.reference):
             text += ("\n" + budget_text(m) + "\n\n" + markdown_table(header, paired_rows(c, m.paired)[1])
-                     + "\n")
+                     + "\n" + reach_text(run, m.model, c.reference) + "\n")
         atomic_write(report / "paired.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     if c.records and not all(r["method"].startswith("base") for r in c.records):
         atomic_write(report / "tables.csv", lambda tmp: pd.DataFrame(c.records).to_csv(tmp, index=False))

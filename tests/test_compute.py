@@ -15,6 +15,7 @@ from flowarena.models.toy import load_toy
 from flowarena.reports.compute import (
     budget_text,
     compute_at,
+    compute_to_reach,
     evaluation_within,
     matched_budget,
     matched_compute,
@@ -90,6 +91,9 @@ def test_the_budget_picks_each_method_s_last_evaluation_within_it():
     # equal epochs nft is ahead by 20
     assert gm.method == "nft" and abs(gm.mean + 2.5) < 1
     assert "nft epoch 3 (62%)" in budget_text(m) and "grpo epoch 12 (100%)" in budget_text(m)
+    # nft first reaches grpo's final 0.6 at its epoch-6 evaluation: 1500 of grpo's 1200
+    assert compute_to_reach(run, "toy", "nft", "grpo") == {0: 1.25, 1: 1.25, 2: 1.25}
+    assert compute_to_reach(run, "toy", "grpo", "nft") == {0: None, 1: None, 2: None}
     (at_end,) = matched_compute(run, "grpo", budget=3000)  # a budget of the user's: nft reads epoch 12
     assert at_end.picks["nft"][0][1] == 12 and at_end.picks["grpo"][0][1] == 12
 
