@@ -23,10 +23,11 @@ def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("method,micro", [("grpo", ""), ("dppo", ""), ("dppo", "2")])
+@pytest.mark.parametrize("method,micro", [("grpo", ""), ("dppo", ""), ("dppo", "2"), ("nft", "2")])
 def test_two_processes_train_what_one_process_trains(tiny_path, tmp_path, method, micro):
     """micro "2": each process accumulates its share of a mini-batch in micro-batches, DDP
-    averaging once at the last backward."""
+    averaging once at the last backward. nft: the forward-process seam (every rank prepares the
+    whole batch's old velocities, trains its share)."""
     r = _torchrun("tests/dist_worker.py", str(tmp_path / "two"), tiny_path, method, micro)
     assert r.returncode == 0, r.stderr[-3000:]
     threads = torch.get_num_threads()
@@ -45,13 +46,15 @@ def test_two_processes_train_what_one_process_trains(tiny_path, tmp_path, method
         m1, m2 = e1["metrics"], e2["metrics"]
         assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4, abs=1e-9)
         assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
-        shared = [k for k in m1 if k.endswith(("ratio_mean", "kl_mean", "trust_frac", "kl_ref"))]
+        shared = [k for k in m1 if k.endswith(("ratio_mean", "kl_mean", "trust_frac", "kl_ref",
+                                                "v_change_mean"))]
         assert shared and all(m2[k] == pytest.approx(m1[k], rel=1e-3, abs=1e-9) for k in shared)
     w1, w2 = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
     assert w1.keys() == w2.keys()
     # float32 sums in another order, through eight AdamW steps: equal to ~1e-5 of the weights' scale
+    # (nft: ~1e-4, AdamW's g/√v magnifying the rounding of its near-zero gradient components)
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
-    assert worst < 1e-4, worst
+    assert worst < (3e-4 if method == "nft" else 1e-4), worst
 
 
 def test_bench_run_nproc_2_matches_one_process(tiny_path, tmp_path):

@@ -264,3 +264,27 @@ def test_dgpo_shares_its_times_and_a_group_its_noise(tiny_path):
     assert (f.t == f.t[:, :1]).all() and len(f.t) == min(4, 5)
     assert torch.equal(f.noise[:, 0], f.noise[:, 2]) and not torch.equal(f.noise[:, 0], f.noise[:, 3])
     assert f.context is not None and ((f.context > 0) & (f.context < 1)).all()
+
+
+def test_a_forward_method_resumes_to_identical_results(tiny_path, tmp_path, interrupted):
+    """Its training times, noise and old velocities follow from (seed, epoch) and the weights:
+    a run interrupted after its first checkpoint and resumed trains what an uninterrupted one does."""
+    import json
+
+    from flowarena.harness.run import plan, run_experiment
+    from tests.test_run import PRESET
+
+    def rows(run):
+        lines = (run / "toy" / "nft" / "seed0" / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if not k.endswith("_s") and k != "wall_seconds"}
+                for line in lines]
+
+    a, c = tmp_path / "a", tmp_path / "c"
+    run_experiment(plan(a, ["nft"], "toy", PRESET, 1, tiny_path), progress=False)
+    with interrupted():
+        run_experiment(plan(c, ["nft"], "toy", PRESET, 1, tiny_path), progress=False)
+    run_experiment(plan(c, ["nft"], "toy", PRESET, 1, tiny_path), progress=False)
+    assert len(rows(a)) == PRESET.epochs and rows(a) == rows(c)
+    final = [json.loads((run / "toy" / "nft" / "seed0" / "result.json").read_text())["final"]["metrics"]
+             for run in (a, c)]
+    assert final[0] == final[1]
