@@ -147,13 +147,13 @@ def test_the_newer_methods_run_their_recipes_in_the_gpu_configuration(pipeline_d
     config.write_text(SCALED.format(recipe=recipe))
     scorer_args = ["--judge", str(scorer_dirs["judge"]), "--pickscore", str(scorer_dirs["pickscore"])]
     r = CliRunner().invoke(app, ["run", "--model", "sd35", "--model-path", str(pipeline_dirs["sd35"]),
-                                 "--config", str(config), "--epochs", "2", "--resolution", str(RESOLUTION),
+                                 "--config", str(config), "--epochs", "1", "--resolution", str(RESOLUTION),
                                  "--methods", methods, *scorer_args, "--out", str(out)])
     assert r.exit_code == 0, r.output
     for method in methods.split(","):
         cell = out / "sd35" / method / "seed0"
         rows = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
-        assert [row["epoch"] for row in rows] == [0, 1]
+        assert [row["epoch"] for row in rows] == [0]
         assert all(math.isfinite(row["loss"]) and row["skipped_updates"] == 0 for row in rows)
         assert all(row["compute_fe"] > 0 for row in rows)
         weights, _, _ = _checkpoint(cell)
