@@ -22,6 +22,8 @@ _traces: dict = {}
 
 def test_the_shipped_real_recipes_are_the_planned_ones():
     assert mp.real_presets() == sorted(RECIPES)
+    # the forward-process recipes: their update is not modelled yet, and the plan says so
+    assert mp.unplanned_presets() == ["sd35-awm", "sd35-dgpo", "sd35-nft"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
