@@ -24,6 +24,10 @@ def test_the_shipped_real_recipes_are_the_planned_ones():
     assert mp.real_presets() == sorted(RECIPES)
     # the forward-process recipes: their update is not modelled yet, and the plan says so
     assert mp.unplanned_presets() == ["sd35-awm", "sd35-dgpo", "sd35-nft"]
+    from flowarena.core.errors import FlowArenaError
+
+    with pytest.raises(FlowArenaError, match="sd35-nft trains a forward-process method"):
+        mp.plan("sd35-nft", scaled=True)
 
 
 @pytest.mark.parametrize("name", RECIPES)
