@@ -25,12 +25,14 @@ def rewards():
 
 
 def methods_():
-    """List the registered RL fine-tuning methods."""
+    """List the registered RL fine-tuning methods, each with what it trains on: the sampled SDE
+    steps, or the forward process of an ODE rollout's clean samples (docs/methods.md §5, §5b)."""
     from flowarena.methods import get_method, method_names
 
+    kinds = {"sde": "SDE steps", "forward": "forward process"}
     for name in method_names():
         cls = get_method(name)
-        typer.echo(f"{name:18s} {cls.description}\n{'':18s} [{cls.paper}]")
+        typer.echo(f"{name:18s} {cls.description}\n{'':18s} [{kinds[cls.trains_on]}; {cls.paper}]")
 
 
 def presets():

@@ -288,3 +288,17 @@ def test_a_forward_method_resumes_to_identical_results(tiny_path, tmp_path, inte
     final = [json.loads((run / "toy" / "nft" / "seed0" / "result.json").read_text())["final"]["metrics"]
              for run in (a, c)]
     assert final[0] == final[1]
+
+
+def test_bench_methods_says_what_each_method_trains_on():
+    from typer.testing import CliRunner
+
+    from flowarena.harness.cli import app
+
+    r = CliRunner().invoke(app, ["methods"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    for name, kind in (("grpo", "SDE steps"), ("dance", "SDE steps"), ("mixgrpo", "SDE steps"),
+                       ("nft", "forward process"), ("awm", "forward process"), ("dgpo", "forward process")):
+        i = next(i for i, line in enumerate(lines) if line.split()[0] == name)
+        assert lines[i + 1].strip().startswith(f"[{kind};"), lines[i + 1]
