@@ -208,8 +208,8 @@ class ForwardMethod(Method):
     def check_train(self, train) -> None:
         if train.group_noise == "shared":
             raise MethodError(f"{self.name} rolls out with the ODE alone: a group that shares its "
-                              "initial noise would draw one image G times (set group_noise = "
-                              '"independent")')
+                              "initial noise would draw one image G times (--group-noise independent, "
+                              f'or {self.name}@group_noise=independent)')
 
     @property
     def kl_sampler(self) -> tuple[str, float]:

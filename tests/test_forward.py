@@ -144,9 +144,18 @@ def test_a_forward_method_trains_on_the_clean_samples_of_an_ode_rollout(tiny_pat
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_a_forward_method_refuses_a_group_sharing_its_noise(tiny_path):
+def test_a_forward_method_refuses_a_group_sharing_its_noise(tiny_path, tmp_path):
     with pytest.raises(MethodError, match="would draw one image G times"):
         _trainer(tiny_path, "nft", group_noise="shared")
+    # bench run says so before any work, and names the two ways out
+    from typer.testing import CliRunner
+
+    from flowarena.harness.cli import app
+
+    r = CliRunner().invoke(app, ["run", "--preset", "quick", "--methods", "grpo,nft",
+                                 "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "--group-noise independent, or nft@group_noise=independent" in r.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_new_forward_method_is_one_file(tmp_path, tiny_path, methods_with):

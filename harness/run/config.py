@@ -289,7 +289,8 @@ def check_methods(specs, preset: Preset, schedule: bool = True) -> list[str]:
     for i, spec in enumerate(specs):
         if spec in specs[:i]:
             raise RunError(f"method {spec!r} is named twice; for more runs of one method use --seeds")
-        train = method_variant(spec, preset)[1]
+        method, train = method_variant(spec, preset)
+        method.check_train(train)  # e.g. a forward-process method and a group's shared noise
         if schedule:
             train.check_schedule(preset.epochs)
     return specs
