@@ -76,10 +76,11 @@ def paired_rows(c: Comparison, paired: list[PairedDiff] | None = None) -> tuple[
 
 def write_run_tables(run: Run | str | Path, reference: str | None = None) -> str:
     """report/tables.md, tables.csv (raw numbers), tables.tex (booktabs) and paired.md of a run
-    (read here from its directory where given a path)."""
+    (read here from its directory where given a path, curves too: the matched-compute section
+    picks each cell's evaluation within the budget)."""
     import pandas as pd
 
-    run = run if isinstance(run, Run) else load_run(run, figures=False)
+    run = run if isinstance(run, Run) else load_run(run)
     c = comparison(run, reference)
     md = markdown_comparison(c)
     report = RunDir(run.path).report

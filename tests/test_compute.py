@@ -21,6 +21,7 @@ from flowarena.reports.compute import (
     matched_compute,
 )
 from flowarena.reports.run_reader import CellData, Run
+from flowarena.reports.table_files import write_run_tables
 from flowarena.rewards import build_reward
 from flowarena.tasks.prompts import load_toy_split
 
@@ -137,3 +138,6 @@ def test_a_compute_budget_gives_every_method_equal_compute_instead_of_equal_epoc
     run_experiment(spec, progress=False)  # done: nothing retrained
     rows = (tmp_path / "r" / "toy" / "nft" / "seed0" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == spent["nft"][0]
+    (tmp_path / "r" / "report" / "paired.md").unlink()
+    write_run_tables(tmp_path / "r")  # read from the directory: the curves give the matched section
+    assert "At matched compute (toy)" in (tmp_path / "r" / "report" / "paired.md").read_text()
