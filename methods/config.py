@@ -39,6 +39,10 @@ class TrainConfig:
     """W: stochastic, trained steps per trajectory (the rest are ODE steps)."""
     window_fraction: Annotated[float, Range(0, 1, lo_open=True)] = 0.5
     """The W steps are drawn within the first fraction of the trajectory."""
+    solver: Literal["euler", "dpm++2m"] = "euler"
+    """The rollout's ODE steps (outside the SDE window): "euler", or "dpm++2m" (DPM-Solver++ 2M,
+    DiffusionNFT's rollout and MixGRPO-Flash's after the window; one velocity a step, as Euler).
+    Evaluation samples with Euler for every method."""
     guidance: NonNegative = 1.0
     """CFG scale during rollouts and training (1.0: the no-CFG recipe)."""
     inner_loops: Count = 1

@@ -37,8 +37,9 @@ from flowarena.methods.config import TrainConfig, TrainConfigError  # noqa: F401
 from flowarena.methods.memory import MemoryMeter
 from flowarena.methods.optim import EMA, lr_at
 from flowarena.methods.rollout import Rollout, generator
-from flowarena.methods.sde import SAMPLERS, gaussian_kl, ode_step
+from flowarena.methods.sde import SAMPLERS, gaussian_kl
 from flowarena.models.base import FlowModel, PromptEmbeds
+from flowarena.models.schedule import ODE_SOLVERS
 from flowarena.rewards.base import Reward
 
 
@@ -198,6 +199,7 @@ class Trainer:
         x = x.to(self.model.device)
         steps: dict[str, list[Tensor]] = {name: [] for name in ("x", "x_next", "old_mean", "std",
                                                                  "old_log_prob")}
+        solver = ODE_SOLVERS[self.cfg.solver]()
         for k in range(self.cfg.steps):
             with self.precision(k in window):
                 if groups is not None and window and k <= window[0]:
@@ -208,9 +210,10 @@ class Trainer:
                 r = self._step(x, v, k, sig, noise=noises[window.index(k)].to(x.device))
                 for name, t in zip(steps, (x, r.next_sample, r.mean, r.std, self.log_prob(r))):
                     steps[name].append(t)
+                solver.seen(x, v, float(sig[k]))
                 x = r.next_sample
             else:
-                x = ode_step(x, v, float(sig[k]), float(sig[k + 1]))
+                x = solver.step(x, v, float(sig[k]), float(sig[k + 1]))
         with self.memory.phase("decode"):
             return steps, x, self.model.decode(x).float().cpu()
 

@@ -7,10 +7,12 @@ builds its stochastic steps on them: `x_σ = (1 − σ)·x0 + σ·ε`, `v ≈ ε
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["ode_step", "per_sample", "sd3_sigmas", "shift_sigmas"]
+__all__ = ["ODE_SOLVERS", "DPMSolver2M", "Euler", "ode_step", "per_sample", "sd3_sigmas", "shift_sigmas"]
 
 
 def per_sample(value: float | Tensor, like: Tensor) -> Tensor:
@@ -26,6 +28,59 @@ def ode_step(sample: Tensor, velocity: Tensor, sigma: float | Tensor,
     """Deterministic Euler step of the probability-flow ODE: `x + v·dt`."""
     dt = per_sample(sigma_next, sample) - per_sample(sigma, sample)
     return sample + velocity * dt
+
+
+class Euler:
+    """The rollout's ODE solver, one velocity a step: Euler. `seen` is the hook a multistep
+    solver remembers a step's prediction by (the SDE steps' too); Euler has nothing to keep."""
+
+    def step(self, x: Tensor, v: Tensor, sigma: float, sigma_next: float) -> Tensor:
+        return ode_step(x, v, sigma, sigma_next)
+
+    def seen(self, x: Tensor, v: Tensor, sigma: float) -> None:
+        pass
+
+
+def _log_snr(sigma: float) -> float:
+    """λ = log(α/σ) with α = 1 − σ; −inf at pure noise, +inf at the data."""
+    if sigma >= 1:
+        return -math.inf
+    return math.inf if sigma <= 0 else math.log((1 - sigma) / sigma)
+
+
+class DPMSolver2M(Euler):
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095) on the flow's data prediction
+    x̂0 = x − σ·v, with α = 1 − σ: one velocity a step, as Euler, and second order from the
+    step before's x̂0 (midpoint form):
+
+        h = λ' − λ,   r = (λ − λ_prev) / h,   D = x̂0 + (x̂0 − x̂0_prev) / (2r)
+        x' = (σ'/σ)·x − α'·(e^{−h} − 1)·D
+
+    Its first order is Euler exactly; so are the first step (no x̂0 before it; from σ = 1,
+    r = ∞) and the step to σ = 0 (x' = x̂0), as in DiffusionNFT's and MixGRPO-Flash's
+    `dpm_step`. The x̂0 of a stochastic step counts as the step before (MixGRPO-Flash seeds the
+    solver with the window's predictions)."""
+
+    def __init__(self) -> None:
+        self.prev: tuple[float, Tensor] | None = None  # (λ, x̂0) of the step before
+
+    def seen(self, x: Tensor, v: Tensor, sigma: float) -> None:
+        self.prev = (_log_snr(sigma), x.float() - sigma * v.float())
+
+    def step(self, x: Tensor, v: Tensor, sigma: float, sigma_next: float) -> Tensor:
+        prev = self.prev
+        self.seen(x, v, sigma)
+        lam, lam_next = _log_snr(sigma), _log_snr(sigma_next)
+        if prev is None or sigma_next <= 0 or not math.isfinite(r := (lam - prev[0]) / (lam_next - lam)):
+            return ode_step(x, v, sigma, sigma_next)
+        x0 = self.prev[1]
+        d = x0 + (x0 - prev[1]) / (2 * r)
+        h = lam_next - lam
+        return ((sigma_next / sigma) * x.float() - (1 - sigma_next) * math.expm1(-h) * d).to(x.dtype)
+
+
+# the rollout's `solver` setting; the ODE steps of evaluation are Euler for every method
+ODE_SOLVERS = {"euler": Euler, "dpm++2m": DPMSolver2M}
 
 
 def shift_sigmas(sigmas: Tensor, shift: float) -> Tensor:

@@ -341,7 +341,7 @@ def upgrade_resolved(resolved: dict, model_options: dict | None = None) -> dict:
         if isinstance(resolved.get("train"), dict):  # the memory knobs: whole batches before them
             resolved["train"] = {"micro_batch": None, "rollout_batch": None, "gradient_checkpointing": False,
                                  "offload_text_encoders": False, "prompt_cache_gb": 8.0,
-                                 "trained_precision": "auto", "ode_precision": "auto",
+                                 "trained_precision": "auto", "ode_precision": "auto", "solver": "euler",
                                  # the schedule and EMA: a constant lr and none before them
                                  "lr_schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 0.0,
                                  "ema_decay": None, "ema_every": 8,  # and a measurement, taken up:
