@@ -117,6 +117,11 @@ class Method:
         return sorted(int(k) for k in rng.choice(max(1, int(steps * window_fraction)), sde_window,
                                                  replace=False))
 
+    def rollout_sigmas(self, sigmas: Tensor, window: list[int], shift: float) -> Tensor:
+        """The epoch's rollout schedule, given the model's and the window (MixGRPO-Flash takes
+        fewer steps after the window); it must keep σ_0 … σ_{last window step + 1}."""
+        return sigmas
+
     def check_train(self, train) -> None:
         """Refuse training settings this method cannot train with (a `TrainConfig`)."""
 

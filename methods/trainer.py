@@ -156,7 +156,7 @@ class Trainer:
         prompts = [r["prompt"] for r in records]
         picked = [self.prompts[i]["prompt"] for i in d["picks"]]
         embeds = self.model.embed(picked, cfg.guidance)  # one row a prompt, not G copies (FLUX.2: 12 GB)
-        sig = self.model.sigmas(cfg.steps)
+        sig = self.method.rollout_sigmas(self.model.sigmas(cfg.steps), window, self.model.shift)
         with self.memory.phase("rollout"):
             chunks = [self.trajectories(x_init[part], embeds.select(part // G),
                                          [z[part - own[0]] for z in noises], window, sig,
@@ -200,7 +200,7 @@ class Trainer:
         steps: dict[str, list[Tensor]] = {name: [] for name in ("x", "x_next", "old_mean", "std",
                                                                  "old_log_prob")}
         solver = ODE_SOLVERS[self.cfg.solver]()
-        for k in range(self.cfg.steps):
+        for k in range(len(sig) - 1):
             with self.precision(k in window):
                 if groups is not None and window and k <= window[0]:
                     v = self._shared_velocity(x, k, sig, embeds, groups, self.velocity)

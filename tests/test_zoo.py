@@ -272,3 +272,55 @@ def test_dance_trains_a_random_sixty_percent_of_the_steps_with_its_sde():
     assert (dance.config.sampler, dance.config.eta, dance.config.clip_range) == ("dance", 0.3, 1e-4)
     windows = [dance.window(np.random.default_rng(e), 16, 3, 0.5, e) for e in range(20)]
     assert all(len(w) == 9 and max(w) < 15 for w in windows) and len({tuple(w) for w in windows}) > 1
+
+
+def _reference_post_schedule(sigma_schedule, determistic, ratio, shift):
+    """Tencent-Hunyuan/MixGRPO fastvideo/utils/sampling_utils.py (e5cdd6a), the "post" strategy
+    of MixGRPO-Flash: the schedule after the window's last step, rebuilt."""
+    last_false_index = len(determistic) - 1 - next(i for i, v in enumerate(reversed(determistic)) if not v)
+    num_post_steps = int(max((sigma_schedule.size(0) - 1 - last_false_index) * ratio, 1))
+    post_time_step = torch.linspace(1, 0, sigma_schedule.size(0))[last_false_index + 1].item()
+    post = torch.linspace(post_time_step, 0, num_post_steps)
+    post = shift * post / (1 + (shift - 1) * post)  # sd3_time_shift
+    return torch.cat([sigma_schedule[:last_false_index + 1], post], dim=0)
+
+
+@pytest.mark.parametrize("steps,window", [(25, [0, 1, 2, 3]), (25, [9, 10, 11, 12]), (10, [3, 4, 5])])
+def test_mixgrpo_flash_compresses_the_steps_after_the_window_as_the_reference(steps, window):
+    from flowarena.methods.mixgrpo import compressed_tail
+
+    sig = sd3_sigmas(steps, 3.0)
+    determistic = [k not in window for k in range(steps)]
+    ref = _reference_post_schedule(sig.float(), determistic, 0.4, 3.0)
+    ours = compressed_tail(sig, window[-1], 0.4, 3.0)
+    torch.testing.assert_close(ours.float(), ref, rtol=1e-6, atol=1e-6)
+    assert len(ours) < len(sig) and ours[-1] == 0
+    flash = build_method("mixgrpo", post_compress=0.4)
+    assert torch.equal(flash.rollout_sigmas(sig, window, 3.0), ours)
+    assert torch.equal(build_method("mixgrpo").rollout_sigmas(sig, window, 3.0), sig)  # plain MixGRPO
+
+
+def test_mixgrpo_flash_rolls_out_fewer_steps_after_the_same_window(tiny_path):
+    """The window's steps are the same as plain MixGRPO's (same start, noise, σ); after it, fewer
+    ODE steps: fewer velocities counted, other final latents."""
+    from flowarena.methods.trainer import TrainConfig, Trainer
+    from flowarena.models.toy import load_toy
+    from flowarena.rewards import build_reward
+    from flowarena.tasks.prompts import load_toy_split
+
+    out = {}
+    P, G, K = 2, 2, 10
+    for compress in (1.0, 0.4):
+        cfg = TrainConfig(prompts_per_epoch=P, group_size=G, minibatch_size=4, steps=K, sde_window=3,
+                          baseline_groups=1)
+        trainer = Trainer(load_toy(tiny_path), build_method("mixgrpo", post_compress=compress),
+                          build_reward("toy-colour"), load_toy_split("train"), cfg, seed=0)
+        ro = trainer.rollout(0)
+        out[compress] = ro, trainer.compute.epoch_metrics()
+    (a, ma), (b, mb) = out[1.0], out[0.4]
+    assert a.window == b.window == [0, 1, 2]
+    for j in range(3):
+        torch.testing.assert_close(a.x_next[j], b.x_next[j])
+    assert len(b.sigmas) == 3 + int((K - 2) * 0.4)  # σ_0..σ_2, then 3 points down to 0
+    assert (a.x0 - b.x0).abs().max() > 1e-4
+    assert ma["nfe_forward"] == P * G * K and mb["nfe_forward"] == P * G * (len(b.sigmas) - 1)
