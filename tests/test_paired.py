@@ -165,3 +165,27 @@ def test_cells_scored_in_different_precisions_are_flagged():
                          mixed_seeds=mixed_precision_seeds(results))
     assert by_seed.mixed_seeds == 0 and "2 in bfloat16" in by_seed.mixed_precision
     assert "every seed's cells share one precision" in by_seed.mixed_precision
+
+
+def test_a_variant_s_long_name_leaves_the_paired_figure_its_panels():
+    """`--methods x@key=value@…` names a method at length: the figure names the methods once, left
+    of the first panel, and widens for them (four panels each naming them collapsed to zero)."""
+    import io
+    import warnings
+    from pathlib import Path
+
+    from flowarena.core.rundir import CellPaths
+    from flowarena.reports.figures.paired import paired_intervals
+    from flowarena.reports.run_reader import CellData, Run
+
+    long = "mixgrpo@post_compress=0.4@solver=dpm++2m"
+    cells = [CellData("toy", c.method, c.seed, CellPaths(Path(f"/r/toy/{c.method}/seed{c.seed}")), {}, c)
+             for (_, method), results in _results(0.04).items() for c in results]
+    for c in cells:
+        if c.method == "dppo":
+            c.method = c.result.method = long
+    fig = paired_intervals(Run(Path("/r"), None, cells, [], []), "toy")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [long]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed"
+        fig.savefig(io.BytesIO(), format="png")

@@ -19,8 +19,10 @@ def paired_intervals(run: Run, model: str) -> Figure | None:
     keys = list(dict.fromkeys(d.key for d in diffs))
     methods = sorted({d.method for d in diffs})
     colours = method_colours(methods)
-    fig = Figure(figsize=(3.2 * len(keys), 0.5 * len(methods) + 1.6), layout="constrained")
-    for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
+    # the methods named once, left of the first panel: a variant's name (x@key=value@…) is long
+    label = 0.07 * max(len(m) for m in methods)
+    fig = Figure(figsize=(3.2 * len(keys) + label, 0.5 * len(methods) + 1.6), layout="constrained")
+    for ax, key in zip(fig.subplots(1, len(keys), squeeze=False, sharey=True)[0], keys):
         row = [d for d in diffs if d.key == key]
         for d in row:
             y = methods.index(d.method)
