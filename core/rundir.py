@@ -220,9 +220,10 @@ class RunDir:
         found = [BasePaths(d) for d in self._seed_dirs() if d.parts[-2] == BASE]
         return sorted(found, key=lambda b: (b.model, b.seed))
 
-    def finished(self) -> int:
-        """How many cells have their result.json."""
-        return sum(c.done for c in self.cells())
+    def finished(self, cells: set[tuple[str, str, int]] | None = None) -> int:
+        """How many cells have their result.json (of `cells`, (model, method, seed), where given:
+        a command that adds a method to a run counts its own)."""
+        return sum(c.done for c in self.cells() if cells is None or (c.model, c.method, c.seed) in cells)
 
     def has_results(self) -> bool:
         """Whether any cell or base evaluation has written a file (a run without any can start over)."""

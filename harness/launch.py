@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -67,7 +68,8 @@ def run_jobs(spec: RunSpec, jobs: int) -> None:
     rundir, cells = RunDir(spec.out), len(spec.methods) * spec.seeds
     rundir.logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    finished = rundir.finished
+    mine = {(spec.model, m, s) for m in spec.methods for s in range(spec.seeds)}
+    finished = partial(rundir.finished, mine)  # this command's cells, not the run's others
     t0, before = time.perf_counter(), finished()
     shown = before
     procs = []

@@ -74,6 +74,9 @@ def test_the_cells_and_bases_of_a_hand_made_directory(tmp_path):
     _touch(run.cell("toy", "grpo", 10).result)
     _touch(run.cell("toy", "grpo", 2).metrics)
     assert run.finished() == 1
+    # a command that adds dppo to the run counts its own cells (`--jobs`' "1/1 cells done")
+    _touch(run.cell("toy", "dppo", 0).result)
+    assert run.finished() == 2 and run.finished({("toy", "dppo", 0), ("toy", "dppo", 1)}) == 1
 
 
 def test_a_cells_evaluations_and_diagnostics_on_disk(tmp_path):
