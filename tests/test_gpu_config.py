@@ -137,8 +137,11 @@ def test_fp32_over_bf16_weights_is_the_fp32_policy(pipeline_dirs):
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())  # nothing left behind
 
 
+FLASH = "mixgrpo@post_compress=0.4@solver=dpm++2m"  # MixGRPO-Flash: fewer steps after the window
+
+
 @pytest.mark.parametrize("recipe,methods", [("sd35-nft", "nft"), ("sd35-awm", "awm"), ("sd35-dgpo", "dgpo"),
-                                            ("sd35-geneval2", "mixgrpo,dance")])
+                                            ("sd35-geneval2", f"mixgrpo,dance,{FLASH}")])
 def test_the_newer_methods_run_their_recipes_in_the_gpu_configuration(pipeline_dirs, scorer_dirs, gpu_dtypes,
                                                                        recipe, methods, tmp_path):
     """Each method of the field's newer families, on the tiny SD3.5 pipeline as a GPU runs it
@@ -150,14 +153,18 @@ def test_the_newer_methods_run_their_recipes_in_the_gpu_configuration(pipeline_d
                                  "--config", str(config), "--epochs", "1", "--resolution", str(RESOLUTION),
                                  "--methods", methods, *scorer_args, "--out", str(out)])
     assert r.exit_code == 0, r.output
+    spent = {}
     for method in methods.split(","):
         cell = out / "sd35" / method / "seed0"
         rows = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
         assert [row["epoch"] for row in rows] == [0]
         assert all(math.isfinite(row["loss"]) and row["skipped_updates"] == 0 for row in rows)
         assert all(row["compute_fe"] > 0 for row in rows)
+        spent[method] = rows[0]["nfe_forward"]
         weights, _, _ = _checkpoint(cell)
         assert {t.dtype for t in weights.values()} == {torch.float32}  # fp32 LoRA over bf16 weights
         record = json.loads((cell / "eval" / "final.json").read_text())
         assert record["benchmarks"]["geneval2"]["precision"] == "bfloat16"
         assert record["kl_to_pretrained"]["mean"] > 0  # the evaluated policy moved
+    if FLASH in spent:  # the same window, fewer steps after it
+        assert spent[FLASH] < spent["mixgrpo"]
