@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+from flowarena.core.rundir import RunDir
 from flowarena.reports.compute import compute_at, compute_to_reach, matched_compute
 from flowarena.reports.run_reader import Run, load_run
 
@@ -43,13 +44,27 @@ def _joined(run: Run, other: Run) -> None:
         run.cells.append(c)
 
 
+def _multiples(text: str) -> list[float]:
+    try:
+        values = [float(k) for k in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"positive numbers separated by commas, e.g. 1,2,3, not {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a run directory of `bench run --preset zoo`")
     ap.add_argument("--reference", default="grpo")
     ap.add_argument("--add", action="append", default=[], help="another run of the same setting")
-    ap.add_argument("--budgets", default="", help="multiples of the reference's compute, e.g. 1,2,3")
+    ap.add_argument("--budgets", type=_multiples, default=[],
+                    help="multiples of the reference's compute, e.g. 1,2,3")
     args = ap.parse_args(argv)
+    for path in (args.run, *args.add):
+        if not RunDir(path).manifest.is_file():
+            ap.error(f"{path} is not a run directory (no manifest.json)")
     run = load_run(args.run)
     for other in args.add:
         _joined(run, load_run(other))
@@ -70,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {method} | {len(cells)} | {'/'.join(map(str, epochs))} | "
                   f"{np.mean(spent):,.0f} | {np.nanmean(cut):.1%} | {reached} |")
     if args.budgets:
-        _at_budgets(run, args.reference, [float(k) for k in args.budgets.split(",")])
+        _at_budgets(run, args.reference, args.budgets)
     return 0
 
 

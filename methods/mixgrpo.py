@@ -16,13 +16,15 @@ its script) with DPM-Solver++ 2M (the trainer's `solver = "dpm++2m"`):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
-from flowarena.core.fields import Count, Fraction
+from flowarena.core.fields import Count, Range
 from flowarena.methods.base import register_method
 from flowarena.methods.grpo import FlowGRPO, GRPOConfig
+from flowarena.models.schedule import shift_sigmas
 
 
 @dataclass
@@ -31,7 +33,7 @@ class MixGRPOConfig(GRPOConfig):
     """Epochs between two moves of the window (the reference: 25 iterations)."""
     stride: Count = 1
     """Steps the window moves by each time."""
-    post_compress: Fraction = 1.0
+    post_compress: Annotated[float, Range(0, 1, lo_open=True)] = 1.0
     """MixGRPO-Flash: the share of the steps after the window kept (its `dpm_post_compress_ratio`
     0.4), respaced over the same span of the schedule; 1: every step."""
 
@@ -52,7 +54,7 @@ def compressed_tail(sigmas: Tensor, last: int, ratio: float, shift: float) -> Te
     steps = len(sigmas) - 1
     points = max(int((steps - last) * ratio), 2)
     t = torch.linspace(1 - (last + 1) / steps, 0, points, dtype=torch.float64)
-    tail = (shift * t / (1 + (shift - 1) * t)).to(sigmas.dtype)
+    tail = shift_sigmas(t, shift).to(sigmas.dtype)
     tail[0] = sigmas[last + 1]  # the window's last step ends where it did (sigma_min schedules too)
     return torch.cat([sigmas[:last + 1], tail])
 

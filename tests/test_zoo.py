@@ -298,6 +298,10 @@ def test_mixgrpo_flash_compresses_the_steps_after_the_window_as_the_reference(st
     flash = build_method("mixgrpo", post_compress=0.4)
     assert torch.equal(flash.rollout_sigmas(sig, window, 3.0), ours)
     assert torch.equal(build_method("mixgrpo").rollout_sigmas(sig, window, 3.0), sig)  # plain MixGRPO
+    from flowarena.methods.base import MethodError
+
+    with pytest.raises(MethodError, match=r"post_compress must be a finite number in \(0, 1\]"):
+        build_method("mixgrpo", post_compress=0.0)  # no step kept would never reach σ = 0
 
 
 def test_mixgrpo_flash_rolls_out_fewer_steps_after_the_same_window(tiny_path):
